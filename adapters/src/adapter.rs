@@ -1,0 +1,142 @@
+//! The contract between the gateway and every device adapter.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::reading::Reading;
+
+/// Why an adapter stopped. The supervisor branches on it.
+#[derive(Debug, thiserror::Error)]
+pub enum AdapterError {
+    /// The link failed (port vanished, connection reset, timeout): retry with backoff.
+    #[error("link failed: {0}")]
+    Transport(String),
+    /// The settings cannot work (no such port, contradictory options): stop this device.
+    #[error("bad configuration: {0}")]
+    Config(String),
+    /// The pipeline is shutting down and accepts no more readings.
+    #[error("the pipeline is closed")]
+    Closed,
+}
+
+/// What people on site and upstream should believe about a device right now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceStatus {
+    /// Not started yet, or between a failure and the next attempt.
+    Offline,
+    /// The link is up and the adapter is reading.
+    Online,
+    /// The adapter stopped and will not be retried until the config changes.
+    Error(String),
+    /// The adapter had nothing more to produce (a finite simulation).
+    Finished,
+}
+
+/// Per-device counters that the adapter and the supervisor update and the gateway reports.
+#[derive(Debug, Default)]
+pub struct DeviceCounters {
+    readings: AtomicU64,
+    restarts: AtomicU64,
+    errors: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl DeviceCounters {
+    /// Readings handed to the pipeline.
+    pub fn readings(&self) -> u64 {
+        self.readings.load(Ordering::Relaxed)
+    }
+
+    /// Times the supervisor restarted the adapter after a failure.
+    pub fn restarts(&self) -> u64 {
+        self.restarts.load(Ordering::Relaxed)
+    }
+
+    /// Counts one restart.
+    pub fn count_restart(&self) {
+        self.restarts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one device-level error of `kind` (bad checksum, parse failure, timeout...).
+    pub fn count_error(&self, kind: &'static str) {
+        let mut errors = self.errors.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        *errors.entry(kind).or_default() += 1;
+    }
+
+    /// A copy of the error counts by kind.
+    pub fn errors(&self) -> BTreeMap<&'static str, u64> {
+        self.errors.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+}
+
+/// Everything an adapter may touch: where readings go, where status goes, when to stop.
+#[derive(Debug, Clone)]
+pub struct AdapterContext {
+    device: Arc<str>,
+    sink: mpsc::Sender<Reading>,
+    status: watch::Sender<DeviceStatus>,
+    counters: Arc<DeviceCounters>,
+    cancel: CancellationToken,
+}
+
+impl AdapterContext {
+    /// A context for `device` whose readings go to `sink`.
+    pub fn new(
+        device: Arc<str>,
+        sink: mpsc::Sender<Reading>,
+        status: watch::Sender<DeviceStatus>,
+        counters: Arc<DeviceCounters>,
+        cancel: CancellationToken,
+    ) -> Self {
+        Self { device, sink, status, counters, cancel }
+    }
+
+    /// The device's name, to put in every reading.
+    pub fn device(&self) -> &Arc<str> {
+        &self.device
+    }
+
+    /// Fires when the gateway shuts down; adapters return `Ok(())` soon after.
+    pub fn cancelled(&self) -> &CancellationToken {
+        &self.cancel
+    }
+
+    /// The device's counters.
+    pub fn counters(&self) -> &DeviceCounters {
+        &self.counters
+    }
+
+    /// Hands a reading to the pipeline, waiting while the pipeline is full (backpressure, so a
+    /// burst slows the adapter rather than growing memory).
+    /// Gives up with [`AdapterError::Closed`] when shutdown starts while the pipeline is full.
+    pub async fn emit(&self, reading: Reading) -> Result<(), AdapterError> {
+        tokio::select! {
+            biased;
+            sent = self.sink.send(reading) => sent.map_err(|_| AdapterError::Closed)?,
+            () = self.cancel.cancelled() => return Err(AdapterError::Closed),
+        }
+        self.counters.readings.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Reports a status change; repeated reports of the same status are not broadcast again.
+    pub fn set_status(&self, status: DeviceStatus) {
+        self.status.send_if_modified(|current| {
+            let changed = *current != status;
+            *current = status;
+            changed
+        });
+    }
+}
+
+/// One physical or logical link that turns bytes into readings.
+#[async_trait]
+pub trait Adapter: Send {
+    /// Reads the device until the link fails (`Err`), there is nothing more to read (`Ok`),
+    /// or `ctx.cancelled()` fires (`Ok`). Marks the device online once its link is up.
+    async fn run(&mut self, ctx: &AdapterContext) -> Result<(), AdapterError>;
+}

@@ -1,0 +1,149 @@
+//! The one place that names every adapter: the device's `type` picks a settings struct, and the
+//! settings build the adapter.
+
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, IntoDeserializer, MapAccess};
+use serde::{Deserialize, Deserializer};
+
+use crate::adapter::Adapter;
+use crate::sim::SimConfig;
+
+/// The adapter types a device may name in `type:`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdapterKind {
+    /// Simulated signals, for demos, tests and benchmarks.
+    Sim,
+}
+
+impl AdapterKind {
+    /// The name used in YAML and in the device's metadata.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdapterKind::Sim => "sim",
+        }
+    }
+}
+
+impl fmt::Display for AdapterKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A device's adapter settings, one variant per adapter type.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AdapterConfig {
+    /// `type: sim`
+    Sim(SimConfig),
+}
+
+/// A value a device produces, as announced in its metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValueInfo {
+    /// The value's name in readings.
+    pub name: String,
+    /// Its unit, when the config gives one.
+    pub unit: Option<String>,
+}
+
+impl AdapterConfig {
+    /// Deserializes the settings of an adapter of `kind` from the rest of a device's mapping.
+    ///
+    /// Reading the settings straight from the parser (rather than buffering the whole mapping
+    /// the way `#[serde(tag = "type")]` does) keeps exact line and column numbers in errors.
+    pub fn deserialize_kind<'de, D: Deserializer<'de>>(
+        kind: AdapterKind,
+        settings: D,
+    ) -> Result<Self, D::Error> {
+        Ok(match kind {
+            AdapterKind::Sim => AdapterConfig::Sim(SimConfig::deserialize(settings)?),
+        })
+    }
+
+    /// The adapter type.
+    pub fn kind(&self) -> AdapterKind {
+        match self {
+            AdapterConfig::Sim(_) => AdapterKind::Sim,
+        }
+    }
+
+    /// Every problem with these settings that the types alone do not rule out, each as
+    /// `(field path relative to the device, message)`.
+    pub fn problems(&self) -> Vec<(String, String)> {
+        match self {
+            AdapterConfig::Sim(c) => c.problems(),
+        }
+    }
+
+    /// The values the device will produce, with their units.
+    pub fn values(&self) -> Vec<ValueInfo> {
+        match self {
+            AdapterConfig::Sim(c) => c.values(),
+        }
+    }
+
+    /// Builds a fresh adapter; the supervisor calls this again after each failure.
+    pub fn build(&self) -> Box<dyn Adapter> {
+        match self {
+            AdapterConfig::Sim(c) => Box::new(c.build()),
+        }
+    }
+}
+
+/// The keys a device mapping holds besides its adapter's settings.
+pub trait CommonKeys {
+    /// Takes the value of `key` if it is a common key, returning whether it was.
+    fn take<'de, A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<bool, A::Error>;
+}
+
+/// A device mapping split into common keys (taken by `common`) and adapter settings.
+///
+/// `type:` must come before the adapter's own settings, so that these can be read as they are
+/// parsed; common keys may appear anywhere.
+pub fn deserialize_device<'de, A, C>(mut map: A, common: &mut C) -> Result<AdapterConfig, A::Error>
+where
+    A: MapAccess<'de>,
+    C: CommonKeys,
+{
+    while let Some(key) = map.next_key::<String>()? {
+        if key == "type" {
+            let kind: AdapterKind = map.next_value()?;
+            let rest = de::value::MapAccessDeserializer::new(SettingsAccess { map, common });
+            return AdapterConfig::deserialize_kind(kind, rest);
+        }
+        if !common.take(&key, &mut map)? {
+            return Err(de::Error::custom(format!(
+                "`type:` must come before the adapter setting `{key}`"
+            )));
+        }
+    }
+    Err(de::Error::missing_field("type"))
+}
+
+/// The rest of a device mapping after `type:`, minus the common keys.
+struct SettingsAccess<'c, A, C> {
+    map: A,
+    common: &'c mut C,
+}
+
+impl<'de, A: MapAccess<'de>, C: CommonKeys> MapAccess<'de> for SettingsAccess<'_, A, C> {
+    type Error = A::Error;
+
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, Self::Error> {
+        while let Some(key) = self.map.next_key::<String>()? {
+            if !self.common.take(&key, &mut self.map)? {
+                return seed.deserialize(key.into_deserializer()).map(Some);
+            }
+        }
+        Ok(None)
+    }
+
+    fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, Self::Error> {
+        self.map.next_value_seed(seed)
+    }
+}

@@ -1,0 +1,14 @@
+//! The device-facing side of Cairn: the [`Reading`] every device produces, the [`Adapter`] trait
+//! every protocol implements, and one module per protocol family.
+//!
+//! Adapters know nothing of storage, MQTT or HTTP: they turn bytes into readings and report
+//! their link's status through an [`AdapterContext`].
+
+pub mod adapter;
+pub mod config;
+pub mod reading;
+pub mod sim;
+
+pub use adapter::{Adapter, AdapterContext, AdapterError, DeviceCounters, DeviceStatus};
+pub use config::{AdapterConfig, AdapterKind, ValueInfo};
+pub use reading::{LinkMeta, Reading, Value};

@@ -1,0 +1,77 @@
+//! `${VAR}` substitution in the config text, so that secrets and per-site values can come from
+//! the environment (systemd `Environment=`/`EnvironmentFile=`) instead of the YAML file.
+
+use super::diagnostic::Problem;
+
+/// Replaces `${VAR}` and `${VAR:-default}` with the variable's value; `$$` stands for `$`.
+///
+/// Substitution happens before parsing and never spans lines, so line numbers in later errors
+/// still match the file. An unset variable without a default is a problem at its position.
+pub fn interpolate(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, Vec<Problem>> {
+    let mut out = String::with_capacity(text.len());
+    let mut problems = Vec::new();
+    for (line_index, line) in text.split_inclusive('\n').enumerate() {
+        let mut rest = line;
+        while let Some(dollar) = rest.find('$') {
+            out.push_str(&rest[..dollar]);
+            let after = &rest[dollar + 1..];
+            if let Some(tail) = after.strip_prefix('$') {
+                out.push('$');
+                rest = tail;
+            } else if let Some(body) = after.strip_prefix('{') {
+                let column = line.len() - rest.len() + dollar + 1;
+                let Some(close) = body.find('}') else {
+                    problems.push(Problem::at(line_index + 1, column, "", "`${` without a closing `}`"));
+                    out.push_str(&rest[dollar..]);
+                    rest = "";
+                    break;
+                };
+                let expr = &body[..close];
+                let (name, default) = match expr.split_once(":-") {
+                    Some((name, default)) => (name, Some(default)),
+                    None => (expr, None),
+                };
+                match (lookup(name), default) {
+                    (Some(value), _) => out.push_str(&value),
+                    (None, Some(default)) => out.push_str(default),
+                    (None, None) => problems.push(Problem::at(
+                        line_index + 1,
+                        column,
+                        "",
+                        format!("environment variable `{name}` is not set (write `${{{name}:-default}}` for a default)"),
+                    )),
+                }
+                rest = &body[close + 1..];
+            } else {
+                out.push('$');
+                rest = after;
+            }
+        }
+        out.push_str(rest);
+    }
+    if problems.is_empty() { Ok(out) } else { Err(problems) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        (name == "HOST").then(|| "broker.example".to_string())
+    }
+
+    #[test]
+    fn substitutes_defaults_and_escapes() {
+        let text = "host: ${HOST}\nport: ${PORT:-1883}\nprice: $$5 $x\n";
+        let out = interpolate(text, env).unwrap();
+        assert_eq!(out, "host: broker.example\nport: 1883\nprice: $5 $x\n");
+    }
+
+    #[test]
+    fn unset_variable_is_reported_at_its_position() {
+        let problems = interpolate("a: 1\nb: x ${NOPE}\n", env).unwrap_err();
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].line_column(), Some((2, 6)));
+        assert!(problems[0].message.contains("NOPE"));
+    }
+}

@@ -1,0 +1,479 @@
+//! The one typed, validated configuration every part of the gateway is built from.
+//!
+//! Loading goes: read the file, substitute `${VAR}`, parse with exact positions, validate
+//! everything the types cannot, resolve secret files. Every problem found on the way is reported
+//! with file:line:column and its field path; nothing reads the YAML or the environment later.
+
+mod device;
+mod diagnostic;
+mod interpolate;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+pub use device::DeviceConfig;
+pub use diagnostic::{Problem, Report};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Who this gateway is and where it keeps its files.
+    pub gateway: GatewayConfig,
+    /// The upstream broker.
+    #[serde(default)]
+    pub mqtt: MqttConfig,
+    /// The store-and-forward outbox.
+    #[serde(default)]
+    pub buffer: BufferConfig,
+    /// The devices to read.
+    #[serde(default)]
+    pub devices: Vec<Spanned<DeviceConfig>>,
+}
+
+/// `gateway:` — identity and files.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// The gateway's id: a topic level, so letters, digits, `-` and `_` only.
+    pub id: String,
+    /// Where the outbox and other state live (default `/var/lib/cairn`).
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// How long shutdown may take to flush the store and leave the broker cleanly.
+    #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+/// `mqtt:` — the uplink.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    /// `mqtt://host:port` or `mqtts://host:port`; an alternative to `host`, `port` and `tls`.
+    pub url: Option<Spanned<String>>,
+    /// Broker host name or address.
+    pub host: Option<String>,
+    /// Broker port (default 1883, or 8883 with TLS).
+    pub port: Option<u16>,
+    /// MQTT client id (default `cairn-<gateway id>`).
+    pub client_id: Option<String>,
+    /// User name for the broker.
+    pub username: Option<String>,
+    /// Password, best given as `${VAR}` or through `password_file`.
+    pub password: Option<String>,
+    /// A file whose content (trailing newline removed) is the password.
+    pub password_file: Option<Spanned<PathBuf>>,
+    /// TLS settings; present means TLS is on.
+    pub tls: Option<TlsConfig>,
+    /// MQTT keepalive: the broker drops the connection after 1.5 times this without traffic.
+    #[serde(default = "default_keepalive", with = "humantime_serde")]
+    pub keepalive: Duration,
+    /// How long a TCP+TLS+MQTT connect may take; satellite links need tens of seconds.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// QoS of data messages: 1 (default, at least once) or 0 (fire and forget).
+    #[serde(default = "default_qos")]
+    pub qos: u8,
+    /// First topic level (default `cairn`).
+    #[serde(default = "default_topic_prefix")]
+    pub topic_prefix: String,
+    /// Messages published but not yet acknowledged; bounds duplicates after a lost connection.
+    #[serde(default = "default_max_inflight")]
+    pub max_inflight: u16,
+    /// Reconnect backoff: first delay.
+    #[serde(default = "default_reconnect_min", with = "humantime_serde")]
+    pub reconnect_min: Duration,
+    /// Reconnect backoff: longest delay.
+    #[serde(default = "default_reconnect_max", with = "humantime_serde")]
+    pub reconnect_max: Duration,
+}
+
+/// `mqtt.tls:` — rustls settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file of the CA(s) that signed the broker's certificate.
+    pub ca_file: Spanned<PathBuf>,
+    /// PEM client certificate, for brokers that authenticate clients by certificate.
+    pub cert_file: Option<Spanned<PathBuf>>,
+    /// PEM private key of the client certificate.
+    pub key_file: Option<Spanned<PathBuf>>,
+}
+
+/// What to drop when the outbox reaches `max_bytes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    /// Delete the oldest unsent readings to make room (keeps the present).
+    DropOldest,
+    /// Refuse new readings until there is room (keeps the past).
+    DropNewest,
+}
+
+/// SQLite's `synchronous` setting for the outbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Synchronous {
+    /// fsync at every commit: a power cut loses nothing committed.
+    Full,
+    /// fsync at WAL checkpoints: a power cut may lose the last commits, never corrupts.
+    Normal,
+}
+
+/// `buffer:` — the outbox.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BufferConfig {
+    /// The SQLite file (default `<data_dir>/outbox.db`).
+    pub path: Option<PathBuf>,
+    /// Upper bound on unsent data (readings' encoded size plus per-row overhead).
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: ByteSize,
+    /// Unsent readings older than this are dropped.
+    #[serde(default, with = "humantime_serde")]
+    pub max_age: Option<Duration>,
+    /// Which readings go when `max_bytes` is reached.
+    #[serde(default = "default_when_full")]
+    pub when_full: WhenFull,
+    /// SQLite durability (default `full`).
+    #[serde(default = "default_synchronous")]
+    pub synchronous: Synchronous,
+    /// Longest wait to gather readings into one transaction; a crash loses at most this much.
+    #[serde(default = "default_commit_interval", with = "humantime_serde")]
+    pub commit_interval: Duration,
+    /// Most readings in one transaction.
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("/var/lib/cairn")
+}
+fn default_shutdown_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_keepalive() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_qos() -> u8 {
+    1
+}
+fn default_topic_prefix() -> String {
+    "cairn".into()
+}
+fn default_max_inflight() -> u16 {
+    64
+}
+fn default_reconnect_min() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_reconnect_max() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_max_bytes() -> ByteSize {
+    ByteSize::mib(512)
+}
+fn default_when_full() -> WhenFull {
+    WhenFull::DropOldest
+}
+fn default_synchronous() -> Synchronous {
+    Synchronous::Full
+}
+fn default_commit_interval() -> Duration {
+    Duration::from_millis(10)
+}
+fn default_max_batch() -> usize {
+    2000
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            host: None,
+            port: None,
+            client_id: None,
+            username: None,
+            password: None,
+            password_file: None,
+            tls: None,
+            keepalive: default_keepalive(),
+            connect_timeout: default_connect_timeout(),
+            qos: default_qos(),
+            topic_prefix: default_topic_prefix(),
+            max_inflight: default_max_inflight(),
+            reconnect_min: default_reconnect_min(),
+            reconnect_max: default_reconnect_max(),
+        }
+    }
+}
+
+impl Default for BufferConfig {
+    fn default() -> Self {
+        Self {
+            path: None,
+            max_bytes: default_max_bytes(),
+            max_age: None,
+            when_full: default_when_full(),
+            synchronous: default_synchronous(),
+            commit_interval: default_commit_interval(),
+            max_batch: default_max_batch(),
+        }
+    }
+}
+
+/// Where the uplink connects, resolved from `url` or `host`/`port`/`tls`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Host name or address.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// Whether to speak TLS.
+    pub tls: bool,
+}
+
+impl MqttConfig {
+    /// The broker address. Only valid on a validated config.
+    pub fn endpoint(&self) -> Endpoint {
+        let parsed = self.url.as_ref().and_then(|url| parse_url(&url.value).ok());
+        let tls = parsed.as_ref().map_or(self.tls.is_some(), |(tls, _, _)| *tls);
+        let host = parsed
+            .as_ref()
+            .map(|(_, host, _)| host.clone())
+            .or_else(|| self.host.clone())
+            .unwrap_or_else(|| "localhost".into());
+        let port = parsed
+            .and_then(|(_, _, port)| port)
+            .or(self.port)
+            .unwrap_or(if tls { 8883 } else { 1883 });
+        Endpoint { host, port, tls }
+    }
+}
+
+/// Splits `mqtt[s]://host[:port]` into (tls, host, port).
+fn parse_url(url: &str) -> Result<(bool, String, Option<u16>), String> {
+    let (tls, rest) = if let Some(rest) = url.strip_prefix("mqtts://") {
+        (true, rest)
+    } else if let Some(rest) = url.strip_prefix("mqtt://") {
+        (false, rest)
+    } else {
+        return Err("must start with mqtt:// or mqtts://".into());
+    };
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((host, port)) if !host.ends_with(']') || host.starts_with('[') => {
+            let port = port.parse().map_err(|_| format!("`{port}` is not a port number"))?;
+            (host, Some(port))
+        }
+        _ => (rest, None),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || host.contains('/') || host.contains('@') {
+        return Err("expected mqtt://host:port (put credentials in username/password)".into());
+    }
+    Ok((tls, host.to_string(), port))
+}
+
+impl BufferConfig {
+    /// The outbox file.
+    pub fn path_in(&self, data_dir: &Path) -> PathBuf {
+        self.path.clone().unwrap_or_else(|| data_dir.join("outbox.db"))
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates `path`; on failure, every problem found.
+    pub fn load(path: &Path) -> Result<Config, Box<Report>> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Box::new(Report {
+                file: file.clone(),
+                text: String::new(),
+                problems: vec![Problem::new(None, "", format!("cannot read the file: {e}"))],
+            })
+        })?;
+        Self::from_text(&file, &text, |name| std::env::var(name).ok())
+    }
+
+    /// Parses and validates config text; `file` names it in errors.
+    pub fn from_text(
+        file: &str,
+        text: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, Box<Report>> {
+        let report = |text: &str, problems| {
+            Box::new(Report { file: file.to_string(), text: text.to_string(), problems })
+        };
+        let text = interpolate::interpolate(text, env).map_err(|p| report(text, p))?;
+        let mut config = parse(&text).map_err(|p| report(&text, vec![p]))?;
+        let mut problems = config.problems();
+        problems.extend(config.resolve_secrets());
+        problems.sort_by_key(|p| p.line_column());
+        if problems.is_empty() { Ok(config) } else { Err(report(&text, problems)) }
+    }
+
+    /// Everything wrong that the types allow, in one pass.
+    fn problems(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let mut push = |path: &str, message: String| problems.push(Problem::new(None, path, message));
+        if !is_topic_level(&self.gateway.id) {
+            push("gateway.id", format!("`{}` must be letters, digits, `-` or `_`", self.gateway.id));
+        }
+        let mqtt = &self.mqtt;
+        if let Some(url) = &mqtt.url {
+            if mqtt.host.is_some() || mqtt.port.is_some() {
+                problems.push(Problem::new(
+                    location(url),
+                    "mqtt.url",
+                    "give either `url` or `host`/`port`, not both",
+                ));
+            }
+            if let Err(e) = parse_url(&url.value) {
+                problems.push(Problem::new(location(url), "mqtt.url", e));
+            }
+        }
+        let mut push = |path: &str, message: String| problems.push(Problem::new(None, path, message));
+        if mqtt.qos > 1 {
+            push("mqtt.qos", format!("{} is not supported: use 1 (at least once) or 0", mqtt.qos));
+        }
+        if mqtt.max_inflight == 0 {
+            push("mqtt.max_inflight", "must be at least 1".into());
+        }
+        if mqtt.password.is_some() && mqtt.password_file.is_some() {
+            push("mqtt.password_file", "give either `password` or `password_file`, not both".into());
+        }
+        if mqtt.keepalive < Duration::from_secs(5) {
+            push("mqtt.keepalive", "must be at least 5s".into());
+        }
+        if mqtt.reconnect_min.is_zero() || mqtt.reconnect_min > mqtt.reconnect_max {
+            push("mqtt.reconnect_min", "must be above zero and at most reconnect_max".into());
+        }
+        if mqtt.topic_prefix.is_empty() || mqtt.topic_prefix.contains(['+', '#']) {
+            push("mqtt.topic_prefix", "must be non-empty, without `+` or `#`".into());
+        }
+        if let Some(tls) = &mqtt.tls
+            && tls.cert_file.is_some() != tls.key_file.is_some()
+        {
+            push("mqtt.tls", "`cert_file` and `key_file` go together".into());
+        }
+        if self.buffer.max_bytes.as_u64() < 64 * 1024 {
+            push("buffer.max_bytes", "must be at least 64 KiB".into());
+        }
+        if self.buffer.max_batch == 0 {
+            push("buffer.max_batch", "must be at least 1".into());
+        }
+        for (i, device) in self.devices.iter().enumerate() {
+            let at = location(device);
+            let d = &device.value;
+            if !is_topic_level(&d.name) {
+                problems.push(Problem::new(
+                    at,
+                    format!("devices[{i}].name"),
+                    format!("`{}` must be letters, digits, `-` or `_`", d.name),
+                ));
+            }
+            if self.devices[..i].iter().any(|other| other.value.name == d.name) {
+                problems.push(Problem::new(
+                    at,
+                    format!("devices[{i}].name"),
+                    format!("another device is already named `{}`", d.name),
+                ));
+            }
+            for (path, message) in d.adapter.problems() {
+                problems.push(Problem::new(at, format!("devices[{i}].{path}"), message));
+            }
+        }
+        problems
+    }
+
+    /// Reads `password_file` and checks that TLS files are readable, so that a bad path stops
+    /// the gateway at start rather than at the first connect.
+    fn resolve_secrets(&mut self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let mqtt = &mut self.mqtt;
+        if let Some(file) = &mqtt.password_file {
+            match std::fs::read_to_string(&file.value) {
+                Ok(secret) => mqtt.password = Some(secret.trim_end_matches(['\n', '\r']).to_string()),
+                Err(e) => problems.push(Problem::new(
+                    location(file),
+                    "mqtt.password_file",
+                    format!("cannot read {}: {e}", file.value.display()),
+                )),
+            }
+        }
+        if let Some(tls) = &mqtt.tls {
+            let files = [("ca_file", Some(&tls.ca_file)), ("cert_file", tls.cert_file.as_ref()), ("key_file", tls.key_file.as_ref())];
+            for (name, file) in files {
+                if let Some(file) = file
+                    && let Err(e) = std::fs::File::open(&file.value)
+                {
+                    problems.push(Problem::new(
+                        location(file),
+                        format!("mqtt.tls.{name}"),
+                        format!("cannot read {}: {e}", file.value.display()),
+                    ));
+                }
+            }
+        }
+        problems
+    }
+
+    /// The devices, without their positions in the file.
+    pub fn devices(&self) -> impl Iterator<Item = &DeviceConfig> {
+        self.devices.iter().map(|d| &d.value)
+    }
+}
+
+fn location<T>(spanned: &Spanned<T>) -> Option<(usize, usize)> {
+    let l = spanned.referenced;
+    (l.line() > 0).then(|| (l.line() as usize, l.column() as usize))
+}
+
+/// Whether `s` can be one MQTT topic level and a file-safe name.
+fn is_topic_level(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// Parses config text, keeping the position and field path of the first error.
+fn parse(text: &str) -> Result<Config, Problem> {
+    let mut path = String::new();
+    let parsed = serde_saphyr::with_deserializer_from_str(text, |de| {
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            path = e.path().to_string();
+            e.into_inner()
+        })
+    });
+    parsed.map_err(|e| {
+        let at = e.location().filter(|l| l.line() > 0).map(|l| (l.line() as usize, l.column() as usize));
+        let rendered = e.render_with_options(serde_saphyr::render_options! {
+            snippets: serde_saphyr::SnippetMode::Off,
+        });
+        let message = strip_position(&rendered);
+        // `Spanned` wrappers show up as a `.value` segment that is not in the YAML.
+        let path = if path == "." || path == "?" { String::new() } else { path.replace("].value", "]") };
+        Problem::new(at, path, message)
+    })
+}
+
+/// serde-saphyr's plain rendering mentions the position we print ourselves; keep the message.
+fn strip_position(rendered: &str) -> String {
+    let message = rendered.trim();
+    let message = message.strip_prefix("error: ").unwrap_or(message);
+    if let Some(rest) = message.strip_prefix("line ")
+        && let Some((_, tail)) = rest.split_once(": ")
+    {
+        return tail.to_string();
+    }
+    message.to_string()
+}
+
+#[cfg(test)]
+mod tests;

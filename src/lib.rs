@@ -1,0 +1,10 @@
+//! Cairn, an IoT edge gateway: devices -> SQLite outbox -> MQTT, with a live feed on site.
+//!
+//! The path of one reading: an adapter (in `cairn-adapters`) emits a [`Reading`]; the
+//! [`store`] gives it a sequence number and commits it to the outbox; the [`uplink`] publishes
+//! it and deletes it once the broker acknowledged it; the [`live`] bus carries every committed
+//! reading to local subscribers. The [`gateway`] builds and wires these from the [`config`].
+
+pub mod config;
+
+pub use cairn_adapters::Reading;
