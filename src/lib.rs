@@ -1,10 +1,15 @@
 //! Cairn, an IoT edge gateway: devices -> SQLite outbox -> MQTT, with a live feed on site.
 //!
-//! The path of one reading: an adapter (in `cairn-adapters`) emits a [`Reading`]; the
-//! [`store`] gives it a sequence number and commits it to the outbox; the [`uplink`] publishes
-//! it and deletes it once the broker acknowledged it; the [`live`] bus carries every committed
-//! reading to local subscribers. The [`gateway`] builds and wires these from the [`config`].
+//! The path of one reading: an adapter (in `cairn-adapters`) emits a [`Reading`] into the
+//! [`pipeline`]; the [`store`] gives it a sequence number and commits it to the outbox; the
+//! [`uplink`] publishes it and deletes it once the broker acknowledged it; the [`live`] bus
+//! carries every committed reading to local subscribers. The [`gateway`] builds and wires
+//! these from the [`config`], and the [`supervisor`] keeps the adapters running.
 
+pub mod backoff;
 pub mod config;
+pub mod live;
+pub mod pipeline;
+pub mod store;
 
 pub use cairn_adapters::Reading;

@@ -1,0 +1,225 @@
+//! The outbox: every reading is committed to SQLite before anything else sees it, and stays
+//! there until the uplink reports the broker's acknowledgement.
+//!
+//! One [`Writer`] task owns the only writing connection (no lock contention, group commit);
+//! [`StoreReader`] reads through a separate read-only pool (WAL lets both run at once);
+//! [`Acker`] is the uplink's way to say "delete these". The store knows nothing of MQTT.
+
+mod retention;
+mod schema;
+mod writer;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Connection, Row, SqliteConnection};
+use tokio::sync::{mpsc, watch};
+
+use crate::config::{BufferConfig, Synchronous};
+pub use writer::Writer;
+
+/// A committed reading as the outbox holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Gateway-wide sequence number; grows across restarts and never repeats.
+    pub seq: i64,
+    /// The device that produced it.
+    pub device: Arc<str>,
+    /// When it was read, in milliseconds since the Unix epoch.
+    pub ts_ms: i64,
+    /// The encoded payload (see [`crate::pipeline::encode`]).
+    pub payload: Arc<[u8]>,
+}
+
+/// Why readings left the outbox without being delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DropReason {
+    /// `max_bytes` reached under `drop_oldest`: the oldest went.
+    MaxBytes,
+    /// `max_bytes` reached under `drop_newest`: new readings were refused.
+    BufferFull,
+    /// Older than `max_age`.
+    MaxAge,
+}
+
+impl DropReason {
+    /// All reasons, in reporting order.
+    pub const ALL: [DropReason; 3] = [DropReason::MaxBytes, DropReason::BufferFull, DropReason::MaxAge];
+
+    /// The name used in logs, metrics and the meta table.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::MaxBytes => "max_bytes",
+            DropReason::BufferFull => "buffer_full",
+            DropReason::MaxAge => "max_age",
+        }
+    }
+}
+
+/// The outbox at a glance.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Readings committed and not yet acknowledged.
+    pub backlog: u64,
+    /// Their size as counted against `max_bytes`.
+    pub bytes: u64,
+    /// The next sequence number to be given out.
+    pub next_seq: i64,
+    /// Readings committed since the gateway started.
+    pub accepted: u64,
+    /// Readings acknowledged by the broker and deleted since the gateway started.
+    pub delivered: u64,
+    /// Readings dropped by policy, by reason, over the outbox's whole life.
+    pub dropped: BTreeMap<DropReason, u64>,
+}
+
+/// What can go wrong with the outbox.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite refused (disk full, I/O error, corrupt file...).
+    #[error("outbox database {path}: {source}")]
+    Database {
+        /// The database file.
+        path: PathBuf,
+        /// SQLite's error.
+        source: sqlx::Error,
+    },
+    /// The data directory could not be created.
+    #[error("cannot create {path}: {source}")]
+    Directory {
+        /// The directory.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// Read access to the outbox: what is unsent, and how much.
+#[derive(Debug, Clone)]
+pub struct StoreReader {
+    pool: SqlitePool,
+    committed: watch::Receiver<i64>,
+    stats: watch::Receiver<Stats>,
+}
+
+/// The uplink's handle to delete acknowledged readings.
+#[derive(Debug, Clone)]
+pub struct Acker(mpsc::UnboundedSender<i64>);
+
+impl Acker {
+    /// Marks `seq` as delivered; the writer deletes it in its next transaction.
+    pub fn ack(&self, seq: i64) {
+        // The writer outlives every Acker (it stops when they are all dropped).
+        let _ = self.0.send(seq);
+    }
+}
+
+/// Rows read per query when looking for work; bounds memory for large backlogs.
+const ROW_OVERHEAD: u64 = 32;
+
+/// The size a row counts for against `max_bytes`: its payload, its device name and a fixed
+/// allowance for SQLite's row and index overhead.
+fn row_bytes(device: &str, payload_len: usize) -> u64 {
+    (device.len() + payload_len) as u64 + ROW_OVERHEAD
+}
+
+fn connect_options(path: &Path, config: &BufferConfig) -> SqliteConnectOptions {
+    SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(match config.synchronous {
+            Synchronous::Full => SqliteSynchronous::Full,
+            Synchronous::Normal => SqliteSynchronous::Normal,
+        })
+        .busy_timeout(Duration::from_secs(5))
+}
+
+/// Opens (creating if needed) the outbox at `path`.
+pub async fn open(path: &Path, config: &BufferConfig) -> Result<(StoreReader, Acker, Writer), StoreError> {
+    let db_err = |source| StoreError::Database { path: path.to_path_buf(), source };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Directory { path: dir.to_path_buf(), source })?;
+    }
+    let mut conn = SqliteConnection::connect_with(&connect_options(path, config)).await.map_err(db_err)?;
+    let state = schema::migrate(&mut conn).await.map_err(db_err)?;
+    let pool = SqlitePoolOptions::new()
+        .max_connections(2)
+        .connect_with(connect_options(path, config).read_only(true))
+        .await
+        .map_err(db_err)?;
+    let stats = Stats {
+        backlog: state.rows,
+        bytes: state.bytes,
+        next_seq: state.next_seq,
+        dropped: state.dropped.clone(),
+        ..Stats::default()
+    };
+    let (committed_tx, committed) = watch::channel(state.next_seq - 1);
+    let (stats_tx, stats_rx) = watch::channel(stats);
+    let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+    let writer = Writer::new(path.to_path_buf(), conn, config, state, committed_tx, stats_tx, ack_rx);
+    Ok((StoreReader { pool, committed, stats: stats_rx }, Acker(ack_tx), writer))
+}
+
+impl StoreReader {
+    /// Up to `limit` unsent records with `seq > after`, oldest first.
+    pub async fn unsent(&self, after: i64, limit: usize) -> Result<Vec<Record>, sqlx::Error> {
+        let rows = sqlx::query("SELECT seq, device, ts_ms, payload FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?")
+            .bind(after)
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter()
+            .map(|row| {
+                Ok(Record {
+                    seq: row.try_get(0)?,
+                    device: Arc::from(row.try_get::<&str, _>(1)?),
+                    ts_ms: row.try_get(2)?,
+                    payload: Arc::from(row.try_get::<&[u8], _>(3)?),
+                })
+            })
+            .collect()
+    }
+
+    /// The timestamp of the oldest unsent reading, if any.
+    pub async fn oldest_unsent_ms(&self) -> Result<Option<i64>, sqlx::Error> {
+        sqlx::query_scalar("SELECT ts_ms FROM outbox ORDER BY seq LIMIT 1").fetch_optional(&self.pool).await
+    }
+
+    /// The last committed sequence number; changes whenever a batch commits.
+    pub fn committed(&self) -> watch::Receiver<i64> {
+        self.committed.clone()
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> Stats {
+        self.stats.borrow().clone()
+    }
+}
+
+/// Reads the counters of an outbox file without opening it for writing (for `cairn stats`).
+pub async fn inspect(path: &Path) -> Result<(Stats, Option<i64>), StoreError> {
+    let db_err = |source| StoreError::Database { path: path.to_path_buf(), source };
+    let options = SqliteConnectOptions::new().filename(path).read_only(true);
+    let mut conn = SqliteConnection::connect_with(&options).await.map_err(db_err)?;
+    let state = schema::load_state(&mut conn).await.map_err(db_err)?;
+    let oldest = sqlx::query_scalar("SELECT ts_ms FROM outbox ORDER BY seq LIMIT 1")
+        .fetch_optional(&mut conn)
+        .await
+        .map_err(db_err)?;
+    let stats = Stats {
+        backlog: state.rows,
+        bytes: state.bytes,
+        next_seq: state.next_seq,
+        dropped: state.dropped,
+        ..Stats::default()
+    };
+    Ok((stats, oldest))
+}
+
+#[cfg(test)]
+mod tests;

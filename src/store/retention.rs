@@ -1,0 +1,93 @@
+//! Deleting rows from the outbox: acknowledged ones, and those the retention limits give up on.
+//! Every function runs inside the writer's open transaction and returns `(rows, bytes)` freed.
+
+use sqlx::SqliteConnection;
+use sqlx::sqlite::SqliteArguments;
+use sqlx::query::Query;
+use sqlx::{QueryBuilder, Sqlite};
+
+use super::ROW_OVERHEAD;
+
+/// Rows examined per step when trimming, so one step never holds a huge result in memory.
+const STEP: i64 = 1000;
+
+/// Bound parameters per statement, well below SQLite's limit.
+pub const CHUNK: usize = 500;
+
+/// Runs a `DELETE ... RETURNING LENGTH(device) + LENGTH(payload)` and adds up what it freed.
+async fn sum_freed<'q>(
+    conn: &mut SqliteConnection,
+    query: Query<'q, Sqlite, SqliteArguments<'q>>,
+) -> Result<(u64, u64), sqlx::Error> {
+    use sqlx::Row;
+    let rows = query.fetch_all(conn).await?;
+    let mut bytes = 0;
+    for row in &rows {
+        bytes += row.try_get::<i64, _>(0)? as u64 + ROW_OVERHEAD;
+    }
+    Ok((rows.len() as u64, bytes))
+}
+
+/// Deletes the rows in `seqs` (acknowledged by the broker); unknown numbers are ignored.
+pub async fn delete(conn: &mut SqliteConnection, seqs: &[i64]) -> Result<(u64, u64), sqlx::Error> {
+    let mut total = (0, 0);
+    for chunk in seqs.chunks(CHUNK) {
+        let mut builder = QueryBuilder::new("DELETE FROM outbox WHERE seq IN (");
+        let mut list = builder.separated(", ");
+        for seq in chunk {
+            list.push_bind(*seq);
+        }
+        builder.push(") RETURNING LENGTH(device) + LENGTH(payload)");
+        let (rows, bytes) = sum_freed(conn, builder.build().persistent(chunk.len() == CHUNK)).await?;
+        total = (total.0 + rows, total.1 + bytes);
+    }
+    Ok(total)
+}
+
+/// Deletes the oldest rows until at least `excess` bytes are freed.
+pub async fn drop_oldest(conn: &mut SqliteConnection, excess: u64) -> Result<(u64, u64), sqlx::Error> {
+    let mut total = (0, 0);
+    while total.1 < excess {
+        // Find the cut-off first so that exactly the oldest rows go, then delete them in one go.
+        let sizes: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT seq, LENGTH(device) + LENGTH(payload) FROM outbox ORDER BY seq LIMIT ?",
+        )
+        .bind(STEP)
+        .fetch_all(&mut *conn)
+        .await?;
+        let Some(&(first, _)) = sizes.first() else { break };
+        let mut cutoff = first;
+        let mut freed = total.1;
+        for (seq, size) in sizes {
+            cutoff = seq;
+            freed += size as u64 + ROW_OVERHEAD;
+            if freed >= excess {
+                break;
+            }
+        }
+        let query = sqlx::query("DELETE FROM outbox WHERE seq <= ? RETURNING LENGTH(device) + LENGTH(payload)")
+            .bind(cutoff);
+        let (rows, bytes) = sum_freed(conn, query).await?;
+        total = (total.0 + rows, total.1 + bytes);
+    }
+    Ok(total)
+}
+
+/// Deletes rows read before `cutoff_ms`. Rows are examined oldest first, a step at a time, so
+/// the cost is proportional to what goes, not to the size of the backlog.
+pub async fn drop_older_than(conn: &mut SqliteConnection, cutoff_ms: i64) -> Result<(u64, u64), sqlx::Error> {
+    let mut total = (0, 0);
+    loop {
+        let query = sqlx::query(
+            "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox ORDER BY seq LIMIT ?) AND ts_ms < ? \
+             RETURNING LENGTH(device) + LENGTH(payload)",
+        )
+        .bind(STEP)
+        .bind(cutoff_ms);
+        let (rows, bytes) = sum_freed(conn, query).await?;
+        total = (total.0 + rows, total.1 + bytes);
+        if rows == 0 {
+            return Ok(total);
+        }
+    }
+}

@@ -1,0 +1,75 @@
+//! The outbox's tables, their migration, and the state the writer resumes from.
+
+use std::collections::BTreeMap;
+
+use sqlx::{Row, SqliteConnection};
+
+use super::{DropReason, ROW_OVERHEAD};
+
+/// Bumped with every change to the tables; `PRAGMA user_version` holds it.
+const SCHEMA_VERSION: i64 = 1;
+
+/// What the writer needs to carry on where the last run stopped.
+#[derive(Debug, Clone)]
+pub struct State {
+    pub next_seq: i64,
+    pub rows: u64,
+    pub bytes: u64,
+    pub dropped: BTreeMap<DropReason, u64>,
+}
+
+/// Creates or upgrades the tables, then loads the state.
+pub async fn migrate(conn: &mut SqliteConnection) -> Result<State, sqlx::Error> {
+    let version: i64 = sqlx::query_scalar("PRAGMA user_version").fetch_one(&mut *conn).await?;
+    if version < SCHEMA_VERSION {
+        // `seq` is assigned by the writer, not by SQLite: an INTEGER PRIMARY KEY would hand out
+        // an acknowledged-and-deleted number again after a restart.
+        sqlx::raw_sql(
+            "BEGIN;
+             CREATE TABLE IF NOT EXISTS outbox (
+                 seq     INTEGER PRIMARY KEY,
+                 device  TEXT    NOT NULL,
+                 ts_ms   INTEGER NOT NULL,
+                 payload BLOB    NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS meta (
+                 key   TEXT PRIMARY KEY,
+                 value INTEGER NOT NULL
+             ) WITHOUT ROWID;
+             PRAGMA user_version = 1;
+             COMMIT;",
+        )
+        .execute(&mut *conn)
+        .await?;
+    }
+    load_state(conn).await
+}
+
+/// Reads the persisted counters and sizes the backlog.
+pub async fn load_state(conn: &mut SqliteConnection) -> Result<State, sqlx::Error> {
+    let meta: BTreeMap<String, i64> = sqlx::query("SELECT key, value FROM meta")
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+        .collect::<Result<_, sqlx::Error>>()?;
+    let row = sqlx::query(
+        "SELECT COUNT(*), COALESCE(SUM(LENGTH(device) + LENGTH(payload)), 0), COALESCE(MAX(seq), 0) FROM outbox",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    let rows: i64 = row.try_get(0)?;
+    let content: i64 = row.try_get(1)?;
+    let max_seq: i64 = row.try_get(2)?;
+    let next_seq = meta.get("next_seq").copied().unwrap_or(1).max(max_seq + 1);
+    let dropped = DropReason::ALL
+        .into_iter()
+        .map(|reason| (reason, meta.get(&drop_key(reason)).copied().unwrap_or(0) as u64))
+        .collect();
+    Ok(State { next_seq, rows: rows as u64, bytes: content as u64 + rows as u64 * ROW_OVERHEAD, dropped })
+}
+
+/// The meta key that counts drops for `reason`.
+pub fn drop_key(reason: DropReason) -> String {
+    format!("dropped_{}", reason.as_str())
+}

@@ -1,0 +1,182 @@
+//! The outbox checked against a simple in-memory model: random appends, acks, limits and
+//! restarts, and after every step the unsent rows must be exactly what the model says.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytesize::ByteSize;
+use cairn_adapters::{Reading, Value};
+use tokio::sync::mpsc;
+
+use super::*;
+use crate::live::LiveBus;
+
+fn reading(device: &str, n: i64) -> Reading {
+    Reading {
+        device: Arc::from(device),
+        ts: SystemTime::now(),
+        values: vec![(Arc::from("n"), Value::Int(n))],
+        link: None,
+    }
+}
+
+/// A running outbox: the reader, the acker, the reading channel and the writer task.
+struct Running {
+    reader: StoreReader,
+    acker: Acker,
+    tx: mpsc::Sender<Reading>,
+    task: tokio::task::JoinHandle<Result<(), StoreError>>,
+}
+
+async fn start(path: &Path, config: &BufferConfig) -> Running {
+    let (reader, acker, writer) = open(path, config).await.unwrap();
+    let (tx, rx) = mpsc::channel(1024);
+    let task = tokio::spawn(writer.run(rx, LiveBus::new(16)));
+    Running { reader, acker, tx, task }
+}
+
+impl Running {
+    async fn stop(self) {
+        drop(self.tx);
+        drop(self.acker);
+        self.task.await.unwrap().unwrap();
+    }
+
+    /// Waits until the writer committed everything up to `seq`.
+    async fn committed(&self, seq: i64) {
+        let mut rx = self.reader.committed();
+        rx.wait_for(|c| *c >= seq).await.unwrap();
+    }
+
+    /// Waits until the backlog is `n` (acks are applied asynchronously).
+    async fn backlog(&self, n: u64) {
+        let mut rx = self.reader.stats.clone();
+        rx.wait_for(|s| s.backlog == n).await.unwrap();
+    }
+
+    async fn all_unsent(&self) -> Vec<Record> {
+        self.reader.unsent(0, usize::MAX >> 1).await.unwrap()
+    }
+}
+
+#[tokio::test]
+async fn matches_a_model_through_acks_and_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("outbox.db");
+    let config = BufferConfig::default();
+    let mut rng = fastrand::Rng::with_seed(42);
+    // The model: seq -> (device, n) of every unsent reading.
+    let mut model: BTreeMap<i64, (String, i64)> = BTreeMap::new();
+    let mut next_seq = 1;
+    let mut running = start(&path, &config).await;
+    for round in 0..30 {
+        let appends = rng.usize(0..300);
+        for i in 0..appends {
+            let device = format!("d{}", rng.usize(0..3));
+            let n = (round * 1000 + i) as i64;
+            running.tx.send(reading(&device, n)).await.unwrap();
+            model.insert(next_seq, (device, n));
+            next_seq += 1;
+        }
+        running.committed(next_seq - 1).await;
+        let acked: Vec<i64> = model.keys().copied().filter(|_| rng.bool()).collect();
+        for seq in &acked {
+            running.acker.ack(*seq);
+            model.remove(seq);
+        }
+        // An ack of something already gone is harmless.
+        running.acker.ack(next_seq + 1_000_000);
+        running.backlog(model.len() as u64).await;
+        let unsent = running.all_unsent().await;
+        let seen: Vec<i64> = unsent.iter().map(|r| r.seq).collect();
+        assert_eq!(seen, model.keys().copied().collect::<Vec<_>>(), "round {round}");
+        for record in &unsent {
+            let text = std::str::from_utf8(&record.payload).unwrap();
+            let (device, n) = &model[&record.seq];
+            assert_eq!(&*record.device, device);
+            assert!(text.starts_with(&format!("{{\"seq\":{},", record.seq)), "{text}");
+            assert!(text.ends_with(&format!("\"values\":{{\"n\":{n}}}}}")), "{text}");
+        }
+        if rng.usize(0..4) == 0 {
+            running.stop().await;
+            running = start(&path, &config).await;
+            assert_eq!(running.reader.stats().next_seq, next_seq, "seq resumes after restart");
+            assert_eq!(running.reader.stats().backlog, model.len() as u64);
+        }
+    }
+    // Everything acknowledged and deleted: the next run must still not reuse a number.
+    for seq in model.keys() {
+        running.acker.ack(*seq);
+    }
+    running.backlog(0).await;
+    running.stop().await;
+    let running = start(&path, &config).await;
+    running.tx.send(reading("d0", 0)).await.unwrap();
+    running.committed(next_seq).await;
+    assert_eq!(running.all_unsent().await[0].seq, next_seq);
+    running.stop().await;
+}
+
+async fn fill(config: BufferConfig, readings: i64) -> (Stats, Vec<Record>) {
+    let dir = tempfile::tempdir().unwrap();
+    let running = start(&dir.path().join("o.db"), &config).await;
+    for n in 0..readings {
+        running.tx.send(reading("dev", n)).await.unwrap();
+    }
+    let mut stats = running.reader.stats.clone();
+    stats
+        .wait_for(|s| s.accepted as i64 + s.dropped[&DropReason::BufferFull] as i64 == readings)
+        .await
+        .unwrap();
+    let unsent = running.all_unsent().await;
+    let stats = running.reader.stats();
+    running.stop().await;
+    (stats, unsent)
+}
+
+#[tokio::test]
+async fn drop_oldest_keeps_the_newest_within_max_bytes() {
+    let config = BufferConfig { max_bytes: ByteSize::kib(64), ..BufferConfig::default() };
+    let (stats, unsent) = fill(config, 5000).await;
+    let dropped = stats.dropped[&DropReason::MaxBytes];
+    assert!(dropped > 0);
+    assert!(stats.bytes <= 64 * 1024, "{}", stats.bytes);
+    assert_eq!(unsent.len() as u64 + dropped, 5000);
+    assert_eq!(unsent.last().map(|r| r.seq), Some(5000), "the newest stays");
+    assert_eq!(unsent[0].seq as u64, dropped + 1, "exactly the oldest went");
+}
+
+#[tokio::test]
+async fn drop_newest_keeps_the_oldest_within_max_bytes() {
+    let config = BufferConfig {
+        max_bytes: ByteSize::kib(64),
+        when_full: crate::config::WhenFull::DropNewest,
+        ..BufferConfig::default()
+    };
+    let (stats, unsent) = fill(config, 5000).await;
+    let refused = stats.dropped[&DropReason::BufferFull];
+    assert!(refused > 0);
+    assert!(stats.bytes <= 64 * 1024);
+    assert_eq!(unsent.len() as u64 + refused, 5000);
+    assert_eq!(unsent[0].seq, 1, "the oldest stays");
+    assert_eq!(stats.dropped[&DropReason::MaxBytes], 0);
+}
+
+#[tokio::test]
+async fn max_age_drops_old_readings_and_counts_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = BufferConfig { max_age: Some(Duration::from_secs(3600)), ..BufferConfig::default() };
+    let running = start(&dir.path().join("o.db"), &config).await;
+    let mut old = reading("dev", 1);
+    old.ts = SystemTime::now() - Duration::from_secs(7200);
+    running.tx.send(old).await.unwrap();
+    running.tx.send(reading("dev", 2)).await.unwrap();
+    // The age check runs on the writer's first tick and every 10 s after.
+    let mut stats = running.reader.stats.clone();
+    stats.wait_for(|s| s.dropped[&DropReason::MaxAge] == 1 && s.backlog == 1).await.unwrap();
+    assert_eq!(running.all_unsent().await[0].seq, 2);
+    running.stop().await;
+    let (stats, _) = inspect(&dir.path().join("o.db")).await.unwrap();
+    assert_eq!(stats.dropped[&DropReason::MaxAge], 1, "drop counts persist");
+}

@@ -1,0 +1,268 @@
+//! The outbox's single writer: group-commits readings, deletes acknowledged rows, applies the
+//! retention limits, and tells the uplink and the live bus what was committed.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use cairn_adapters::Reading;
+use sqlx::{Connection, QueryBuilder, SqliteConnection};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tracing::{debug, error, info, warn};
+
+use super::retention::{self, CHUNK};
+use super::schema::{State, drop_key};
+use super::{DropReason, Record, Stats, StoreError, row_bytes};
+use crate::backoff::Backoff;
+use crate::config::{BufferConfig, WhenFull};
+use crate::live::{LiveBus, LiveEvent};
+use crate::pipeline::{encode, unix_millis};
+
+/// How often rows older than `max_age` are looked for.
+const AGE_CHECK: Duration = Duration::from_secs(10);
+
+/// The task that owns the outbox's writing connection.
+#[derive(Debug)]
+pub struct Writer {
+    path: PathBuf,
+    conn: SqliteConnection,
+    max_bytes: u64,
+    max_age: Option<Duration>,
+    when_full: WhenFull,
+    commit_interval: Duration,
+    max_batch: usize,
+    state: State,
+    stats: Stats,
+    committed: watch::Sender<i64>,
+    stats_tx: watch::Sender<Stats>,
+    acks: mpsc::UnboundedReceiver<i64>,
+}
+
+/// What one transaction will do.
+#[derive(Default)]
+struct Batch {
+    readings: Vec<Reading>,
+    acks: Vec<i64>,
+    check_age: bool,
+}
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.readings.is_empty() && self.acks.is_empty() && !self.check_age
+    }
+}
+
+impl Writer {
+    pub(super) fn new(
+        path: PathBuf,
+        conn: SqliteConnection,
+        config: &BufferConfig,
+        state: State,
+        committed: watch::Sender<i64>,
+        stats_tx: watch::Sender<Stats>,
+        acks: mpsc::UnboundedReceiver<i64>,
+    ) -> Self {
+        let stats = stats_tx.borrow().clone();
+        Self {
+            path,
+            conn,
+            max_bytes: config.max_bytes.as_u64(),
+            max_age: config.max_age,
+            when_full: config.when_full,
+            commit_interval: config.commit_interval,
+            max_batch: config.max_batch,
+            state,
+            stats,
+            committed,
+            stats_tx,
+            acks,
+        }
+    }
+
+    /// Commits readings and acknowledgements until the reading channel is closed *and* every
+    /// [`super::Acker`] is gone, so that shutdown still records the uplink's last acks.
+    pub async fn run(mut self, mut readings: mpsc::Receiver<Reading>, live: LiveBus) -> Result<(), StoreError> {
+        let mut readings_open = true;
+        let mut acks_open = true;
+        let mut age_tick = tokio::time::interval(AGE_CHECK);
+        age_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut batch = Batch::default();
+        while readings_open || acks_open {
+            tokio::select! {
+                reading = readings.recv(), if readings_open => match reading {
+                    Some(reading) => batch.readings.push(reading),
+                    None => readings_open = false,
+                },
+                seq = self.acks.recv(), if acks_open => match seq {
+                    Some(seq) => batch.acks.push(seq),
+                    None => acks_open = false,
+                },
+                _ = age_tick.tick(), if self.max_age.is_some() => batch.check_age = true,
+            }
+            if !batch.readings.is_empty() && readings_open {
+                readings_open = self.gather(&mut readings, &mut batch.readings).await;
+            }
+            while let Ok(seq) = self.acks.try_recv() {
+                batch.acks.push(seq);
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            let committed = self.commit_retrying(&mut batch).await;
+            batch = Batch::default();
+            for record in committed {
+                live.publish(LiveEvent::Reading(record));
+            }
+        }
+        info!(path = %self.path.display(), backlog = self.stats.backlog, "Outbox closed");
+        Ok(())
+    }
+
+    /// Collects more readings for the current transaction: whatever is queued at once, then
+    /// whatever arrives within `commit_interval`, up to `max_batch`. Returns whether the channel
+    /// is still open.
+    async fn gather(&self, readings: &mut mpsc::Receiver<Reading>, batch: &mut Vec<Reading>) -> bool {
+        let deadline = Instant::now() + self.commit_interval;
+        while batch.len() < self.max_batch {
+            match readings.try_recv() {
+                Ok(reading) => batch.push(reading),
+                Err(mpsc::error::TryRecvError::Disconnected) => return false,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    tokio::select! {
+                        reading = readings.recv() => match reading {
+                            Some(reading) => batch.push(reading),
+                            None => return false,
+                        },
+                        () = tokio::time::sleep_until(deadline) => return true,
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    /// Commits `batch`, retrying with backoff while SQLite refuses (disk full, I/O error); while
+    /// it retries, the bounded reading channel fills and slows the adapters down, and nothing
+    /// already committed is touched.
+    async fn commit_retrying(&mut self, batch: &mut Batch) -> Vec<Arc<Record>> {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
+        loop {
+            match self.commit(batch).await {
+                Ok(records) => return records,
+                Err(e) => {
+                    let retry_in = backoff.next_delay();
+                    error!(
+                        path = %self.path.display(),
+                        error = %e,
+                        readings = batch.readings.len(),
+                        retry_in = %humantime::format_duration(retry_in),
+                        "Outbox write failed; holding the readings and retrying"
+                    );
+                    tokio::time::sleep(retry_in).await;
+                }
+            }
+        }
+    }
+
+    /// One transaction: acks, age limit, then the new readings and the size limit.
+    async fn commit(&mut self, batch: &mut Batch) -> Result<Vec<Arc<Record>>, sqlx::Error> {
+        let mut stats = self.stats.clone();
+        let mut state = self.state.clone();
+        let mut tx = self.conn.begin().await?;
+
+        let (rows, bytes) = retention::delete(&mut tx, &batch.acks).await?;
+        stats.delivered += rows;
+        state.rows -= rows.min(state.rows);
+        state.bytes -= bytes.min(state.bytes);
+
+        if batch.check_age
+            && let Some(max_age) = self.max_age
+        {
+            let cutoff = unix_millis(SystemTime::now() - max_age);
+            let (rows, bytes) = retention::drop_older_than(&mut tx, cutoff).await?;
+            record_drop(&mut state, rows, bytes, DropReason::MaxAge);
+        }
+
+        let mut records = Vec::with_capacity(batch.readings.len());
+        let mut refused = 0;
+        for reading in &batch.readings {
+            let payload = encode(state.next_seq, reading);
+            let size = row_bytes(&reading.device, payload.len());
+            if self.when_full == WhenFull::DropNewest && state.bytes + size > self.max_bytes {
+                refused += 1;
+                continue;
+            }
+            records.push(Arc::new(Record {
+                seq: state.next_seq,
+                device: reading.device.clone(),
+                ts_ms: unix_millis(reading.ts),
+                payload: payload.into(),
+            }));
+            state.next_seq += 1;
+            state.rows += 1;
+            state.bytes += size;
+        }
+        state.dropped.entry(DropReason::BufferFull).and_modify(|n| *n += refused);
+        for chunk in records.chunks(CHUNK) {
+            let mut insert = QueryBuilder::new("INSERT INTO outbox (seq, device, ts_ms, payload) ");
+            insert.push_values(chunk, |mut row, record| {
+                row.push_bind(record.seq)
+                    .push_bind(&*record.device)
+                    .push_bind(record.ts_ms)
+                    .push_bind(&*record.payload);
+            });
+            insert.build().persistent(chunk.len() == CHUNK).execute(&mut *tx).await?;
+        }
+
+        if state.bytes > self.max_bytes && self.when_full == WhenFull::DropOldest {
+            let (rows, bytes) = retention::drop_oldest(&mut tx, state.bytes - self.max_bytes).await?;
+            record_drop(&mut state, rows, bytes, DropReason::MaxBytes);
+        }
+
+        let mut meta = QueryBuilder::new("INSERT INTO meta (key, value) ");
+        let entries: Vec<(String, i64)> = std::iter::once(("next_seq".to_string(), state.next_seq))
+            .chain(state.dropped.iter().map(|(reason, n)| (drop_key(*reason), *n as i64)))
+            .collect();
+        meta.push_values(&entries, |mut row, (key, value)| {
+            row.push_bind(key).push_bind(*value);
+        });
+        meta.push(" ON CONFLICT (key) DO UPDATE SET value = excluded.value");
+        meta.build().execute(&mut *tx).await?;
+        tx.commit().await?;
+
+        let new_drops: BTreeMap<DropReason, u64> = state
+            .dropped
+            .iter()
+            .filter_map(|(reason, n)| {
+                let before = self.state.dropped.get(reason).copied().unwrap_or(0);
+                (*n > before).then_some((*reason, *n - before))
+            })
+            .collect();
+        for (reason, n) in &new_drops {
+            warn!(reason = reason.as_str(), dropped = n, backlog = state.rows, "Outbox limit reached; readings dropped");
+        }
+        if batch.check_age {
+            debug!(backlog = state.rows, "Age limit checked");
+        }
+        stats.accepted += records.len() as u64;
+        stats.backlog = state.rows;
+        stats.bytes = state.bytes;
+        stats.next_seq = state.next_seq;
+        stats.dropped = state.dropped.clone();
+        self.state = state;
+        self.stats = stats.clone();
+        self.stats_tx.send_replace(stats);
+        if !records.is_empty() {
+            self.committed.send_replace(self.state.next_seq - 1);
+        }
+        Ok(records)
+    }
+}
+
+fn record_drop(state: &mut State, rows: u64, bytes: u64, reason: DropReason) {
+    state.rows -= rows.min(state.rows);
+    state.bytes -= bytes.min(state.bytes);
+    *state.dropped.entry(reason).or_default() += rows;
+}
