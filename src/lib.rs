@@ -8,8 +8,13 @@
 
 pub mod backoff;
 pub mod config;
+pub mod gateway;
 pub mod live;
+pub mod logging;
 pub mod pipeline;
+pub mod shutdown;
 pub mod store;
+pub mod supervisor;
+pub mod uplink;
 
 pub use cairn_adapters::Reading;

@@ -1,1 +1,109 @@
-fn main() {}
+//! The `cairn` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use cairn::config::Config;
+use cairn::{gateway, logging, shutdown, store};
+use clap::{Parser, Subcommand};
+
+/// Cairn: reads field devices, keeps every reading until the broker has it, shows it live on site.
+#[derive(Debug, Parser)]
+#[command(name = "cairn", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Run {
+        /// The configuration file.
+        #[arg(short, long, env = "CAIRN_CONFIG", default_value = "/etc/cairn/cairn.yaml")]
+        config: PathBuf,
+    },
+    /// Check a configuration file and print every problem found.
+    Check {
+        /// The configuration file.
+        #[arg(short, long, env = "CAIRN_CONFIG", default_value = "/etc/cairn/cairn.yaml")]
+        config: PathBuf,
+    },
+    /// Print the outbox's backlog and drop counters (works while the gateway runs).
+    Stats {
+        /// The configuration file (to find the outbox).
+        #[arg(short, long, env = "CAIRN_CONFIG", default_value = "/etc/cairn/cairn.yaml")]
+        config: PathBuf,
+    },
+}
+
+fn load(path: &PathBuf) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|report| {
+        eprintln!("{report}");
+        ExitCode::FAILURE
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Command::Check { config } => match load(&config) {
+            Ok(c) => {
+                println!("{}: ok ({} devices, gateway `{}`)", config.display(), c.devices.len(), c.gateway.id);
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Stats { config } => {
+            let config = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let path = config.buffer.path_in(&config.gateway.data_dir);
+            match runtime.block_on(store::inspect(&path)) {
+                Ok((stats, oldest)) => {
+                    println!("outbox: {}", path.display());
+                    println!("backlog: {} readings, {} bytes", stats.backlog, stats.bytes);
+                    if let Some(ms) = oldest {
+                        let ts = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms as u64);
+                        println!("oldest unsent: {}", humantime::format_rfc3339_millis(ts));
+                    }
+                    println!("next seq: {}", stats.next_seq);
+                    for (reason, n) in &stats.dropped {
+                        println!("dropped ({}): {n}", reason.as_str());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Run { config } => {
+            logging::init();
+            let config = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let result = runtime.block_on(async {
+                let shutdown = shutdown::on_signals()?;
+                gateway::run(config, shutdown).await
+            });
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = format!("{e:#}"), "Cairn stopped");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

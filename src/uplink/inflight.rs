@@ -1,0 +1,89 @@
+//! The in-flight window: which outbox rows each MQTT packet id stands for.
+//!
+//! rumqttc assigns packet ids inside its event loop, so a publish is first *queued* (we know
+//! its row, not its id); the `Outgoing::Publish(pkid)` event that follows, in the same order,
+//! names the id; the broker's PUBACK for that id means the row can go.
+
+use std::collections::{HashMap, VecDeque};
+
+/// What a publish carried: a row of the outbox, or a control message (status, metadata).
+pub type Carried = Option<i64>;
+
+/// Publishes sent on the current connection and not yet acknowledged.
+#[derive(Debug, Default)]
+pub struct Inflight {
+    queued: VecDeque<Carried>,
+    by_pkid: HashMap<u16, Carried>,
+    rows: usize,
+}
+
+impl Inflight {
+    /// A publish was handed to the client.
+    pub fn queued(&mut self, carried: Carried) {
+        self.rows += usize::from(carried.is_some());
+        self.queued.push_back(carried);
+    }
+
+    /// The event loop wrote the oldest queued publish with `pkid` (0 for QoS 0, which is then
+    /// as delivered as it will ever be). Returns what it carried.
+    pub fn written(&mut self, pkid: u16) -> Option<Carried> {
+        let carried = self.queued.pop_front()?;
+        if pkid == 0 {
+            self.rows -= usize::from(carried.is_some());
+        } else {
+            self.by_pkid.insert(pkid, carried);
+        }
+        Some(carried)
+    }
+
+    /// The broker acknowledged `pkid`. Returns what it carried, or `None` for an id we do not
+    /// know (a duplicate ack).
+    pub fn acked(&mut self, pkid: u16) -> Option<Carried> {
+        let carried = self.by_pkid.remove(&pkid)?;
+        self.rows -= usize::from(carried.is_some());
+        Some(carried)
+    }
+
+    /// Rows queued or awaiting their ack.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Whether anything at all (rows or control messages) awaits an ack.
+    pub fn is_empty(&self) -> bool {
+        self.queued.is_empty() && self.by_pkid.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_packet_ids_to_rows_in_order() {
+        let mut inflight = Inflight::default();
+        inflight.queued(None);
+        inflight.queued(Some(10));
+        inflight.queued(Some(11));
+        assert_eq!(inflight.rows(), 2);
+        assert_eq!(inflight.written(1), Some(None));
+        assert_eq!(inflight.written(2), Some(Some(10)));
+        assert_eq!(inflight.written(3), Some(Some(11)));
+        assert_eq!(inflight.acked(3), Some(Some(11)));
+        assert_eq!(inflight.acked(3), None, "a duplicate ack is ignored");
+        assert_eq!(inflight.acked(2), Some(Some(10)));
+        assert_eq!(inflight.rows(), 0);
+        assert!(!inflight.is_empty(), "the control message is still unacknowledged");
+        assert_eq!(inflight.acked(1), Some(None));
+        assert!(inflight.is_empty());
+    }
+
+    #[test]
+    fn qos0_rows_count_as_done_once_written() {
+        let mut inflight = Inflight::default();
+        inflight.queued(Some(5));
+        assert_eq!(inflight.written(0), Some(Some(5)));
+        assert_eq!(inflight.rows(), 0);
+        assert!(inflight.is_empty());
+    }
+}

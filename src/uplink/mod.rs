@@ -1,0 +1,253 @@
+//! The uplink: one MQTT connection that drains the outbox in `seq` order and deletes a row only
+//! after the broker's PUBACK.
+//!
+//! `AsyncClient::publish` returning Ok only means "queued", and rumqttc forgets its queue when
+//! the broker has no session, so this task owns both the client and the event loop, maps packet
+//! ids to rows ([`inflight`]), and after every (re)connect publishes again everything the
+//! outbox still holds. A fresh event loop per connection keeps no state between sessions.
+
+mod inflight;
+mod options;
+pub mod topics;
+
+use std::time::{Duration, SystemTime};
+
+use rumqttc::{AsyncClient, ConnectReturnCode, Event, EventLoop, MqttOptions, NetworkOptions, Outgoing, Packet, QoS};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::backoff::Backoff;
+use crate::config::MqttConfig;
+use crate::store::{Acker, StoreReader};
+use inflight::Inflight;
+use topics::{DeviceMeta, Topics};
+
+/// How long a clean shutdown waits for outstanding acknowledgements before leaving anyway.
+const LEAVE_GRACE: Duration = Duration::from_secs(3);
+
+/// Why a connection ended.
+#[derive(Debug, thiserror::Error)]
+pub enum UplinkError {
+    /// TCP, TLS or MQTT failed (refused, reset, timed out).
+    #[error("{0}")]
+    Connection(#[from] rumqttc::ConnectionError),
+    /// The broker answered CONNECT with a refusal (bad credentials, not authorized...).
+    #[error("broker refused the connection: {0:?}")]
+    Refused(ConnectReturnCode),
+    /// The client's request queue refused a publish (the event loop is gone).
+    #[error("{0}")]
+    Client(#[from] rumqttc::ClientError),
+    /// The outbox could not be read.
+    #[error("reading the outbox: {0}")]
+    Store(#[from] sqlx::Error),
+    /// The TLS files could not be read.
+    #[error("TLS files: {0}")]
+    Tls(#[from] std::io::Error),
+}
+
+/// The link as people on site should see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UplinkStatus {
+    /// Whether the broker has accepted the connection.
+    pub connected: bool,
+    /// Since when the link is in this state.
+    pub since: SystemTime,
+    /// Why the last connection ended or failed.
+    pub last_error: Option<String>,
+}
+
+/// The uplink task and its settings.
+pub struct Uplink {
+    options: MqttOptions,
+    network: NetworkOptions,
+    broker: String,
+    qos: QoS,
+    window: usize,
+    reconnect: (Duration, Duration),
+    topics: Topics,
+    devices: Vec<DeviceMeta>,
+    reader: StoreReader,
+    acker: Acker,
+    status: watch::Sender<UplinkStatus>,
+}
+
+impl Uplink {
+    /// An uplink for `gateway` that publishes `devices`' metadata and drains `reader`.
+    pub fn new(
+        config: &MqttConfig,
+        gateway: &str,
+        devices: Vec<DeviceMeta>,
+        reader: StoreReader,
+        acker: Acker,
+    ) -> Result<Self, UplinkError> {
+        let topics = Topics::new(&config.topic_prefix, gateway);
+        let (options, network) = options::build(config, gateway, &topics.status())?;
+        let endpoint = config.endpoint();
+        let status = UplinkStatus { connected: false, since: SystemTime::now(), last_error: None };
+        Ok(Self {
+            options,
+            network,
+            broker: format!("{}:{}", endpoint.host, endpoint.port),
+            qos: if config.qos == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce },
+            window: usize::from(config.max_inflight),
+            reconnect: (config.reconnect_min, config.reconnect_max),
+            topics,
+            devices,
+            reader,
+            acker,
+            status: watch::channel(status).0,
+        })
+    }
+
+    /// The link's state, for the feed and the logs.
+    pub fn status(&self) -> watch::Receiver<UplinkStatus> {
+        self.status.subscribe()
+    }
+
+    /// Connects, drains, reconnects with backoff, until `cancel` fires; then leaves cleanly.
+    pub async fn run(mut self, cancel: CancellationToken) {
+        let mut backoff = Backoff::new(self.reconnect.0, self.reconnect.1);
+        loop {
+            let error = match self.session(&cancel, &mut backoff).await {
+                Ok(()) => break,
+                Err(e) => e,
+            };
+            let was_connected = self.status.borrow().connected;
+            self.set_status(false, Some(error.to_string()));
+            let retry_in = backoff.next_delay();
+            let retry = humantime::format_duration(Duration::from_secs(retry_in.as_secs().max(1)));
+            if was_connected {
+                warn!(broker = %self.broker, error = %error, retry_in = %retry, "MQTT connection lost; readings stay in the outbox");
+            } else {
+                warn!(broker = %self.broker, error = %error, retry_in = %retry, "MQTT connect failed; readings stay in the outbox");
+            }
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                () = tokio::time::sleep(retry_in) => {}
+            }
+        }
+        self.set_status(false, None);
+    }
+
+    fn set_status(&self, connected: bool, last_error: Option<String>) {
+        self.status.send_modify(|s| {
+            if s.connected != connected {
+                s.since = SystemTime::now();
+            }
+            s.connected = connected;
+            if last_error.is_some() {
+                s.last_error = last_error;
+            }
+        });
+    }
+
+    /// One connection, from CONNECT to failure (`Err`) or shutdown (`Ok`).
+    async fn session(&mut self, cancel: &CancellationToken, backoff: &mut Backoff) -> Result<(), UplinkError> {
+        // Room for the window plus the status and metadata messages.
+        let capacity = self.window + self.devices.len() + 2;
+        let (client, mut events) = AsyncClient::new(self.options.clone(), capacity);
+        events.set_network_options(self.network.clone());
+        let connack = tokio::select! {
+            () = cancel.cancelled() => return Ok(()),
+            event = events.poll() => event?,
+        };
+        if let Event::Incoming(Packet::ConnAck(ack)) = &connack
+            && ack.code != ConnectReturnCode::Success
+        {
+            return Err(UplinkError::Refused(ack.code));
+        }
+        info!(broker = %self.broker, backlog = self.reader.stats().backlog, "MQTT connected");
+        self.set_status(true, None);
+
+        let mut inflight = Inflight::default();
+        client.try_publish(self.topics.status(), QoS::AtLeastOnce, true, "online")?;
+        inflight.queued(None);
+        for device in &self.devices {
+            client.try_publish(self.topics.meta(&device.name), QoS::AtLeastOnce, true, device.payload())?;
+            inflight.queued(None);
+        }
+
+        let mut committed = self.reader.committed();
+        // Every connect starts from the oldest unacknowledged row: whatever was in flight on
+        // the last connection may or may not have arrived.
+        let mut cursor = 0;
+        loop {
+            while inflight.rows() < self.window && cursor < *committed.borrow_and_update() {
+                let rows = self.reader.unsent(cursor, self.window - inflight.rows()).await?;
+                let Some(last) = rows.last() else {
+                    cursor = *committed.borrow();
+                    break;
+                };
+                cursor = last.seq;
+                for row in rows {
+                    let topic = self.topics.data(&row.device);
+                    client.try_publish(topic, self.qos, false, row.payload.to_vec())?;
+                    inflight.queued(Some(row.seq));
+                }
+            }
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => {
+                    self.leave(&client, &mut events, &mut inflight).await;
+                    return Ok(());
+                }
+                event = events.poll() => self.handle(event?, &mut inflight, backoff),
+                Ok(()) = committed.changed(), if inflight.rows() < self.window => {}
+            }
+        }
+    }
+
+    fn handle(&self, event: Event, inflight: &mut Inflight, backoff: &mut Backoff) {
+        match event {
+            Event::Outgoing(Outgoing::Publish(pkid)) => {
+                if let Some(Some(seq)) = inflight.written(pkid)
+                    && pkid == 0
+                {
+                    self.acker.ack(seq);
+                }
+            }
+            Event::Incoming(Packet::PubAck(ack)) => {
+                if let Some(Some(seq)) = inflight.acked(ack.pkid) {
+                    self.acker.ack(seq);
+                }
+                // The broker is taking messages: the link works, whatever happened before.
+                backoff.reset();
+            }
+            other => debug!(event = ?other, "MQTT event"),
+        }
+    }
+
+    /// Waits briefly for outstanding acks (each one spares a duplicate next time), marks the
+    /// gateway offline (a clean disconnect does not fire the last will) and disconnects.
+    async fn leave(&self, client: &AsyncClient, events: &mut EventLoop, inflight: &mut Inflight) {
+        let deadline = Instant::now() + LEAVE_GRACE;
+        let mut offline_sent = false;
+        let mut noop = Backoff::new(Duration::from_secs(1), Duration::from_secs(1));
+        loop {
+            if inflight.is_empty() {
+                if offline_sent {
+                    break;
+                }
+                if client.try_publish(self.topics.status(), QoS::AtLeastOnce, true, "offline").is_err() {
+                    break;
+                }
+                inflight.queued(None);
+                offline_sent = true;
+            }
+            match tokio::time::timeout_at(deadline, events.poll()).await {
+                Ok(Ok(event)) => self.handle(event, inflight, &mut noop),
+                Ok(Err(_)) | Err(_) => return,
+            }
+        }
+        if client.try_disconnect().is_ok() {
+            while let Ok(Ok(event)) = tokio::time::timeout_at(deadline, events.poll()).await {
+                if matches!(event, Event::Outgoing(Outgoing::Disconnect)) {
+                    break;
+                }
+            }
+        }
+        info!(broker = %self.broker, "MQTT disconnected");
+    }
+}
