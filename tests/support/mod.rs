@@ -1,0 +1,346 @@
+//! Real peers for the end-to-end tests: a fresh `mosquitto` per test on an ephemeral port, an
+//! independent `mosquitto_sub` subscriber, and the `cairn` binary itself.
+#![allow(dead_code, missing_docs)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// Generous: these are upper bounds for a slow, loaded CI machine, not expectations.
+pub const PATIENCE: Duration = Duration::from_secs(120);
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn wait_for_port(port: u16, up: bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_ok() != up {
+        assert!(Instant::now() < deadline, "port {port} did not become {}", if up { "open" } else { "closed" });
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill").arg(format!("-{name}")).arg(child.id().to_string()).status().unwrap();
+    assert!(status.success(), "kill -{name} failed");
+}
+
+/// A mosquitto broker of this test's own, with persistence so that a restart keeps the
+/// subscriber's session and what the broker had already acknowledged.
+pub struct Broker {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Broker {
+    pub fn start() -> Self {
+        Self::start_on(free_port())
+    }
+
+    pub fn start_on(port: u16) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        // mosquitto started as root drops to its own user, which must be able to write here.
+        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+        let mut broker = Self { port, dir, child: None };
+        broker.restart();
+        broker
+    }
+
+    /// Starts the broker again on the same port with the same persistence file.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "broker already running");
+        let conf = self.dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {dir}/\n\
+                 max_queued_messages 0\nmax_inflight_messages 100\nlog_dest file {dir}/mosquitto.log\n",
+                port = self.port,
+                dir = self.dir.path().display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto is installed (scripts/test installs it)");
+        self.child = Some(child);
+        wait_for_port(self.port, true);
+    }
+
+    /// Stops the broker abruptly for its clients (sockets closed, nothing said) while the
+    /// broker itself saves what it acknowledged: SIGTERM, not SIGKILL, so that a lost message
+    /// can only be Cairn's fault.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(&child, "TERM");
+            child.wait().unwrap();
+            wait_for_port(self.port, false);
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Every message the subscriber received, by topic, in order.
+#[derive(Debug, Default)]
+pub struct Received {
+    pub messages: Vec<(String, String)>,
+}
+
+impl Received {
+    /// Data messages' payloads as JSON.
+    pub fn data(&self) -> impl Iterator<Item = (&str, serde_json::Value)> {
+        self.messages.iter().filter_map(|(topic, payload)| {
+            let value: serde_json::Value = serde_json::from_str(payload).ok()?;
+            value.get("seq")?;
+            Some((topic.as_str(), value))
+        })
+    }
+
+    /// How many times each seq arrived.
+    pub fn seq_counts(&self) -> BTreeMap<i64, usize> {
+        let mut counts = BTreeMap::new();
+        for (_, value) in self.data() {
+            *counts.entry(value["seq"].as_i64().unwrap()).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    pub fn last_on(&self, topic: &str) -> Option<&str> {
+        self.messages.iter().rev().find(|(t, _)| t == topic).map(|(_, p)| p.as_str())
+    }
+}
+
+/// An independent subscriber: `mosquitto_sub` with a persistent QoS 1 session. mosquitto_sub
+/// exits when its broker goes away, so it is started again (same client id, same session)
+/// whenever it exits, until the test drops it.
+pub struct Subscriber {
+    child: Arc<Mutex<Option<Child>>>,
+    received: Arc<(Mutex<Received>, Condvar)>,
+}
+
+fn spawn_sub(port: u16, id: &str, topic: &str) -> Child {
+    Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1", "-c", "-i", id, "-v"])
+        .args(["-t", topic, "-t", "probe/#"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mosquitto_sub is installed (scripts/test installs it)")
+}
+
+impl Subscriber {
+    /// Subscribes to `topic` on `broker` and returns once the subscription is live.
+    pub fn start(broker: &Broker, topic: &str) -> Self {
+        let id = format!("test-sub-{}", free_port());
+        let port = broker.port;
+        let child = Arc::new(Mutex::new(Some(spawn_sub(port, &id, topic))));
+        let received = Arc::new((Mutex::new(Received::default()), Condvar::new()));
+        let (shared, current, topic) = (received.clone(), child.clone(), topic.to_string());
+        std::thread::spawn(move || {
+            loop {
+                let Some(stdout) = current.lock().unwrap().as_mut().and_then(|c| c.stdout.take()) else { return };
+                for line in BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    let (topic, payload) = line.split_once(' ').unwrap_or((&line, ""));
+                    let (lock, cvar) = &*shared;
+                    lock.lock().unwrap().messages.push((topic.to_string(), payload.to_string()));
+                    cvar.notify_all();
+                }
+                let mut slot = current.lock().unwrap();
+                let Some(mut old) = slot.take() else { return };
+                let _ = old.wait();
+                std::thread::sleep(Duration::from_millis(100));
+                *slot = Some(spawn_sub(port, &id, &topic));
+            }
+        });
+        let subscriber = Self { child, received };
+        // The subscription is live once a probe published after it comes back.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            Command::new("mosquitto_pub")
+                .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", "probe/up", "-m", "x"])
+                .status()
+                .unwrap();
+            if subscriber.wait_until(Duration::from_millis(200), |r| r.messages.iter().any(|(t, _)| t == "probe/up")) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "subscriber never saw its probe");
+        }
+        subscriber
+    }
+
+    /// Waits (without polling) until `done` holds for what was received; false on timeout.
+    pub fn wait_until(&self, timeout: Duration, mut done: impl FnMut(&Received) -> bool) -> bool {
+        let (lock, cvar) = &*self.received;
+        let guard = lock.lock().unwrap();
+        let (guard, _) = cvar.wait_timeout_while(guard, timeout, |r| !done(r)).unwrap();
+        done(&guard)
+    }
+
+    /// Waits until every seq in `1..=last` arrived; panics with the missing ones otherwise.
+    pub fn expect_all_seqs(&self, last: i64) -> SeqReport {
+        let complete = self.wait_until(PATIENCE, |r| {
+            let counts = r.seq_counts();
+            (1..=last).all(|seq| counts.contains_key(&seq))
+        });
+        let counts = self.with(|r| r.seq_counts());
+        let missing: Vec<i64> = (1..=last).filter(|seq| !counts.contains_key(seq)).collect();
+        assert!(complete && missing.is_empty(), "{} of {last} seqs never arrived, first: {:?}", missing.len(), &missing[..missing.len().min(20)]);
+        let duplicates = counts.values().map(|n| n - 1).sum();
+        SeqReport { distinct: counts.len(), duplicates, beyond: counts.keys().filter(|s| **s > last).count() }
+    }
+
+    pub fn with<T>(&self, f: impl FnOnce(&Received) -> T) -> T {
+        f(&self.received.0.lock().unwrap())
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.lock().unwrap().take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// What arrived, counted by seq.
+#[derive(Debug)]
+pub struct SeqReport {
+    pub distinct: usize,
+    pub duplicates: usize,
+    pub beyond: usize,
+}
+
+/// The `cairn` binary under test, with its config and data in a folder of its own.
+pub struct Cairn {
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+pub fn cairn_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_cairn")
+}
+
+impl Cairn {
+    /// Writes `config` (where `{data}` stands for the data folder) and runs `cairn run`.
+    pub fn start(config: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config.replace("{data}", &dir.path().join("data").display().to_string());
+        std::fs::write(dir.path().join("cairn.yaml"), config).unwrap();
+        let mut cairn = Self { dir, child: None };
+        cairn.restart();
+        cairn
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("cairn.yaml")
+    }
+
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "cairn already running");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("cairn.log")).unwrap();
+        let child = Command::new(cairn_bin())
+            .args(["run", "--config"])
+            .arg(self.config_path())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    /// SIGKILL: no flush, no goodbye, like a power cut for everything not yet fsynced.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("cairn running");
+        signal(&child, "KILL");
+        child.wait().unwrap();
+    }
+
+    /// SIGTERM and wait; returns whether it exited successfully.
+    pub fn stop(&mut self) -> bool {
+        let mut child = self.child.take().expect("cairn running");
+        signal(&child, "TERM");
+        child.wait().unwrap().success()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("cairn.log")).unwrap_or_default()
+    }
+
+    /// `cairn stats` parsed into `key -> number`.
+    pub fn stats(&self) -> BTreeMap<String, i64> {
+        let out = run_cairn(&["stats", "--config", self.config_path().to_str().unwrap()]);
+        assert!(out.status.success(), "cairn stats failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|line| {
+                let (key, rest) = line.split_once(": ")?;
+                let number = rest.split_whitespace().next()?.parse().ok()?;
+                Some((key.to_string(), number))
+            })
+            .collect()
+    }
+
+    /// Waits until `cairn stats` satisfies `done`; the outbox is the event source here.
+    pub fn wait_stats(&self, what: &str, mut done: impl FnMut(&BTreeMap<String, i64>) -> bool) -> BTreeMap<String, i64> {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if Path::new(&self.dir.path().join("data/outbox.db")).exists() {
+                let stats = self.stats();
+                if done(&stats) {
+                    return stats;
+                }
+                assert!(Instant::now() < deadline, "timed out waiting for {what}: {stats:?}\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Cairn {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn run_cairn(args: &[&str]) -> Output {
+    Command::new(cairn_bin()).args(args).output().unwrap()
+}
+
+/// A test config: one simulated counter device at `rate` readings/s, `limit` readings in all.
+pub fn sim_config(broker_port: u16, rate: u32, limit: u64, extra_buffer: &str) -> String {
+    format!(
+        "gateway:\n  id: test\n  data_dir: {{data}}\n\
+         mqtt:\n  host: 127.0.0.1\n  port: {broker_port}\n  keepalive: 5s\n  reconnect_min: 100ms\n  reconnect_max: 1s\n\
+         buffer:\n  commit_interval: 5ms\n{extra_buffer}\
+         devices:\n  - name: counter\n    type: sim\n    rate: {rate}\n    limit: {limit}\n    values:\n      - name: n\n        counter: {{}}\n"
+    )
+}
