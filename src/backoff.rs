@@ -15,7 +15,12 @@ pub struct Backoff {
 impl Backoff {
     /// A backoff starting at `min` and capped at `max`.
     pub fn new(min: Duration, max: Duration) -> Self {
-        Self { min, max: max.max(min), attempt: 0, rng: fastrand::Rng::new() }
+        Self {
+            min,
+            max: max.max(min),
+            attempt: 0,
+            rng: fastrand::Rng::new(),
+        }
     }
 
     /// The delay before the next attempt.
@@ -43,7 +48,10 @@ mod tests {
         let ceilings = [1, 2, 4, 8, 10, 10, 10, 10];
         for (delay, ceiling) in delays.iter().zip(ceilings) {
             let ceiling = Duration::from_secs(ceiling);
-            assert!(*delay <= ceiling && *delay >= ceiling / 2, "{delay:?} vs {ceiling:?}");
+            assert!(
+                *delay <= ceiling && *delay >= ceiling / 2,
+                "{delay:?} vs {ceiling:?}"
+            );
         }
         backoff.reset();
         assert!(backoff.next_delay() <= Duration::from_secs(1));

@@ -39,10 +39,23 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
     let metas = config
         .devices()
-        .map(|d| DeviceMeta::new(&d.name, d.adapter.kind().as_str(), d.description.clone(), &d.adapter.values()))
+        .map(|d| {
+            DeviceMeta::new(
+                &d.name,
+                d.adapter.kind().as_str(),
+                d.description.clone(),
+                &d.adapter.values(),
+            )
+        })
         .collect();
-    let uplink = Uplink::new(&config.mqtt, &config.gateway.id, metas, reader.clone(), acker)
-        .context("cannot set up the MQTT uplink")?;
+    let uplink = Uplink::new(
+        &config.mqtt,
+        &config.gateway.id,
+        metas,
+        reader.clone(),
+        acker,
+    )
+    .context("cannot set up the MQTT uplink")?;
     let stop_uplink = CancellationToken::new();
     let uplink = tokio::spawn(uplink.run(stop_uplink.clone()));
 
@@ -50,7 +63,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let mut adapters = JoinSet::new();
     let devices: Vec<DeviceHandle> = config
         .devices()
-        .map(|d| supervisor::spawn(d, sink.clone(), live.clone(), stop_adapters.clone(), &mut adapters))
+        .map(|d| {
+            supervisor::spawn(
+                d,
+                sink.clone(),
+                live.clone(),
+                stop_adapters.clone(),
+                &mut adapters,
+            )
+        })
         .collect();
     // From here only the adapters hold senders: the channel closes when the last one stops.
     drop(sink);
@@ -64,7 +85,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         stop_uplink.cancel();
         let _ = uplink.await;
         // The writer commits what the adapters sent and the uplink's last acks, then stops.
-        writer.await.context("the outbox writer crashed")?.context("the outbox writer failed")
+        writer
+            .await
+            .context("the outbox writer crashed")?
+            .context("the outbox writer failed")
     };
     match tokio::time::timeout(config.gateway.shutdown_timeout, ordered).await {
         Ok(result) => {

@@ -1,6 +1,6 @@
 //! The `cairn` command line.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use cairn::config::Config;
@@ -20,24 +20,39 @@ enum Command {
     /// Run the gateway.
     Run {
         /// The configuration file.
-        #[arg(short, long, env = "CAIRN_CONFIG", default_value = "/etc/cairn/cairn.yaml")]
+        #[arg(
+            short,
+            long,
+            env = "CAIRN_CONFIG",
+            default_value = "/etc/cairn/cairn.yaml"
+        )]
         config: PathBuf,
     },
     /// Check a configuration file and print every problem found.
     Check {
         /// The configuration file.
-        #[arg(short, long, env = "CAIRN_CONFIG", default_value = "/etc/cairn/cairn.yaml")]
+        #[arg(
+            short,
+            long,
+            env = "CAIRN_CONFIG",
+            default_value = "/etc/cairn/cairn.yaml"
+        )]
         config: PathBuf,
     },
     /// Print the outbox's backlog and drop counters (works while the gateway runs).
     Stats {
         /// The configuration file (to find the outbox).
-        #[arg(short, long, env = "CAIRN_CONFIG", default_value = "/etc/cairn/cairn.yaml")]
+        #[arg(
+            short,
+            long,
+            env = "CAIRN_CONFIG",
+            default_value = "/etc/cairn/cairn.yaml"
+        )]
         config: PathBuf,
     },
 }
 
-fn load(path: &PathBuf) -> Result<Config, ExitCode> {
+fn load(path: &Path) -> Result<Config, ExitCode> {
     Config::load(path).map_err(|report| {
         eprintln!("{report}");
         ExitCode::FAILURE
@@ -46,7 +61,10 @@ fn load(path: &PathBuf) -> Result<Config, ExitCode> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -56,7 +74,12 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => match load(&config) {
             Ok(c) => {
-                println!("{}: ok ({} devices, gateway `{}`)", config.display(), c.devices.len(), c.gateway.id);
+                println!(
+                    "{}: ok ({} devices, gateway `{}`)",
+                    config.display(),
+                    c.devices.len(),
+                    c.gateway.id
+                );
                 ExitCode::SUCCESS
             }
             Err(code) => code,
@@ -72,7 +95,8 @@ fn main() -> ExitCode {
                     println!("outbox: {}", path.display());
                     println!("backlog: {} readings, {} bytes", stats.backlog, stats.bytes);
                     if let Some(ms) = oldest {
-                        let ts = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms as u64);
+                        let ts =
+                            std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms as u64);
                         println!("oldest unsent: {}", humantime::format_rfc3339_millis(ts));
                     }
                     println!("next seq: {}", stats.next_seq);

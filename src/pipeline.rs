@@ -19,7 +19,8 @@ pub fn channel() -> (mpsc::Sender<Reading>, mpsc::Receiver<Reading>) {
 
 /// Milliseconds since the Unix epoch (0 for clocks set before 1970).
 pub fn unix_millis(ts: SystemTime) -> i64 {
-    ts.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    ts.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// The MQTT payload of one reading:

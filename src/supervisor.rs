@@ -4,7 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_adapters::{AdapterConfig, AdapterContext, AdapterError, DeviceCounters, DeviceStatus, Reading};
+use cairn_adapters::{
+    AdapterConfig, AdapterContext, AdapterError, DeviceCounters, DeviceStatus, Reading,
+};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -49,7 +51,12 @@ pub fn spawn(
     let counters = Arc::new(DeviceCounters::default());
     let ctx = AdapterContext::new(name.clone(), sink, status_tx, counters.clone(), cancel);
     tasks.spawn(supervise(device.adapter.clone(), ctx, status.clone(), live));
-    DeviceHandle { name, adapter: device.adapter.kind().as_str(), status, counters }
+    DeviceHandle {
+        name,
+        adapter: device.adapter.kind().as_str(),
+        status,
+        counters,
+    }
 }
 
 async fn supervise(
@@ -107,9 +114,14 @@ fn report(device: &Arc<str>, status: &DeviceStatus, live: &LiveBus) {
         DeviceStatus::Online => info!(device = %device, "Device online"),
         DeviceStatus::Offline => info!(device = %device, "Device offline"),
         DeviceStatus::Finished => info!(device = %device, "Device finished"),
-        DeviceStatus::Error(message) => error!(device = %device, error = %message, "Device stopped"),
+        DeviceStatus::Error(message) => {
+            error!(device = %device, error = %message, "Device stopped")
+        }
     }
-    live.publish(LiveEvent::Status { device: device.clone(), status: status.clone() });
+    live.publish(LiveEvent::Status {
+        device: device.clone(),
+        status: status.clone(),
+    });
 }
 
 /// Milliseconds are noise in a log line about seconds of backoff.

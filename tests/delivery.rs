@@ -9,7 +9,10 @@ use support::{Broker, Cairn, PATIENCE, Subscriber, free_port, sim_config};
 
 /// Waits until at least `n` data messages arrived.
 fn wait_messages(sub: &Subscriber, n: usize) {
-    assert!(sub.wait_until(PATIENCE, |r| r.data().count() >= n), "fewer than {n} messages arrived");
+    assert!(
+        sub.wait_until(PATIENCE, |r| r.data().count() >= n),
+        "fewer than {n} messages arrived"
+    );
 }
 
 #[test]
@@ -22,7 +25,9 @@ fn nothing_lost_while_the_broker_restarts_five_times() {
         broker.stop();
         // Readings keep coming while the broker is away: the outbox must hold them.
         let backlog_before = cairn.stats()["backlog"];
-        cairn.wait_stats("backlog to grow", |s| s["backlog"] > backlog_before || s["next seq"] > 20_000);
+        cairn.wait_stats("backlog to grow", |s| {
+            s["backlog"] > backlog_before || s["next seq"] > 20_000
+        });
         broker.restart();
     }
     let report = sub.expect_all_seqs(20_000);
@@ -30,7 +35,10 @@ fn nothing_lost_while_the_broker_restarts_five_times() {
     assert_eq!(report.beyond, 0, "no seq beyond the 20,000 produced");
     cairn.wait_stats("the outbox to drain", |s| s["backlog"] == 0);
     assert!(cairn.stop(), "clean exit");
-    assert!(sub.with(|r| r.last_on("cairn/test/status") == Some("offline")), "retained offline on clean stop");
+    assert!(
+        sub.with(|r| r.last_on("cairn/test/status") == Some("offline")),
+        "retained offline on clean stop"
+    );
 }
 
 #[test]
@@ -45,7 +53,9 @@ fn nothing_committed_is_lost_when_cairn_is_killed_three_times() {
         cairn.restart();
     }
     // The last run goes to its end; its final reading carries the counter value limit - 1.
-    assert!(sub.wait_until(PATIENCE, |r| r.data().any(|(_, v)| v["values"]["n"] == 9_999)));
+    assert!(sub.wait_until(PATIENCE, |r| {
+        r.data().any(|(_, v)| v["values"]["n"] == 9_999)
+    }));
     cairn.wait_stats("the outbox to drain", |s| s["backlog"] == 0);
     assert!(cairn.stop());
     let last = cairn.stats()["next seq"] - 1;
@@ -54,7 +64,12 @@ fn nothing_committed_is_lost_when_cairn_is_killed_three_times() {
     assert_eq!(report.beyond, 0);
     assert!(last > 10_000, "the killed runs produced too: {last}");
     // The last will told the world each time the gateway vanished.
-    let offline = sub.with(|r| r.messages.iter().filter(|(t, p)| t == "cairn/test/status" && p == "offline").count());
+    let offline = sub.with(|r| {
+        r.messages
+            .iter()
+            .filter(|(t, p)| t == "cairn/test/status" && p == "offline")
+            .count()
+    });
     assert!(offline >= 3, "last will seen {offline} times");
 }
 
@@ -84,12 +99,17 @@ fn a_tiny_outbox_drops_the_oldest_and_says_how_many() {
     let sub = Subscriber::start(&broker, "cairn/test/#");
     broker.stop();
     let cairn = Cairn::start(&sim_config(port, 2000, 5000, "  max_bytes: 64KiB\n"));
-    let stats = cairn.wait_stats("all readings accepted or dropped", |s| s["next seq"] == 5001);
+    let stats = cairn.wait_stats("all readings accepted or dropped", |s| {
+        s["next seq"] == 5001
+    });
     let dropped = stats["dropped (max_bytes)"];
     assert!(dropped > 0, "{stats:?}");
     assert_eq!(stats["backlog"] + dropped, 5000, "{stats:?}");
     assert!(stats["backlog"] * 60 <= 64 * 1024, "{stats:?}");
-    assert!(cairn.log().contains("readings dropped"), "the drop is logged");
+    assert!(
+        cairn.log().contains("readings dropped"),
+        "the drop is logged"
+    );
     broker.restart();
     // Exactly the newest survive, and all of them arrive.
     let first_kept = dropped + 1;
@@ -98,7 +118,11 @@ fn a_tiny_outbox_drops_the_oldest_and_says_how_many() {
         (first_kept..=5000).all(|seq| counts.contains_key(&seq))
     }));
     let oldest_seen = sub.with(|r| r.seq_counts().keys().next().copied());
-    assert_eq!(oldest_seen, Some(first_kept), "dropped readings are not published");
+    assert_eq!(
+        oldest_seen,
+        Some(first_kept),
+        "dropped readings are not published"
+    );
 }
 
 #[test]
@@ -106,11 +130,18 @@ fn readings_keep_flowing_through_a_slow_start() {
     // Status and metadata are retained and reach a subscriber that comes later.
     let broker = Broker::start();
     let cairn = Cairn::start(&sim_config(broker.port, 10, 20, ""));
-    cairn.wait_stats("all 20 delivered", |s| s["next seq"] == 21 && s["backlog"] == 0);
+    cairn.wait_stats("all 20 delivered", |s| {
+        s["next seq"] == 21 && s["backlog"] == 0
+    });
     let late = Subscriber::start(&broker, "cairn/test/#");
     assert!(late.wait_until(Duration::from_secs(30), |r| {
-        r.last_on("cairn/test/status") == Some("online") && r.last_on("cairn/test/counter/meta").is_some()
+        r.last_on("cairn/test/status") == Some("online")
+            && r.last_on("cairn/test/counter/meta").is_some()
     }));
-    let meta: serde_json::Value = serde_json::from_str(late.with(|r| r.last_on("cairn/test/counter/meta").unwrap().to_string()).as_str()).unwrap();
+    let meta: serde_json::Value = serde_json::from_str(
+        late.with(|r| r.last_on("cairn/test/counter/meta").unwrap().to_string())
+            .as_str(),
+    )
+    .unwrap();
     assert_eq!(meta["adapter"], "sim");
 }

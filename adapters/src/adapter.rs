@@ -63,13 +63,19 @@ impl DeviceCounters {
 
     /// Counts one device-level error of `kind` (bad checksum, parse failure, timeout...).
     pub fn count_error(&self, kind: &'static str) {
-        let mut errors = self.errors.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut errors = self
+            .errors
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         *errors.entry(kind).or_default() += 1;
     }
 
     /// A copy of the error counts by kind.
     pub fn errors(&self) -> BTreeMap<&'static str, u64> {
-        self.errors.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+        self.errors
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 }
 
@@ -92,7 +98,13 @@ impl AdapterContext {
         counters: Arc<DeviceCounters>,
         cancel: CancellationToken,
     ) -> Self {
-        Self { device, sink, status, counters, cancel }
+        Self {
+            device,
+            sink,
+            status,
+            counters,
+            cancel,
+        }
     }
 
     /// The device's name, to put in every reading.

@@ -46,6 +46,11 @@ pub struct Reading {
 impl Reading {
     /// A reading of `device` taken now.
     pub fn now(device: Arc<str>, values: Vec<(Arc<str>, Value)>) -> Self {
-        Self { device, ts: SystemTime::now(), values, link: None }
+        Self {
+            device,
+            ts: SystemTime::now(),
+            values,
+            link: None,
+        }
     }
 }

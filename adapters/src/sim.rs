@@ -157,18 +157,27 @@ impl SimConfig {
     pub(crate) fn problems(&self) -> Vec<(String, String)> {
         let mut problems = Vec::new();
         if self.rate.is_some() && self.interval.is_some() {
-            problems.push(("rate".into(), "give either `rate` or `interval`, not both".into()));
+            problems.push((
+                "rate".into(),
+                "give either `rate` or `interval`, not both".into(),
+            ));
         }
         if let Some(rate) = self.rate
             && !(rate > 0.0 && rate <= 1_000_000.0)
         {
-            problems.push(("rate".into(), format!("{rate} is not within (0, 1000000] readings/s")));
+            problems.push((
+                "rate".into(),
+                format!("{rate} is not within (0, 1000000] readings/s"),
+            ));
         }
         if self.interval.is_some_and(|i| i.is_zero()) {
             problems.push(("interval".into(), "must be longer than zero".into()));
         }
         if self.values.is_empty() {
-            problems.push(("values".into(), "a simulated device needs at least one value".into()));
+            problems.push((
+                "values".into(),
+                "a simulated device needs at least one value".into(),
+            ));
         }
         for (i, value) in self.values.iter().enumerate() {
             let at = |field: &str| format!("values[{i}].{field}");
@@ -214,7 +223,10 @@ impl SimConfig {
     pub(crate) fn values(&self) -> Vec<ValueInfo> {
         self.values
             .iter()
-            .map(|v| ValueInfo { name: v.name.clone(), unit: v.unit.clone() })
+            .map(|v| ValueInfo {
+                name: v.name.clone(),
+                unit: v.unit.clone(),
+            })
             .collect()
     }
 
@@ -225,8 +237,16 @@ impl SimConfig {
         };
         SimAdapter {
             config: self.clone(),
-            names: self.values.iter().map(|v| Arc::from(v.name.as_str())).collect(),
-            walks: self.values.iter().map(|v| v.random_walk.as_ref().map(|w| w.start)).collect(),
+            names: self
+                .values
+                .iter()
+                .map(|v| Arc::from(v.name.as_str()))
+                .collect(),
+            walks: self
+                .values
+                .iter()
+                .map(|v| v.random_walk.as_ref().map(|w| w.start))
+                .collect(),
             produced: 0,
             rng,
         }
@@ -246,7 +266,10 @@ pub struct SimAdapter {
 impl SimAdapter {
     fn reading(&mut self, device: &Arc<str>) -> Reading {
         let ts = SystemTime::now();
-        let t = ts.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+        let t = ts
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
         let n = self.produced;
         let mut values = Vec::with_capacity(self.names.len());
         for (i, spec) in self.config.values.iter().enumerate() {
@@ -270,11 +293,18 @@ impl SimAdapter {
             values.push((self.names[i].clone(), value));
         }
         self.produced += 1;
-        Reading { device: device.clone(), ts, values, link: None }
+        Reading {
+            device: device.clone(),
+            ts,
+            values,
+            link: None,
+        }
     }
 
     fn finished(&self) -> bool {
-        self.config.limit.is_some_and(|limit| self.produced >= limit)
+        self.config
+            .limit
+            .is_some_and(|limit| self.produced >= limit)
     }
 }
 
@@ -321,7 +351,13 @@ mod tests {
     use super::*;
 
     fn config(yaml_values: Vec<SimValue>) -> SimConfig {
-        SimConfig { interval: None, rate: None, limit: None, seed: Some(7), values: yaml_values }
+        SimConfig {
+            interval: None,
+            rate: None,
+            limit: None,
+            seed: Some(7),
+            values: yaml_values,
+        }
     }
 
     fn value(name: &str) -> SimValue {
@@ -341,13 +377,20 @@ mod tests {
         let mut counter = value("pulses");
         counter.counter = Some(Counter { start: 10, step: 2 });
         let mut walk = value("pressure");
-        walk.random_walk = Some(RandomWalk { start: 1.0, step: 5.0, min: 0.0, max: 2.0 });
+        walk.random_walk = Some(RandomWalk {
+            start: 1.0,
+            step: 5.0,
+            min: 0.0,
+            max: 2.0,
+        });
         let mut adapter = config(vec![counter, walk]).build();
         let device: Arc<str> = Arc::from("d");
         for n in 0..100 {
             let reading = adapter.reading(&device);
             assert_eq!(reading.values[0].1, Value::Int(10 + 2 * n));
-            let Value::Float(p) = reading.values[1].1 else { panic!("walk is a float") };
+            let Value::Float(p) = reading.values[1].1 else {
+                panic!("walk is a float")
+            };
             assert!((0.0..=2.0).contains(&p), "{p} out of bounds");
         }
     }
@@ -356,7 +399,9 @@ mod tests {
     fn problems_name_the_field() {
         let mut both = value("x");
         both.counter = Some(Counter { start: 0, step: 1 });
-        both.toggle = Some(Toggle { period: Duration::from_secs(1) });
+        both.toggle = Some(Toggle {
+            period: Duration::from_secs(1),
+        });
         let mut c = config(vec![both, value("x")]);
         c.rate = Some(0.0);
         let problems = c.problems();

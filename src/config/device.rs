@@ -49,8 +49,14 @@ impl<'de> Deserialize<'de> for DeviceConfig {
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<DeviceConfig, A::Error> {
                 let mut common = Common::default();
                 let adapter = deserialize_device(map, &mut common)?;
-                let name = common.name.ok_or_else(|| serde::de::Error::missing_field("name"))?;
-                Ok(DeviceConfig { name, description: common.description, adapter })
+                let name = common
+                    .name
+                    .ok_or_else(|| serde::de::Error::missing_field("name"))?;
+                Ok(DeviceConfig {
+                    name,
+                    description: common.description,
+                    adapter,
+                })
             }
         }
 

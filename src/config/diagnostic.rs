@@ -16,13 +16,30 @@ pub struct Problem {
 
 impl Problem {
     /// A problem at a known place.
-    pub fn at(line: usize, column: usize, path: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { location: Some((line, column)), path: path.into(), message: message.into() }
+    pub fn at(
+        line: usize,
+        column: usize,
+        path: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            location: Some((line, column)),
+            path: path.into(),
+            message: message.into(),
+        }
     }
 
     /// A problem with a field path but no known place.
-    pub fn new(location: Option<(usize, usize)>, path: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { location, path: path.into(), message: message.into() }
+    pub fn new(
+        location: Option<(usize, usize)>,
+        path: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            location,
+            path: path.into(),
+            message: message.into(),
+        }
     }
 
     /// Line and column, 1-based.
@@ -64,7 +81,12 @@ impl fmt::Display for Report {
             }
         }
         let n = self.problems.len();
-        write!(f, "{n} problem{} in {}", if n == 1 { "" } else { "s" }, self.file)
+        write!(
+            f,
+            "{n} problem{} in {}",
+            if n == 1 { "" } else { "s" },
+            self.file
+        )
     }
 }
 

@@ -7,7 +7,10 @@ use super::diagnostic::Problem;
 ///
 /// Substitution happens before parsing and never spans lines, so line numbers in later errors
 /// still match the file. An unset variable without a default is a problem at its position.
-pub fn interpolate(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, Vec<Problem>> {
+pub fn interpolate(
+    text: &str,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<String, Vec<Problem>> {
     let mut out = String::with_capacity(text.len());
     let mut problems = Vec::new();
     for (line_index, line) in text.split_inclusive('\n').enumerate() {
@@ -21,7 +24,12 @@ pub fn interpolate(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Resul
             } else if let Some(body) = after.strip_prefix('{') {
                 let column = line.len() - rest.len() + dollar + 1;
                 let Some(close) = body.find('}') else {
-                    problems.push(Problem::at(line_index + 1, column, "", "`${` without a closing `}`"));
+                    problems.push(Problem::at(
+                        line_index + 1,
+                        column,
+                        "",
+                        "`${` without a closing `}`",
+                    ));
                     out.push_str(&rest[dollar..]);
                     rest = "";
                     break;
@@ -49,7 +57,11 @@ pub fn interpolate(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Resul
         }
         out.push_str(rest);
     }
-    if problems.is_empty() { Ok(out) } else { Err(problems) }
+    if problems.is_empty() {
+        Ok(out)
+    } else {
+        Err(problems)
+    }
 }
 
 #[cfg(test)]

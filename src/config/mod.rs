@@ -244,7 +244,9 @@ impl MqttConfig {
     /// The broker address. Only valid on a validated config.
     pub fn endpoint(&self) -> Endpoint {
         let parsed = self.url.as_ref().and_then(|url| parse_url(&url.value).ok());
-        let tls = parsed.as_ref().map_or(self.tls.is_some(), |(tls, _, _)| *tls);
+        let tls = parsed
+            .as_ref()
+            .map_or(self.tls.is_some(), |(tls, _, _)| *tls);
         let host = parsed
             .as_ref()
             .map(|(_, host, _)| host.clone())
@@ -270,7 +272,9 @@ fn parse_url(url: &str) -> Result<(bool, String, Option<u16>), String> {
     let rest = rest.trim_end_matches('/');
     let (host, port) = match rest.rsplit_once(':') {
         Some((host, port)) if !host.ends_with(']') || host.starts_with('[') => {
-            let port = port.parse().map_err(|_| format!("`{port}` is not a port number"))?;
+            let port = port
+                .parse()
+                .map_err(|_| format!("`{port}` is not a port number"))?;
             (host, Some(port))
         }
         _ => (rest, None),
@@ -285,7 +289,9 @@ fn parse_url(url: &str) -> Result<(bool, String, Option<u16>), String> {
 impl BufferConfig {
     /// The outbox file.
     pub fn path_in(&self, data_dir: &Path) -> PathBuf {
-        self.path.clone().unwrap_or_else(|| data_dir.join("outbox.db"))
+        self.path
+            .clone()
+            .unwrap_or_else(|| data_dir.join("outbox.db"))
     }
 }
 
@@ -310,22 +316,34 @@ impl Config {
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Config, Box<Report>> {
         let report = |text: &str, problems| {
-            Box::new(Report { file: file.to_string(), text: text.to_string(), problems })
+            Box::new(Report {
+                file: file.to_string(),
+                text: text.to_string(),
+                problems,
+            })
         };
         let text = interpolate::interpolate(text, env).map_err(|p| report(text, p))?;
         let mut config = parse(&text).map_err(|p| report(&text, vec![p]))?;
         let mut problems = config.problems();
         problems.extend(config.resolve_secrets());
         problems.sort_by_key(|p| p.line_column());
-        if problems.is_empty() { Ok(config) } else { Err(report(&text, problems)) }
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(report(&text, problems))
+        }
     }
 
     /// Everything wrong that the types allow, in one pass.
     fn problems(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
-        let mut push = |path: &str, message: String| problems.push(Problem::new(None, path, message));
+        let mut push =
+            |path: &str, message: String| problems.push(Problem::new(None, path, message));
         if !is_topic_level(&self.gateway.id) {
-            push("gateway.id", format!("`{}` must be letters, digits, `-` or `_`", self.gateway.id));
+            push(
+                "gateway.id",
+                format!("`{}` must be letters, digits, `-` or `_`", self.gateway.id),
+            );
         }
         let mqtt = &self.mqtt;
         if let Some(url) = &mqtt.url {
@@ -340,24 +358,37 @@ impl Config {
                 problems.push(Problem::new(location(url), "mqtt.url", e));
             }
         }
-        let mut push = |path: &str, message: String| problems.push(Problem::new(None, path, message));
+        let mut push =
+            |path: &str, message: String| problems.push(Problem::new(None, path, message));
         if mqtt.qos > 1 {
-            push("mqtt.qos", format!("{} is not supported: use 1 (at least once) or 0", mqtt.qos));
+            push(
+                "mqtt.qos",
+                format!("{} is not supported: use 1 (at least once) or 0", mqtt.qos),
+            );
         }
         if mqtt.max_inflight == 0 {
             push("mqtt.max_inflight", "must be at least 1".into());
         }
         if mqtt.password.is_some() && mqtt.password_file.is_some() {
-            push("mqtt.password_file", "give either `password` or `password_file`, not both".into());
+            push(
+                "mqtt.password_file",
+                "give either `password` or `password_file`, not both".into(),
+            );
         }
         if mqtt.keepalive < Duration::from_secs(5) {
             push("mqtt.keepalive", "must be at least 5s".into());
         }
         if mqtt.reconnect_min.is_zero() || mqtt.reconnect_min > mqtt.reconnect_max {
-            push("mqtt.reconnect_min", "must be above zero and at most reconnect_max".into());
+            push(
+                "mqtt.reconnect_min",
+                "must be above zero and at most reconnect_max".into(),
+            );
         }
         if mqtt.topic_prefix.is_empty() || mqtt.topic_prefix.contains(['+', '#']) {
-            push("mqtt.topic_prefix", "must be non-empty, without `+` or `#`".into());
+            push(
+                "mqtt.topic_prefix",
+                "must be non-empty, without `+` or `#`".into(),
+            );
         }
         if let Some(tls) = &mqtt.tls
             && tls.cert_file.is_some() != tls.key_file.is_some()
@@ -380,7 +411,10 @@ impl Config {
                     format!("`{}` must be letters, digits, `-` or `_`", d.name),
                 ));
             }
-            if self.devices[..i].iter().any(|other| other.value.name == d.name) {
+            if self.devices[..i]
+                .iter()
+                .any(|other| other.value.name == d.name)
+            {
                 problems.push(Problem::new(
                     at,
                     format!("devices[{i}].name"),
@@ -401,7 +435,9 @@ impl Config {
         let mqtt = &mut self.mqtt;
         if let Some(file) = &mqtt.password_file {
             match std::fs::read_to_string(&file.value) {
-                Ok(secret) => mqtt.password = Some(secret.trim_end_matches(['\n', '\r']).to_string()),
+                Ok(secret) => {
+                    mqtt.password = Some(secret.trim_end_matches(['\n', '\r']).to_string())
+                }
                 Err(e) => problems.push(Problem::new(
                     location(file),
                     "mqtt.password_file",
@@ -410,7 +446,11 @@ impl Config {
             }
         }
         if let Some(tls) = &mqtt.tls {
-            let files = [("ca_file", Some(&tls.ca_file)), ("cert_file", tls.cert_file.as_ref()), ("key_file", tls.key_file.as_ref())];
+            let files = [
+                ("ca_file", Some(&tls.ca_file)),
+                ("cert_file", tls.cert_file.as_ref()),
+                ("key_file", tls.key_file.as_ref()),
+            ];
             for (name, file) in files {
                 if let Some(file) = file
                     && let Err(e) = std::fs::File::open(&file.value)
@@ -439,7 +479,9 @@ fn location<T>(spanned: &Spanned<T>) -> Option<(usize, usize)> {
 
 /// Whether `s` can be one MQTT topic level and a file-safe name.
 fn is_topic_level(s: &str) -> bool {
-    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 /// Parses config text, keeping the position and field path of the first error.
@@ -452,13 +494,20 @@ fn parse(text: &str) -> Result<Config, Problem> {
         })
     });
     parsed.map_err(|e| {
-        let at = e.location().filter(|l| l.line() > 0).map(|l| (l.line() as usize, l.column() as usize));
+        let at = e
+            .location()
+            .filter(|l| l.line() > 0)
+            .map(|l| (l.line() as usize, l.column() as usize));
         let rendered = e.render_with_options(serde_saphyr::render_options! {
             snippets: serde_saphyr::SnippetMode::Off,
         });
         let message = strip_position(&rendered);
         // `Spanned` wrappers show up as a `.value` segment that is not in the YAML.
-        let path = if path == "." || path == "?" { String::new() } else { path.replace("].value", "]") };
+        let path = if path == "." || path == "?" {
+            String::new()
+        } else {
+            path.replace("].value", "]")
+        };
         Problem::new(at, path, message)
     })
 }
@@ -472,7 +521,10 @@ fn strip_position(rendered: &str) -> String {
     {
         return tail.to_string();
     }
-    message.to_string()
+    match message.rsplit_once(" at line ") {
+        Some((head, tail)) if tail.contains(", column ") => head.to_string(),
+        _ => message.to_string(),
+    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,9 @@
 use super::*;
 
 fn load(text: &str) -> Result<Config, Box<Report>> {
-    Config::from_text("test.yaml", text, |name| (name == "SECRET").then(|| "s3cret".into()))
+    Config::from_text("test.yaml", text, |name| {
+        (name == "SECRET").then(|| "s3cret".into())
+    })
 }
 
 fn first_problem(text: &str) -> Problem {
@@ -14,7 +16,14 @@ const MINIMAL: &str = "gateway:\n  id: site-1\n";
 #[test]
 fn minimal_config_gets_defaults() {
     let config = load(MINIMAL).unwrap();
-    assert_eq!(config.mqtt.endpoint(), Endpoint { host: "localhost".into(), port: 1883, tls: false });
+    assert_eq!(
+        config.mqtt.endpoint(),
+        Endpoint {
+            host: "localhost".into(),
+            port: 1883,
+            tls: false
+        }
+    );
     assert_eq!(config.mqtt.qos, 1);
     assert_eq!(config.buffer.when_full, WhenFull::DropOldest);
     assert_eq!(config.buffer.synchronous, Synchronous::Full);
@@ -24,7 +33,14 @@ fn minimal_config_gets_defaults() {
 #[test]
 fn url_sets_host_port_and_tls() {
     let config = load("gateway: {id: g}\nmqtt:\n  url: mqtts://broker.example:8884\n").unwrap();
-    assert_eq!(config.mqtt.endpoint(), Endpoint { host: "broker.example".into(), port: 8884, tls: true });
+    assert_eq!(
+        config.mqtt.endpoint(),
+        Endpoint {
+            host: "broker.example".into(),
+            port: 8884,
+            tls: true
+        }
+    );
 }
 
 #[test]
@@ -32,7 +48,10 @@ fn env_values_and_password_file() {
     let dir = tempfile::tempdir().unwrap();
     let secret = dir.path().join("pass");
     std::fs::write(&secret, "from-file\n").unwrap();
-    let text = format!("gateway: {{id: g}}\nmqtt:\n  username: ${{SECRET}}\n  password_file: {}\n", secret.display());
+    let text = format!(
+        "gateway: {{id: g}}\nmqtt:\n  username: ${{SECRET}}\n  password_file: {}\n",
+        secret.display()
+    );
     let config = load(&text).unwrap();
     assert_eq!(config.mqtt.username.as_deref(), Some("s3cret"));
     assert_eq!(config.mqtt.password.as_deref(), Some("from-file"));
@@ -55,7 +74,8 @@ fn wrong_type_deep_in_a_device_names_path_and_place() {
 
 #[test]
 fn unknown_adapter_setting_is_placed_exactly() {
-    let text = "gateway: {id: g}\ndevices:\n  - name: a\n    type: sim\n    colour: red\n    values: []\n";
+    let text =
+        "gateway: {id: g}\ndevices:\n  - name: a\n    type: sim\n    colour: red\n    values: []\n";
     let p = first_problem(text);
     assert_eq!(p.line_column(), Some((5, 5)));
     assert!(p.message.contains("unknown field `colour`"), "{p:?}");
@@ -85,11 +105,23 @@ fn semantic_problems_are_all_reported() {
     let text = "gateway: {id: 'bad id'}\nmqtt: {qos: 2, max_inflight: 0}\ndevices:\n  - name: a\n    type: sim\n    values: []\n  - name: a\n    type: sim\n    values: [{name: x, counter: {}}]\n";
     let report = load(text).expect_err("refused");
     let paths: Vec<&str> = report.problems.iter().map(|p| p.path.as_str()).collect();
-    for expected in ["gateway.id", "mqtt.qos", "mqtt.max_inflight", "devices[0].values", "devices[1].name"] {
-        assert!(paths.contains(&expected), "{expected} missing from {paths:?}");
+    for expected in [
+        "gateway.id",
+        "mqtt.qos",
+        "mqtt.max_inflight",
+        "devices[0].values",
+        "devices[1].name",
+    ] {
+        assert!(
+            paths.contains(&expected),
+            "{expected} missing from {paths:?}"
+        );
     }
     let rendered = report.to_string();
-    assert!(rendered.contains("test.yaml:7:5: devices[1].name"), "{rendered}");
+    assert!(
+        rendered.contains("test.yaml:7:5: devices[1].name"),
+        "{rendered}"
+    );
 }
 
 #[test]

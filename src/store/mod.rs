@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 use sqlx::{Connection, Row, SqliteConnection};
 use tokio::sync::{mpsc, watch};
 
@@ -47,7 +49,11 @@ pub enum DropReason {
 
 impl DropReason {
     /// All reasons, in reporting order.
-    pub const ALL: [DropReason; 3] = [DropReason::MaxBytes, DropReason::BufferFull, DropReason::MaxAge];
+    pub const ALL: [DropReason; 3] = [
+        DropReason::MaxBytes,
+        DropReason::BufferFull,
+        DropReason::MaxAge,
+    ];
 
     /// The name used in logs, metrics and the meta table.
     pub fn as_str(self) -> &'static str {
@@ -139,12 +145,23 @@ fn connect_options(path: &Path, config: &BufferConfig) -> SqliteConnectOptions {
 }
 
 /// Opens (creating if needed) the outbox at `path`.
-pub async fn open(path: &Path, config: &BufferConfig) -> Result<(StoreReader, Acker, Writer), StoreError> {
-    let db_err = |source| StoreError::Database { path: path.to_path_buf(), source };
+pub async fn open(
+    path: &Path,
+    config: &BufferConfig,
+) -> Result<(StoreReader, Acker, Writer), StoreError> {
+    let db_err = |source| StoreError::Database {
+        path: path.to_path_buf(),
+        source,
+    };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|source| StoreError::Directory { path: dir.to_path_buf(), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Directory {
+            path: dir.to_path_buf(),
+            source,
+        })?;
     }
-    let mut conn = SqliteConnection::connect_with(&connect_options(path, config)).await.map_err(db_err)?;
+    let mut conn = SqliteConnection::connect_with(&connect_options(path, config))
+        .await
+        .map_err(db_err)?;
     let state = schema::migrate(&mut conn).await.map_err(db_err)?;
     let pool = SqlitePoolOptions::new()
         .max_connections(2)
@@ -161,18 +178,36 @@ pub async fn open(path: &Path, config: &BufferConfig) -> Result<(StoreReader, Ac
     let (committed_tx, committed) = watch::channel(state.next_seq - 1);
     let (stats_tx, stats_rx) = watch::channel(stats);
     let (ack_tx, ack_rx) = mpsc::unbounded_channel();
-    let writer = Writer::new(path.to_path_buf(), conn, config, state, committed_tx, stats_tx, ack_rx);
-    Ok((StoreReader { pool, committed, stats: stats_rx }, Acker(ack_tx), writer))
+    let writer = Writer::new(
+        path.to_path_buf(),
+        conn,
+        config,
+        state,
+        committed_tx,
+        stats_tx,
+        ack_rx,
+    );
+    Ok((
+        StoreReader {
+            pool,
+            committed,
+            stats: stats_rx,
+        },
+        Acker(ack_tx),
+        writer,
+    ))
 }
 
 impl StoreReader {
     /// Up to `limit` unsent records with `seq > after`, oldest first.
     pub async fn unsent(&self, after: i64, limit: usize) -> Result<Vec<Record>, sqlx::Error> {
-        let rows = sqlx::query("SELECT seq, device, ts_ms, payload FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?")
-            .bind(after)
-            .bind(limit as i64)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT seq, device, ts_ms, payload FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
+        )
+        .bind(after)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
         rows.into_iter()
             .map(|row| {
                 Ok(Record {
@@ -187,7 +222,9 @@ impl StoreReader {
 
     /// The timestamp of the oldest unsent reading, if any.
     pub async fn oldest_unsent_ms(&self) -> Result<Option<i64>, sqlx::Error> {
-        sqlx::query_scalar("SELECT ts_ms FROM outbox ORDER BY seq LIMIT 1").fetch_optional(&self.pool).await
+        sqlx::query_scalar("SELECT ts_ms FROM outbox ORDER BY seq LIMIT 1")
+            .fetch_optional(&self.pool)
+            .await
     }
 
     /// The last committed sequence number; changes whenever a batch commits.
@@ -203,9 +240,14 @@ impl StoreReader {
 
 /// Reads the counters of an outbox file without opening it for writing (for `cairn stats`).
 pub async fn inspect(path: &Path) -> Result<(Stats, Option<i64>), StoreError> {
-    let db_err = |source| StoreError::Database { path: path.to_path_buf(), source };
+    let db_err = |source| StoreError::Database {
+        path: path.to_path_buf(),
+        source,
+    };
     let options = SqliteConnectOptions::new().filename(path).read_only(true);
-    let mut conn = SqliteConnection::connect_with(&options).await.map_err(db_err)?;
+    let mut conn = SqliteConnection::connect_with(&options)
+        .await
+        .map_err(db_err)?;
     let state = schema::load_state(&mut conn).await.map_err(db_err)?;
     let oldest = sqlx::query_scalar("SELECT ts_ms FROM outbox ORDER BY seq LIMIT 1")
         .fetch_optional(&mut conn)

@@ -2,8 +2,8 @@
 //! Every function runs inside the writer's open transaction and returns `(rows, bytes)` freed.
 
 use sqlx::SqliteConnection;
-use sqlx::sqlite::SqliteArguments;
 use sqlx::query::Query;
+use sqlx::sqlite::SqliteArguments;
 use sqlx::{QueryBuilder, Sqlite};
 
 use super::ROW_OVERHEAD;
@@ -38,14 +38,18 @@ pub async fn delete(conn: &mut SqliteConnection, seqs: &[i64]) -> Result<(u64, u
             list.push_bind(*seq);
         }
         builder.push(") RETURNING LENGTH(device) + LENGTH(payload)");
-        let (rows, bytes) = sum_freed(conn, builder.build().persistent(chunk.len() == CHUNK)).await?;
+        let (rows, bytes) =
+            sum_freed(conn, builder.build().persistent(chunk.len() == CHUNK)).await?;
         total = (total.0 + rows, total.1 + bytes);
     }
     Ok(total)
 }
 
 /// Deletes the oldest rows until at least `excess` bytes are freed.
-pub async fn drop_oldest(conn: &mut SqliteConnection, excess: u64) -> Result<(u64, u64), sqlx::Error> {
+pub async fn drop_oldest(
+    conn: &mut SqliteConnection,
+    excess: u64,
+) -> Result<(u64, u64), sqlx::Error> {
     let mut total = (0, 0);
     while total.1 < excess {
         // Find the cut-off first so that exactly the oldest rows go, then delete them in one go.
@@ -55,7 +59,9 @@ pub async fn drop_oldest(conn: &mut SqliteConnection, excess: u64) -> Result<(u6
         .bind(STEP)
         .fetch_all(&mut *conn)
         .await?;
-        let Some(&(first, _)) = sizes.first() else { break };
+        let Some(&(first, _)) = sizes.first() else {
+            break;
+        };
         let mut cutoff = first;
         let mut freed = total.1;
         for (seq, size) in sizes {
@@ -65,8 +71,10 @@ pub async fn drop_oldest(conn: &mut SqliteConnection, excess: u64) -> Result<(u6
                 break;
             }
         }
-        let query = sqlx::query("DELETE FROM outbox WHERE seq <= ? RETURNING LENGTH(device) + LENGTH(payload)")
-            .bind(cutoff);
+        let query = sqlx::query(
+            "DELETE FROM outbox WHERE seq <= ? RETURNING LENGTH(device) + LENGTH(payload)",
+        )
+        .bind(cutoff);
         let (rows, bytes) = sum_freed(conn, query).await?;
         total = (total.0 + rows, total.1 + bytes);
     }
@@ -75,7 +83,10 @@ pub async fn drop_oldest(conn: &mut SqliteConnection, excess: u64) -> Result<(u6
 
 /// Deletes rows read before `cutoff_ms`. Rows are examined oldest first, a step at a time, so
 /// the cost is proportional to what goes, not to the size of the backlog.
-pub async fn drop_older_than(conn: &mut SqliteConnection, cutoff_ms: i64) -> Result<(u64, u64), sqlx::Error> {
+pub async fn drop_older_than(
+    conn: &mut SqliteConnection,
+    cutoff_ms: i64,
+) -> Result<(u64, u64), sqlx::Error> {
     let mut total = (0, 0);
     loop {
         let query = sqlx::query(

@@ -20,7 +20,9 @@ pub struct State {
 
 /// Creates or upgrades the tables, then loads the state.
 pub async fn migrate(conn: &mut SqliteConnection) -> Result<State, sqlx::Error> {
-    let version: i64 = sqlx::query_scalar("PRAGMA user_version").fetch_one(&mut *conn).await?;
+    let version: i64 = sqlx::query_scalar("PRAGMA user_version")
+        .fetch_one(&mut *conn)
+        .await?;
     if version < SCHEMA_VERSION {
         // `seq` is assigned by the writer, not by SQLite: an INTEGER PRIMARY KEY would hand out
         // an acknowledged-and-deleted number again after a restart.
@@ -64,9 +66,19 @@ pub async fn load_state(conn: &mut SqliteConnection) -> Result<State, sqlx::Erro
     let next_seq = meta.get("next_seq").copied().unwrap_or(1).max(max_seq + 1);
     let dropped = DropReason::ALL
         .into_iter()
-        .map(|reason| (reason, meta.get(&drop_key(reason)).copied().unwrap_or(0) as u64))
+        .map(|reason| {
+            (
+                reason,
+                meta.get(&drop_key(reason)).copied().unwrap_or(0) as u64,
+            )
+        })
         .collect();
-    Ok(State { next_seq, rows: rows as u64, bytes: content as u64 + rows as u64 * ROW_OVERHEAD, dropped })
+    Ok(State {
+        next_seq,
+        rows: rows as u64,
+        bytes: content as u64 + rows as u64 * ROW_OVERHEAD,
+        dropped,
+    })
 }
 
 /// The meta key that counts drops for `reason`.

@@ -33,7 +33,12 @@ async fn start(path: &Path, config: &BufferConfig) -> Running {
     let (reader, acker, writer) = open(path, config).await.unwrap();
     let (tx, rx) = mpsc::channel(1024);
     let task = tokio::spawn(writer.run(rx, LiveBus::new(16)));
-    Running { reader, acker, tx, task }
+    Running {
+        reader,
+        acker,
+        tx,
+        task,
+    }
 }
 
 impl Running {
@@ -90,18 +95,32 @@ async fn matches_a_model_through_acks_and_restarts() {
         running.backlog(model.len() as u64).await;
         let unsent = running.all_unsent().await;
         let seen: Vec<i64> = unsent.iter().map(|r| r.seq).collect();
-        assert_eq!(seen, model.keys().copied().collect::<Vec<_>>(), "round {round}");
+        assert_eq!(
+            seen,
+            model.keys().copied().collect::<Vec<_>>(),
+            "round {round}"
+        );
         for record in &unsent {
             let text = std::str::from_utf8(&record.payload).unwrap();
             let (device, n) = &model[&record.seq];
             assert_eq!(&*record.device, device);
-            assert!(text.starts_with(&format!("{{\"seq\":{},", record.seq)), "{text}");
-            assert!(text.ends_with(&format!("\"values\":{{\"n\":{n}}}}}")), "{text}");
+            assert!(
+                text.starts_with(&format!("{{\"seq\":{},", record.seq)),
+                "{text}"
+            );
+            assert!(
+                text.ends_with(&format!("\"values\":{{\"n\":{n}}}}}")),
+                "{text}"
+            );
         }
         if rng.usize(0..4) == 0 {
             running.stop().await;
             running = start(&path, &config).await;
-            assert_eq!(running.reader.stats().next_seq, next_seq, "seq resumes after restart");
+            assert_eq!(
+                running.reader.stats().next_seq,
+                next_seq,
+                "seq resumes after restart"
+            );
             assert_eq!(running.reader.stats().backlog, model.len() as u64);
         }
     }
@@ -137,7 +156,10 @@ async fn fill(config: BufferConfig, readings: i64) -> (Stats, Vec<Record>) {
 
 #[tokio::test]
 async fn drop_oldest_keeps_the_newest_within_max_bytes() {
-    let config = BufferConfig { max_bytes: ByteSize::kib(64), ..BufferConfig::default() };
+    let config = BufferConfig {
+        max_bytes: ByteSize::kib(64),
+        ..BufferConfig::default()
+    };
     let (stats, unsent) = fill(config, 5000).await;
     let dropped = stats.dropped[&DropReason::MaxBytes];
     assert!(dropped > 0);
@@ -166,7 +188,10 @@ async fn drop_newest_keeps_the_oldest_within_max_bytes() {
 #[tokio::test]
 async fn max_age_drops_old_readings_and_counts_them() {
     let dir = tempfile::tempdir().unwrap();
-    let config = BufferConfig { max_age: Some(Duration::from_secs(3600)), ..BufferConfig::default() };
+    let config = BufferConfig {
+        max_age: Some(Duration::from_secs(3600)),
+        ..BufferConfig::default()
+    };
     let running = start(&dir.path().join("o.db"), &config).await;
     let mut old = reading("dev", 1);
     old.ts = SystemTime::now() - Duration::from_secs(7200);
@@ -174,7 +199,10 @@ async fn max_age_drops_old_readings_and_counts_them() {
     running.tx.send(reading("dev", 2)).await.unwrap();
     // The age check runs on the writer's first tick and every 10 s after.
     let mut stats = running.reader.stats.clone();
-    stats.wait_for(|s| s.dropped[&DropReason::MaxAge] == 1 && s.backlog == 1).await.unwrap();
+    stats
+        .wait_for(|s| s.dropped[&DropReason::MaxAge] == 1 && s.backlog == 1)
+        .await
+        .unwrap();
     assert_eq!(running.all_unsent().await[0].seq, 2);
     running.stop().await;
     let (stats, _) = inspect(&dir.path().join("o.db")).await.unwrap();

@@ -83,7 +83,11 @@ impl Writer {
 
     /// Commits readings and acknowledgements until the reading channel is closed *and* every
     /// [`super::Acker`] is gone, so that shutdown still records the uplink's last acks.
-    pub async fn run(mut self, mut readings: mpsc::Receiver<Reading>, live: LiveBus) -> Result<(), StoreError> {
+    pub async fn run(
+        mut self,
+        mut readings: mpsc::Receiver<Reading>,
+        live: LiveBus,
+    ) -> Result<(), StoreError> {
         let mut readings_open = true;
         let mut acks_open = true;
         let mut age_tick = tokio::time::interval(AGE_CHECK);
@@ -123,7 +127,11 @@ impl Writer {
     /// Collects more readings for the current transaction: whatever is queued at once, then
     /// whatever arrives within `commit_interval`, up to `max_batch`. Returns whether the channel
     /// is still open.
-    async fn gather(&self, readings: &mut mpsc::Receiver<Reading>, batch: &mut Vec<Reading>) -> bool {
+    async fn gather(
+        &self,
+        readings: &mut mpsc::Receiver<Reading>,
+        batch: &mut Vec<Reading>,
+    ) -> bool {
         let deadline = Instant::now() + self.commit_interval;
         while batch.len() < self.max_batch {
             match readings.try_recv() {
@@ -204,7 +212,10 @@ impl Writer {
             state.rows += 1;
             state.bytes += size;
         }
-        state.dropped.entry(DropReason::BufferFull).and_modify(|n| *n += refused);
+        state
+            .dropped
+            .entry(DropReason::BufferFull)
+            .and_modify(|n| *n += refused);
         for chunk in records.chunks(CHUNK) {
             let mut insert = QueryBuilder::new("INSERT INTO outbox (seq, device, ts_ms, payload) ");
             insert.push_values(chunk, |mut row, record| {
@@ -213,17 +224,27 @@ impl Writer {
                     .push_bind(record.ts_ms)
                     .push_bind(&*record.payload);
             });
-            insert.build().persistent(chunk.len() == CHUNK).execute(&mut *tx).await?;
+            insert
+                .build()
+                .persistent(chunk.len() == CHUNK)
+                .execute(&mut *tx)
+                .await?;
         }
 
         if state.bytes > self.max_bytes && self.when_full == WhenFull::DropOldest {
-            let (rows, bytes) = retention::drop_oldest(&mut tx, state.bytes - self.max_bytes).await?;
+            let (rows, bytes) =
+                retention::drop_oldest(&mut tx, state.bytes - self.max_bytes).await?;
             record_drop(&mut state, rows, bytes, DropReason::MaxBytes);
         }
 
         let mut meta = QueryBuilder::new("INSERT INTO meta (key, value) ");
         let entries: Vec<(String, i64)> = std::iter::once(("next_seq".to_string(), state.next_seq))
-            .chain(state.dropped.iter().map(|(reason, n)| (drop_key(*reason), *n as i64)))
+            .chain(
+                state
+                    .dropped
+                    .iter()
+                    .map(|(reason, n)| (drop_key(*reason), *n as i64)),
+            )
             .collect();
         meta.push_values(&entries, |mut row, (key, value)| {
             row.push_bind(key).push_bind(*value);
@@ -241,7 +262,12 @@ impl Writer {
             })
             .collect();
         for (reason, n) in &new_drops {
-            warn!(reason = reason.as_str(), dropped = n, backlog = state.rows, "Outbox limit reached; readings dropped");
+            warn!(
+                reason = reason.as_str(),
+                dropped = n,
+                backlog = state.rows,
+                "Outbox limit reached; readings dropped"
+            );
         }
         if batch.check_age {
             debug!(backlog = state.rows, "Age limit checked");

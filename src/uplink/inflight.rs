@@ -73,7 +73,10 @@ mod tests {
         assert_eq!(inflight.acked(3), None, "a duplicate ack is ignored");
         assert_eq!(inflight.acked(2), Some(Some(10)));
         assert_eq!(inflight.rows(), 0);
-        assert!(!inflight.is_empty(), "the control message is still unacknowledged");
+        assert!(
+            !inflight.is_empty(),
+            "the control message is still unacknowledged"
+        );
         assert_eq!(inflight.acked(1), Some(None));
         assert!(inflight.is_empty());
     }

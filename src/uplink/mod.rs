@@ -12,7 +12,10 @@ pub mod topics;
 
 use std::time::{Duration, SystemTime};
 
-use rumqttc::{AsyncClient, ConnectReturnCode, Event, EventLoop, MqttOptions, NetworkOptions, Outgoing, Packet, QoS};
+use rumqttc::{
+    AsyncClient, ConnectReturnCode, Event, EventLoop, MqttOptions, NetworkOptions, Outgoing,
+    Packet, QoS,
+};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -32,7 +35,7 @@ const LEAVE_GRACE: Duration = Duration::from_secs(3);
 pub enum UplinkError {
     /// TCP, TLS or MQTT failed (refused, reset, timed out).
     #[error("{0}")]
-    Connection(#[from] rumqttc::ConnectionError),
+    Connection(Box<rumqttc::ConnectionError>),
     /// The broker answered CONNECT with a refusal (bad credentials, not authorized...).
     #[error("broker refused the connection: {0:?}")]
     Refused(ConnectReturnCode),
@@ -45,6 +48,12 @@ pub enum UplinkError {
     /// The TLS files could not be read.
     #[error("TLS files: {0}")]
     Tls(#[from] std::io::Error),
+}
+
+impl From<rumqttc::ConnectionError> for UplinkError {
+    fn from(e: rumqttc::ConnectionError) -> Self {
+        UplinkError::Connection(Box::new(e))
+    }
 }
 
 /// The link as people on site should see it.
@@ -85,12 +94,20 @@ impl Uplink {
         let topics = Topics::new(&config.topic_prefix, gateway);
         let (options, network) = options::build(config, gateway, &topics.status())?;
         let endpoint = config.endpoint();
-        let status = UplinkStatus { connected: false, since: SystemTime::now(), last_error: None };
+        let status = UplinkStatus {
+            connected: false,
+            since: SystemTime::now(),
+            last_error: None,
+        };
         Ok(Self {
             options,
             network,
             broker: format!("{}:{}", endpoint.host, endpoint.port),
-            qos: if config.qos == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce },
+            qos: if config.qos == 0 {
+                QoS::AtMostOnce
+            } else {
+                QoS::AtLeastOnce
+            },
             window: usize::from(config.max_inflight),
             reconnect: (config.reconnect_min, config.reconnect_max),
             topics,
@@ -144,7 +161,11 @@ impl Uplink {
     }
 
     /// One connection, from CONNECT to failure (`Err`) or shutdown (`Ok`).
-    async fn session(&mut self, cancel: &CancellationToken, backoff: &mut Backoff) -> Result<(), UplinkError> {
+    async fn session(
+        &mut self,
+        cancel: &CancellationToken,
+        backoff: &mut Backoff,
+    ) -> Result<(), UplinkError> {
         // Room for the window plus the status and metadata messages.
         let capacity = self.window + self.devices.len() + 2;
         let (client, mut events) = AsyncClient::new(self.options.clone(), capacity);
@@ -165,7 +186,12 @@ impl Uplink {
         client.try_publish(self.topics.status(), QoS::AtLeastOnce, true, "online")?;
         inflight.queued(None);
         for device in &self.devices {
-            client.try_publish(self.topics.meta(&device.name), QoS::AtLeastOnce, true, device.payload())?;
+            client.try_publish(
+                self.topics.meta(&device.name),
+                QoS::AtLeastOnce,
+                true,
+                device.payload(),
+            )?;
             inflight.queued(None);
         }
 
@@ -175,7 +201,10 @@ impl Uplink {
         let mut cursor = 0;
         loop {
             while inflight.rows() < self.window && cursor < *committed.borrow_and_update() {
-                let rows = self.reader.unsent(cursor, self.window - inflight.rows()).await?;
+                let rows = self
+                    .reader
+                    .unsent(cursor, self.window - inflight.rows())
+                    .await?;
                 let Some(last) = rows.last() else {
                     cursor = *committed.borrow();
                     break;
@@ -230,7 +259,10 @@ impl Uplink {
                 if offline_sent {
                     break;
                 }
-                if client.try_publish(self.topics.status(), QoS::AtLeastOnce, true, "offline").is_err() {
+                if client
+                    .try_publish(self.topics.status(), QoS::AtLeastOnce, true, "offline")
+                    .is_err()
+                {
                     break;
                 }
                 inflight.queued(None);

@@ -9,9 +9,16 @@ const MAX_PACKET: usize = 256 * 1024;
 
 /// The options for every connection attempt, and the network options that carry the
 /// connect/flush timeout.
-pub fn build(config: &MqttConfig, gateway: &str, status_topic: &str) -> std::io::Result<(MqttOptions, NetworkOptions)> {
+pub fn build(
+    config: &MqttConfig,
+    gateway: &str,
+    status_topic: &str,
+) -> std::io::Result<(MqttOptions, NetworkOptions)> {
     let endpoint = config.endpoint();
-    let client_id = config.client_id.clone().unwrap_or_else(|| format!("cairn-{gateway}"));
+    let client_id = config
+        .client_id
+        .clone()
+        .unwrap_or_else(|| format!("cairn-{gateway}"));
     let mut options = MqttOptions::new(client_id, endpoint.host, endpoint.port);
     options
         .set_keep_alive(config.keepalive)
@@ -20,7 +27,12 @@ pub fn build(config: &MqttConfig, gateway: &str, status_topic: &str) -> std::io:
         .set_clean_session(true)
         .set_inflight(config.max_inflight.saturating_add(4))
         .set_max_packet_size(MAX_PACKET, MAX_PACKET)
-        .set_last_will(LastWill::new(status_topic, "offline", QoS::AtLeastOnce, true));
+        .set_last_will(LastWill::new(
+            status_topic,
+            "offline",
+            QoS::AtLeastOnce,
+            true,
+        ));
     if let Some(username) = &config.username {
         options.set_credentials(username, config.password.clone().unwrap_or_default());
     }
@@ -32,10 +44,16 @@ pub fn build(config: &MqttConfig, gateway: &str, status_topic: &str) -> std::io:
             Some(tls) => {
                 let ca = std::fs::read(&tls.ca_file.value)?;
                 let client_auth = match (&tls.cert_file, &tls.key_file) {
-                    (Some(cert), Some(key)) => Some((std::fs::read(&cert.value)?, std::fs::read(&key.value)?)),
+                    (Some(cert), Some(key)) => {
+                        Some((std::fs::read(&cert.value)?, std::fs::read(&key.value)?))
+                    }
                     _ => None,
                 };
-                Transport::tls_with_config(TlsConfiguration::Simple { ca, alpn: None, client_auth })
+                Transport::tls_with_config(TlsConfiguration::Simple {
+                    ca,
+                    alpn: None,
+                    client_auth,
+                })
             }
             None => Transport::tls_with_default_config(),
         };

@@ -16,13 +16,18 @@ pub struct Topics {
 impl Topics {
     /// Topics under `<prefix>/<gateway>`.
     pub fn new(prefix: &str, gateway: &str) -> Self {
-        Self { base: format!("{prefix}/{gateway}"), data: HashMap::new() }
+        Self {
+            base: format!("{prefix}/{gateway}"),
+            data: HashMap::new(),
+        }
     }
 
     /// `<prefix>/<gateway>/<device>`: the device's readings.
     pub fn data(&mut self, device: &Arc<str>) -> &str {
         let base = &self.base;
-        self.data.entry(device.clone()).or_insert_with(|| format!("{base}/{device}"))
+        self.data
+            .entry(device.clone())
+            .or_insert_with(|| format!("{base}/{device}"))
     }
 
     /// `<prefix>/<gateway>/<device>/meta`: retained device metadata.
@@ -53,12 +58,29 @@ pub struct DeviceMeta {
 
 impl DeviceMeta {
     /// Metadata for a device of `adapter` type producing `values`.
-    pub fn new(name: &str, adapter: &'static str, description: Option<String>, values: &[ValueInfo]) -> Self {
+    pub fn new(
+        name: &str,
+        adapter: &'static str,
+        description: Option<String>,
+        values: &[ValueInfo],
+    ) -> Self {
         let units = values
             .iter()
-            .map(|v| (v.name.clone(), v.unit.clone().map_or(serde_json::Value::Null, serde_json::Value::String)))
+            .map(|v| {
+                (
+                    v.name.clone(),
+                    v.unit
+                        .clone()
+                        .map_or(serde_json::Value::Null, serde_json::Value::String),
+                )
+            })
             .collect();
-        Self { name: name.to_string(), adapter, description, units }
+        Self {
+            name: name.to_string(),
+            adapter,
+            description,
+            units,
+        }
     }
 
     /// The retained payload.

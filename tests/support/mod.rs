@@ -1,6 +1,6 @@
 //! Real peers for the end-to-end tests: a fresh `mosquitto` per test on an ephemeral port, an
 //! independent `mosquitto_sub` subscriber, and the `cairn` binary itself.
-#![allow(dead_code, missing_docs)]
+#![allow(dead_code, missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -15,19 +15,31 @@ pub const PATIENCE: Duration = Duration::from_secs(120);
 
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn wait_for_port(port: u16, up: bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while TcpStream::connect(("127.0.0.1", port)).is_ok() != up {
-        assert!(Instant::now() < deadline, "port {port} did not become {}", if up { "open" } else { "closed" });
+        assert!(
+            Instant::now() < deadline,
+            "port {port} did not become {}",
+            if up { "open" } else { "closed" }
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
 fn signal(child: &Child, name: &str) {
-    let status = Command::new("kill").arg(format!("-{name}")).arg(child.id().to_string()).status().unwrap();
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
     assert!(status.success(), "kill -{name} failed");
 }
 
@@ -47,8 +59,16 @@ impl Broker {
     pub fn start_on(port: u16) -> Self {
         let dir = tempfile::tempdir().unwrap();
         // mosquitto started as root drops to its own user, which must be able to write here.
-        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
-        let mut broker = Self { port, dir, child: None };
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o777),
+        )
+        .unwrap();
+        let mut broker = Self {
+            port,
+            dir,
+            child: None,
+        };
         broker.restart();
         broker
     }
@@ -129,7 +149,11 @@ impl Received {
     }
 
     pub fn last_on(&self, topic: &str) -> Option<&str> {
-        self.messages.iter().rev().find(|(t, _)| t == topic).map(|(_, p)| p.as_str())
+        self.messages
+            .iter()
+            .rev()
+            .find(|(t, _)| t == topic)
+            .map(|(_, p)| p.as_str())
     }
 }
 
@@ -143,7 +167,18 @@ pub struct Subscriber {
 
 fn spawn_sub(port: u16, id: &str, topic: &str) -> Child {
     Command::new("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1", "-c", "-i", id, "-v"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-q",
+            "1",
+            "-c",
+            "-i",
+            id,
+            "-v",
+        ])
         .args(["-t", topic, "-t", "probe/#"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -161,12 +196,22 @@ impl Subscriber {
         let (shared, current, topic) = (received.clone(), child.clone(), topic.to_string());
         std::thread::spawn(move || {
             loop {
-                let Some(stdout) = current.lock().unwrap().as_mut().and_then(|c| c.stdout.take()) else { return };
+                let Some(stdout) = current
+                    .lock()
+                    .unwrap()
+                    .as_mut()
+                    .and_then(|c| c.stdout.take())
+                else {
+                    return;
+                };
                 for line in BufReader::new(stdout).lines() {
                     let Ok(line) = line else { break };
                     let (topic, payload) = line.split_once(' ').unwrap_or((&line, ""));
                     let (lock, cvar) = &*shared;
-                    lock.lock().unwrap().messages.push((topic.to_string(), payload.to_string()));
+                    lock.lock()
+                        .unwrap()
+                        .messages
+                        .push((topic.to_string(), payload.to_string()));
                     cvar.notify_all();
                 }
                 let mut slot = current.lock().unwrap();
@@ -181,10 +226,21 @@ impl Subscriber {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             Command::new("mosquitto_pub")
-                .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", "probe/up", "-m", "x"])
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &port.to_string(),
+                    "-t",
+                    "probe/up",
+                    "-m",
+                    "x",
+                ])
                 .status()
                 .unwrap();
-            if subscriber.wait_until(Duration::from_millis(200), |r| r.messages.iter().any(|(t, _)| t == "probe/up")) {
+            if subscriber.wait_until(Duration::from_millis(200), |r| {
+                r.messages.iter().any(|(t, _)| t == "probe/up")
+            }) {
                 break;
             }
             assert!(Instant::now() < deadline, "subscriber never saw its probe");
@@ -196,7 +252,9 @@ impl Subscriber {
     pub fn wait_until(&self, timeout: Duration, mut done: impl FnMut(&Received) -> bool) -> bool {
         let (lock, cvar) = &*self.received;
         let guard = lock.lock().unwrap();
-        let (guard, _) = cvar.wait_timeout_while(guard, timeout, |r| !done(r)).unwrap();
+        let (guard, _) = cvar
+            .wait_timeout_while(guard, timeout, |r| !done(r))
+            .unwrap();
         done(&guard)
     }
 
@@ -208,9 +266,18 @@ impl Subscriber {
         });
         let counts = self.with(|r| r.seq_counts());
         let missing: Vec<i64> = (1..=last).filter(|seq| !counts.contains_key(seq)).collect();
-        assert!(complete && missing.is_empty(), "{} of {last} seqs never arrived, first: {:?}", missing.len(), &missing[..missing.len().min(20)]);
+        assert!(
+            complete && missing.is_empty(),
+            "{} of {last} seqs never arrived, first: {:?}",
+            missing.len(),
+            &missing[..missing.len().min(20)]
+        );
         let duplicates = counts.values().map(|n| n - 1).sum();
-        SeqReport { distinct: counts.len(), duplicates, beyond: counts.keys().filter(|s| **s > last).count() }
+        SeqReport {
+            distinct: counts.len(),
+            duplicates,
+            beyond: counts.keys().filter(|s| **s > last).count(),
+        }
     }
 
     pub fn with<T>(&self, f: impl FnOnce(&Received) -> T) -> T {
@@ -262,7 +329,11 @@ impl Cairn {
 
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "cairn already running");
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("cairn.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("cairn.log"))
+            .unwrap();
         let child = Command::new(cairn_bin())
             .args(["run", "--config"])
             .arg(self.config_path())
@@ -295,7 +366,11 @@ impl Cairn {
     /// `cairn stats` parsed into `key -> number`.
     pub fn stats(&self) -> BTreeMap<String, i64> {
         let out = run_cairn(&["stats", "--config", self.config_path().to_str().unwrap()]);
-        assert!(out.status.success(), "cairn stats failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "cairn stats failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter_map(|line| {
@@ -307,7 +382,11 @@ impl Cairn {
     }
 
     /// Waits until `cairn stats` satisfies `done`; the outbox is the event source here.
-    pub fn wait_stats(&self, what: &str, mut done: impl FnMut(&BTreeMap<String, i64>) -> bool) -> BTreeMap<String, i64> {
+    pub fn wait_stats(
+        &self,
+        what: &str,
+        mut done: impl FnMut(&BTreeMap<String, i64>) -> bool,
+    ) -> BTreeMap<String, i64> {
         let deadline = Instant::now() + PATIENCE;
         loop {
             if Path::new(&self.dir.path().join("data/outbox.db")).exists() {
@@ -315,7 +394,11 @@ impl Cairn {
                 if done(&stats) {
                     return stats;
                 }
-                assert!(Instant::now() < deadline, "timed out waiting for {what}: {stats:?}\n{}", self.log());
+                assert!(
+                    Instant::now() < deadline,
+                    "timed out waiting for {what}: {stats:?}\n{}",
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
