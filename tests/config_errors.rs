@@ -1,4 +1,5 @@
 //! `cairn check` on bad files: one clear screen naming file:line:column, exit 1, never a panic.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 

@@ -1,5 +1,6 @@
 //! The delivery contract, end to end: the real `cairn` binary, a real mosquitto, an
 //! independent subscriber, and every sequence number counted.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 
