@@ -6,14 +6,16 @@ use super::diagnostic::Problem;
 /// Replaces `${VAR}` and `${VAR:-default}` with the variable's value; `$$` stands for `$`.
 ///
 /// Substitution happens before parsing and never spans lines, so line numbers in later errors
-/// still match the file. An unset variable without a default is a problem at its position.
+/// still match the file. Comments are left alone. An unset variable without a default is a
+/// problem at its position.
 pub fn interpolate(
     text: &str,
     lookup: impl Fn(&str) -> Option<String>,
 ) -> Result<String, Vec<Problem>> {
     let mut out = String::with_capacity(text.len());
     let mut problems = Vec::new();
-    for (line_index, line) in text.split_inclusive('\n').enumerate() {
+    for (line_index, full_line) in text.split_inclusive('\n').enumerate() {
+        let (line, comment) = full_line.split_at(comment_start(full_line));
         let mut rest = line;
         while let Some(dollar) = rest.find('$') {
             out.push_str(&rest[..dollar]);
@@ -56,12 +58,30 @@ pub fn interpolate(
             }
         }
         out.push_str(rest);
+        out.push_str(comment);
     }
     if problems.is_empty() {
         Ok(out)
     } else {
         Err(problems)
     }
+}
+
+/// Where a YAML comment starts on `line` (its length if none): a `#` at the start or after
+/// whitespace, outside quotes.
+fn comment_start(line: &str) -> usize {
+    let mut quote = None;
+    let mut previous = ' ';
+    for (i, c) in line.char_indices() {
+        match (quote, c) {
+            (None, '#') if previous.is_whitespace() => return i,
+            (None, '"' | '\'') => quote = Some(c),
+            (Some(q), c) if c == q => quote = None,
+            _ => {}
+        }
+        previous = c;
+    }
+    line.len()
 }
 
 #[cfg(test)]
@@ -77,6 +97,16 @@ mod tests {
         let text = "host: ${HOST}\nport: ${PORT:-1883}\nprice: $$5 $x\n";
         let out = interpolate(text, env).unwrap();
         assert_eq!(out, "host: broker.example\nport: 1883\nprice: $5 $x\n");
+    }
+
+    #[test]
+    fn comments_are_left_alone() {
+        let text = "# use ${ANY}\nhost: ${HOST} # not ${THIS}\nurl: 'a#${HOST}'\n";
+        let out = interpolate(text, env).unwrap();
+        assert_eq!(
+            out,
+            "# use ${ANY}\nhost: broker.example # not ${THIS}\nurl: 'a#broker.example'\n"
+        );
     }
 
     #[test]
