@@ -2,6 +2,8 @@
 //! independent `mosquitto_sub` subscriber, and the `cairn` binary itself.
 #![allow(dead_code, missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod proxy;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
@@ -363,6 +365,19 @@ impl Cairn {
         std::fs::read_to_string(self.dir.path().join("cairn.log")).unwrap_or_default()
     }
 
+    /// Waits until cairn's log contains `text`.
+    pub fn wait_log(&self, text: &str) {
+        let deadline = Instant::now() + PATIENCE;
+        while !self.log().contains(text) {
+            assert!(
+                Instant::now() < deadline,
+                "`{text}` never logged:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// `cairn stats` parsed into `key -> number`.
     pub fn stats(&self) -> BTreeMap<String, i64> {
         let out = run_cairn(&["stats", "--config", self.config_path().to_str().unwrap()]);
@@ -407,6 +422,14 @@ impl Cairn {
 
 impl Drop for Cairn {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- last lines of cairn's log ---");
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
