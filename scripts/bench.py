@@ -184,7 +184,7 @@ def main():
     print(f"cairn bench on {os.cpu_count()} cores; {n} readings per throughput run; synchronous=full")
     rate, rss1 = store_throughput(n)
     print(f"store:      {rate:10,.0f} readings/s committed (no broker), peak RSS {rss1 / 1024:.1f} MiB")
-    acked, received, rss2 = end_to_end(n // 5)
+    acked, received, rss2 = end_to_end(n // 2)
     print(f"end to end: {acked:10,.0f} readings/s acknowledged (QoS 1, deleted on PUBACK), "
           f"{received:,.0f}/s at the subscriber, peak RSS {rss2 / 1024:.1f} MiB")
     count, p50, p99, rss3 = latency(1000, 10)

@@ -10,6 +10,7 @@ mod inflight;
 mod options;
 pub mod topics;
 
+use std::collections::VecDeque;
 use std::time::{Duration, SystemTime};
 
 use rumqttc::{
@@ -23,9 +24,12 @@ use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
 use crate::config::MqttConfig;
-use crate::store::{Acker, StoreReader};
+use crate::store::{Acker, Record, StoreReader};
 use inflight::Inflight;
 use topics::{DeviceMeta, Topics};
+
+/// Rows read from the outbox at a time (at least the window).
+const READ_AHEAD: usize = 512;
 
 /// How long a clean shutdown waits for outstanding acknowledgements before leaving anyway.
 const LEAVE_GRACE: Duration = Duration::from_secs(3);
@@ -199,22 +203,23 @@ impl Uplink {
         // Every connect starts from the oldest unacknowledged row: whatever was in flight on
         // the last connection may or may not have arrived.
         let mut cursor = 0;
+        // Rows read ahead of the window, so that the outbox is queried once per batch rather
+        // than once per acknowledgement.
+        let mut ahead: VecDeque<Record> = VecDeque::new();
         loop {
-            while inflight.rows() < self.window && cursor < *committed.borrow_and_update() {
-                let rows = self
-                    .reader
-                    .unsent(cursor, self.window - inflight.rows())
-                    .await?;
-                let Some(last) = rows.last() else {
-                    cursor = *committed.borrow();
-                    break;
-                };
-                cursor = last.seq;
-                for row in rows {
-                    let topic = self.topics.data(&row.device);
-                    client.try_publish(topic, self.qos, false, row.payload.to_vec())?;
-                    inflight.queued(Some(row.seq));
+            while inflight.rows() < self.window {
+                if ahead.is_empty() && cursor < *committed.borrow_and_update() {
+                    ahead.extend(
+                        self.reader
+                            .unsent(cursor, self.window.max(READ_AHEAD))
+                            .await?,
+                    );
+                    cursor = ahead.back().map_or(*committed.borrow(), |row| row.seq);
                 }
+                let Some(row) = ahead.pop_front() else { break };
+                let topic = self.topics.data(&row.device);
+                client.try_publish(topic, self.qos, false, row.payload.to_vec())?;
+                inflight.queued(Some(row.seq));
             }
             tokio::select! {
                 biased;
