@@ -51,6 +51,7 @@ pub struct Broker {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    listener_extra: String,
 }
 
 impl Broker {
@@ -59,6 +60,11 @@ impl Broker {
     }
 
     pub fn start_on(port: u16) -> Self {
+        Self::start_with(port, "")
+    }
+
+    /// A broker with extra configuration lines (another listener with TLS, say).
+    pub fn start_with(port: u16, extra: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         // mosquitto started as root drops to its own user, which must be able to write here.
         std::fs::set_permissions(
@@ -70,6 +76,7 @@ impl Broker {
             port,
             dir,
             child: None,
+            listener_extra: extra.to_string(),
         };
         broker.restart();
         broker
@@ -82,9 +89,10 @@ impl Broker {
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {dir}/\n\
+                "listener {port} 127.0.0.1\n{extra}allow_anonymous true\npersistence true\npersistence_location {dir}/\n\
                  max_queued_messages 0\nmax_inflight_messages 100\nlog_dest file {dir}/mosquitto.log\n",
                 port = self.port,
+                extra = self.listener_extra,
                 dir = self.dir.path().display()
             ),
         )

@@ -1,0 +1,118 @@
+//! TLS with rustls against a mosquitto TLS listener: a CA made by `openssl` for this test only,
+//! the server certificate checked against it, and a client certificate the broker requires.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+
+use support::{Broker, Cairn, Subscriber, free_port};
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let status = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .status()
+        .expect("openssl is installed");
+    assert!(status.success(), "openssl {args:?}");
+}
+
+/// A CA, a server certificate for `localhost` and a client certificate, all signed by the CA.
+fn make_pki(dir: &Path) {
+    let ca_subject = "/CN=cairn-test-ca";
+    openssl(
+        dir,
+        &[
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
+            "-days", "2", "-subj", ca_subject,
+        ],
+    );
+    // webpki accepts only X.509 v3 certificates: both get extensions.
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    for name in ["server", "client"] {
+        let key = format!("{name}.key");
+        let csr = format!("{name}.csr");
+        let crt = format!("{name}.crt");
+        let subject = format!("/CN={name}");
+        openssl(
+            dir,
+            &[
+                "req", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr, "-subj",
+                &subject,
+            ],
+        );
+        let ext = format!("{name}.ext");
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &crt,
+                "-days",
+                "2",
+                "-extfile",
+                &ext,
+            ],
+        );
+    }
+    for file in ["ca.crt", "server.crt", "server.key"] {
+        std::fs::set_permissions(
+            dir.join(file),
+            std::os::unix::fs::PermissionsExt::from_mode(0o644),
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn publishes_over_tls_with_a_client_certificate() {
+    let pki = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        pki.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    make_pki(pki.path());
+    let p = |f: &str| pki.path().join(f).display().to_string();
+    let tls_port = free_port();
+    // A plain listener for the test's own subscriber, and the TLS one for Cairn.
+    let plain_port = free_port();
+    let broker = Broker::start_with(
+        plain_port,
+        &format!(
+            "listener {tls_port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n",
+            p("ca.crt"),
+            p("server.crt"),
+            p("server.key")
+        ),
+    );
+    let sub = Subscriber::start(&broker, "cairn/test/#");
+    let config = format!(
+        "gateway: {{id: test, data_dir: '{{data}}'}}\n\
+         mqtt:\n  url: mqtts://localhost:{tls_port}\n  reconnect_min: 100ms\n  reconnect_max: 1s\n\
+         \x20 tls:\n    ca_file: {}\n    cert_file: {}\n    key_file: {}\n\
+         devices:\n  - name: counter\n    type: sim\n    rate: 100\n    limit: 200\n    values: [{{name: n, counter: {{}}}}]\n",
+        p("ca.crt"),
+        p("client.crt"),
+        p("client.key")
+    );
+    let cairn = Cairn::start(&config);
+    let report = sub.expect_all_seqs(200);
+    assert_eq!(report.beyond, 0);
+    cairn.wait_stats("the outbox to drain", |s| s["backlog"] == 0);
+}
