@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_adapters::{
-    AdapterConfig, AdapterContext, AdapterError, DeviceCounters, DeviceStatus, Reading,
+    Adapter, AdapterContext, AdapterError, DeviceCounters, DeviceStatus, Reading,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -50,7 +50,8 @@ pub fn spawn(
     let (status_tx, status) = watch::channel(DeviceStatus::Offline);
     let counters = Arc::new(DeviceCounters::default());
     let ctx = AdapterContext::new(name.clone(), sink, status_tx, counters.clone(), cancel);
-    tasks.spawn(supervise(device.adapter.clone(), ctx, status.clone(), live));
+    let config = device.adapter.clone();
+    tasks.spawn(supervise(move || config.build(), ctx, status.clone(), live));
     DeviceHandle {
         name,
         adapter: device.adapter.kind().as_str(),
@@ -59,8 +60,9 @@ pub fn spawn(
     }
 }
 
+/// Runs adapters made by `build` until one finishes, fails for good, or shutdown.
 async fn supervise(
-    config: AdapterConfig,
+    build: impl Fn() -> Box<dyn Adapter>,
     ctx: AdapterContext,
     mut status: watch::Receiver<DeviceStatus>,
     live: LiveBus,
@@ -69,7 +71,7 @@ async fn supervise(
     let mut backoff = Backoff::new(RESTART_MIN, RESTART_MAX);
     loop {
         let started = Instant::now();
-        let mut adapter = config.build();
+        let mut adapter = build();
         let run_ctx = ctx.clone();
         // A task of its own, so that a panic in an adapter is a failure like any other.
         let mut run = tokio::spawn(async move { adapter.run(&run_ctx).await });
@@ -127,4 +129,157 @@ fn report(device: &Arc<str>, status: &DeviceStatus, live: &LiveBus) {
 /// Milliseconds are noise in a log line about seconds of backoff.
 fn round(d: Duration) -> Duration {
     Duration::from_millis(d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use async_trait::async_trait;
+    use cairn_adapters::Value;
+
+    use super::*;
+
+    /// Fails `failures` times (the last of them by panicking), then reads every 100 ms.
+    struct Flaky {
+        runs: Arc<AtomicU32>,
+        failures: u32,
+    }
+
+    #[async_trait]
+    impl Adapter for Flaky {
+        async fn run(&mut self, ctx: &AdapterContext) -> Result<(), AdapterError> {
+            let run = self.runs.fetch_add(1, Ordering::SeqCst) + 1;
+            if run < self.failures {
+                return Err(AdapterError::Transport(format!("unplugged ({run})")));
+            }
+            if run == self.failures {
+                panic!("adapter bug");
+            }
+            ctx.set_status(DeviceStatus::Online);
+            loop {
+                tokio::select! {
+                    () = ctx.cancelled().cancelled() => return Ok(()),
+                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+                let reading =
+                    Reading::now(ctx.device().clone(), vec![(Arc::from("x"), Value::Int(1))]);
+                ctx.emit(reading).await?;
+            }
+        }
+    }
+
+    struct Misconfigured;
+
+    #[async_trait]
+    impl Adapter for Misconfigured {
+        async fn run(&mut self, _ctx: &AdapterContext) -> Result<(), AdapterError> {
+            Err(AdapterError::Config("no such port".into()))
+        }
+    }
+
+    fn context(
+        name: &str,
+        sink: &mpsc::Sender<Reading>,
+        cancel: &CancellationToken,
+    ) -> (AdapterContext, watch::Receiver<DeviceStatus>) {
+        let (tx, rx) = watch::channel(DeviceStatus::Offline);
+        let ctx = AdapterContext::new(
+            Arc::from(name),
+            sink.clone(),
+            tx,
+            Arc::new(DeviceCounters::default()),
+            cancel.clone(),
+        );
+        (ctx, rx)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_adapter_is_restarted_with_backoff_and_never_stops_the_others() {
+        let (sink, mut readings) = mpsc::channel(1024);
+        let cancel = CancellationToken::new();
+        let live = LiveBus::new(64);
+        let mut events = live.subscribe();
+        let runs = Arc::new(AtomicU32::new(0));
+        let (flaky_ctx, mut flaky_status) = context("flaky", &sink, &cancel);
+        let (steady_ctx, _) = context("steady", &sink, &cancel);
+        let (broken_ctx, mut broken_status) = context("broken", &sink, &cancel);
+        let flaky_counters = flaky_ctx.clone();
+        let mut tasks = JoinSet::new();
+        let flaky_runs = runs.clone();
+        tasks.spawn(supervise(
+            move || {
+                Box::new(Flaky {
+                    runs: flaky_runs.clone(),
+                    failures: 4,
+                })
+            },
+            flaky_ctx,
+            flaky_status.clone(),
+            live.clone(),
+        ));
+        tasks.spawn(supervise(
+            || {
+                Box::new(Flaky {
+                    runs: Arc::new(AtomicU32::new(10)),
+                    failures: 0,
+                })
+            },
+            steady_ctx,
+            watch::channel(DeviceStatus::Offline).1,
+            live.clone(),
+        ));
+        tasks.spawn(supervise(
+            || Box::new(Misconfigured),
+            broken_ctx,
+            broken_status.clone(),
+            live.clone(),
+        ));
+        drop(sink);
+
+        let started = Instant::now();
+        flaky_status
+            .wait_for(|s| *s == DeviceStatus::Online)
+            .await
+            .unwrap();
+        // Three transport failures and one panic: backoff of about 1 + 2 + 4 + 8 s, halved at most.
+        assert_eq!(runs.load(Ordering::SeqCst), 5);
+        assert_eq!(flaky_counters.counters().restarts(), 4);
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(7500) && waited <= Duration::from_secs(15),
+            "{waited:?}"
+        );
+
+        // Meanwhile the steady device kept reading, about every 100 ms.
+        let mut steady = 0;
+        while let Ok(reading) = readings.try_recv() {
+            steady += usize::from(&*reading.device == "steady");
+        }
+        assert!(
+            steady as f64 >= waited.as_secs_f64() * 10.0 * 0.9,
+            "{steady} readings in {waited:?}"
+        );
+
+        // A configuration error stops that device for good, with its reason.
+        broken_status
+            .wait_for(|s| matches!(s, DeviceStatus::Error(m) if m == "no such port"))
+            .await
+            .unwrap();
+
+        let mut seen_online = false;
+        while let Ok(event) = events.try_recv() {
+            if let LiveEvent::Status {
+                device,
+                status: DeviceStatus::Online,
+            } = event
+            {
+                seen_online |= &*device == "flaky";
+            }
+        }
+        assert!(seen_online, "status changes reach the live bus");
+
+        cancel.cancel();
+        while tasks.join_next().await.is_some() {}
+    }
 }
