@@ -23,12 +23,13 @@ impl Backoff {
         }
     }
 
-    /// The delay before the next attempt.
+    /// The delay before the next attempt, in whole milliseconds (it is logged).
     pub fn next_delay(&mut self) -> Duration {
         let factor = 2u32.saturating_pow(self.attempt.min(20));
         self.attempt = self.attempt.saturating_add(1);
         let ceiling = self.min.saturating_mul(factor).min(self.max);
-        ceiling.mul_f64(0.5 + 0.5 * self.rng.f64())
+        let delay = ceiling.mul_f64(0.5 + 0.5 * self.rng.f64());
+        Duration::from_millis(delay.as_millis() as u64)
     }
 
     /// Starts again from `min`, after a success.

@@ -100,7 +100,7 @@ async fn supervise(
             backoff.reset();
         }
         let retry_in = backoff.next_delay();
-        warn!(device = %device, error = %failure, retry_in = %humantime::format_duration(round(retry_in)), "Adapter failed; restarting");
+        warn!(device = %device, error = %failure, retry_in = %humantime::format_duration(retry_in), "Adapter failed; restarting");
         tokio::select! {
             () = ctx.cancelled().cancelled() => break,
             () = tokio::time::sleep(retry_in) => {}
@@ -124,11 +124,6 @@ fn report(device: &Arc<str>, status: &DeviceStatus, live: &LiveBus) {
         device: device.clone(),
         status: status.clone(),
     });
-}
-
-/// Milliseconds are noise in a log line about seconds of backoff.
-fn round(d: Duration) -> Duration {
-    Duration::from_millis(d.as_millis() as u64)
 }
 
 #[cfg(test)]

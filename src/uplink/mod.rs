@@ -138,7 +138,7 @@ impl Uplink {
             let was_connected = self.status.borrow().connected;
             self.set_status(false, Some(error.to_string()));
             let retry_in = backoff.next_delay();
-            let retry = humantime::format_duration(Duration::from_secs(retry_in.as_secs().max(1)));
+            let retry = humantime::format_duration(retry_in);
             if was_connected {
                 warn!(broker = %self.broker, error = %error, retry_in = %retry, "MQTT connection lost; readings stay in the outbox");
             } else {
