@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use cairn_adapters::Reading;
+use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{Connection, QueryBuilder, SqliteConnection};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -14,7 +15,7 @@ use tracing::{debug, error, info, warn};
 
 use super::retention::{self, CHUNK};
 use super::schema::{State, drop_key};
-use super::{DropReason, Record, Stats, StoreError, row_bytes};
+use super::{DropReason, Record, Stats, StoreError, connect_options, row_bytes};
 use crate::backoff::Backoff;
 use crate::config::{BufferConfig, WhenFull};
 use crate::live::{LiveBus, LiveEvent};
@@ -28,6 +29,7 @@ const AGE_CHECK: Duration = Duration::from_secs(10);
 pub struct Writer {
     path: PathBuf,
     conn: SqliteConnection,
+    options: SqliteConnectOptions,
     max_bytes: u64,
     max_age: Option<Duration>,
     when_full: WhenFull,
@@ -66,6 +68,7 @@ impl Writer {
     ) -> Self {
         let stats = stats_tx.borrow().clone();
         Self {
+            options: connect_options(&path, config),
             path,
             conn,
             max_bytes: config.max_bytes.as_u64(),
@@ -155,7 +158,7 @@ impl Writer {
     /// it retries, the bounded reading channel fills and slows the adapters down, and nothing
     /// already committed is touched.
     async fn commit_retrying(&mut self, batch: &mut Batch) -> Vec<Arc<Record>> {
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         loop {
             match self.commit(batch).await {
                 Ok(records) => return records,
@@ -169,8 +172,47 @@ impl Writer {
                         "Outbox write failed; holding the readings and retrying"
                     );
                     tokio::time::sleep(retry_in).await;
+                    self.reopen().await;
+                    self.free_room(batch).await;
                 }
             }
+        }
+    }
+
+    /// Replaces the connection after a failed transaction. After SQLITE_FULL, SQLite may have
+    /// rolled the transaction back on its own while sqlx still counts it as open, and later
+    /// "commits" then only release a savepoint inside a transaction that never commits: a
+    /// fresh connection cannot carry such a state over.
+    async fn reopen(&mut self) {
+        match SqliteConnection::connect_with(&self.options).await {
+            Ok(conn) => {
+                let old = std::mem::replace(&mut self.conn, conn);
+                if let Err(e) = old.close().await {
+                    debug!(error = %e, "Closing the failed outbox connection");
+                }
+            }
+            Err(e) => {
+                warn!(path = %self.path.display(), error = %e, "Cannot reopen the outbox yet")
+            }
+        }
+    }
+
+    /// On a full disk the new readings cannot go in, but deleting delivered ones still can
+    /// (the WAL reuses its space after a checkpoint): commit the acknowledgements on their own,
+    /// so that the outbox empties as the uplink delivers and then takes readings again.
+    async fn free_room(&mut self, batch: &mut Batch) {
+        while let Ok(seq) = self.acks.try_recv() {
+            batch.acks.push(seq);
+        }
+        if batch.acks.is_empty() || batch.readings.is_empty() {
+            return;
+        }
+        let mut acks_only = Batch {
+            acks: std::mem::take(&mut batch.acks),
+            ..Batch::default()
+        };
+        if self.commit(&mut acks_only).await.is_err() {
+            batch.acks = acks_only.acks;
         }
     }
 
