@@ -179,10 +179,10 @@ impl Writer {
         }
     }
 
-    /// Replaces the connection after a failed transaction. After SQLITE_FULL, SQLite may have
-    /// rolled the transaction back on its own while sqlx still counts it as open, and later
-    /// "commits" then only release a savepoint inside a transaction that never commits: a
-    /// fresh connection cannot carry such a state over.
+    /// Replaces the connection after a failed transaction. After SQLITE_FULL, SQLite may roll
+    /// the transaction back on its own, and sqlx's count of open transactions then disagrees with
+    /// SQLite's; on such a connection, later commits were seen to report success while nothing
+    /// reached the file (found by `tests/disk_full.rs`). A fresh connection carries nothing over.
     async fn reopen(&mut self) {
         match SqliteConnection::connect_with(&self.options).await {
             Ok(conn) => {
