@@ -227,13 +227,19 @@ impl Uplink {
                     self.leave(&client, &mut events, &mut inflight).await;
                     return Ok(());
                 }
-                event = events.poll() => self.handle(event?, &mut inflight, backoff),
+                event = events.poll() => {
+                    if self.handle(event?, &mut inflight) {
+                        // The broker is taking messages: the link works, whatever happened before.
+                        backoff.reset();
+                    }
+                }
                 Ok(()) = committed.changed(), if inflight.rows() < self.window => {}
             }
         }
     }
 
-    fn handle(&self, event: Event, inflight: &mut Inflight, backoff: &mut Backoff) {
+    /// Applies one event to the window; returns whether it was an acknowledgement.
+    fn handle(&self, event: Event, inflight: &mut Inflight) -> bool {
         match event {
             Event::Outgoing(Outgoing::Publish(pkid)) => {
                 if let Some(Some(seq)) = inflight.written(pkid)
@@ -246,11 +252,11 @@ impl Uplink {
                 if let Some(Some(seq)) = inflight.acked(ack.pkid) {
                     self.acker.ack(seq);
                 }
-                // The broker is taking messages: the link works, whatever happened before.
-                backoff.reset();
+                return true;
             }
             other => debug!(event = ?other, "MQTT event"),
         }
+        false
     }
 
     /// Waits briefly for outstanding acks (each one spares a duplicate next time), marks the
@@ -258,7 +264,6 @@ impl Uplink {
     async fn leave(&self, client: &AsyncClient, events: &mut EventLoop, inflight: &mut Inflight) {
         let deadline = Instant::now() + LEAVE_GRACE;
         let mut offline_sent = false;
-        let mut noop = Backoff::new(Duration::from_secs(1), Duration::from_secs(1));
         loop {
             if inflight.is_empty() {
                 if offline_sent {
@@ -274,7 +279,9 @@ impl Uplink {
                 offline_sent = true;
             }
             match tokio::time::timeout_at(deadline, events.poll()).await {
-                Ok(Ok(event)) => self.handle(event, inflight, &mut noop),
+                Ok(Ok(event)) => {
+                    self.handle(event, inflight);
+                }
                 Ok(Err(_)) | Err(_) => return,
             }
         }
