@@ -8,6 +8,7 @@ use serde::{Deserialize, Deserializer};
 
 use crate::adapter::Adapter;
 use crate::sim::SimConfig;
+use crate::uart::UartConfig;
 
 /// The adapter types a device may name in `type:`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -15,6 +16,8 @@ use crate::sim::SimConfig;
 pub enum AdapterKind {
     /// Simulated signals, for demos, tests and benchmarks.
     Sim,
+    /// Serial sensors writing text lines.
+    Uart,
 }
 
 impl AdapterKind {
@@ -22,6 +25,7 @@ impl AdapterKind {
     pub fn as_str(self) -> &'static str {
         match self {
             AdapterKind::Sim => "sim",
+            AdapterKind::Uart => "uart",
         }
     }
 }
@@ -37,6 +41,8 @@ impl fmt::Display for AdapterKind {
 pub enum AdapterConfig {
     /// `type: sim`
     Sim(SimConfig),
+    /// `type: uart`
+    Uart(UartConfig),
 }
 
 /// A value a device produces, as announced in its metadata.
@@ -59,6 +65,7 @@ impl AdapterConfig {
     ) -> Result<Self, D::Error> {
         Ok(match kind {
             AdapterKind::Sim => AdapterConfig::Sim(SimConfig::deserialize(settings)?),
+            AdapterKind::Uart => AdapterConfig::Uart(UartConfig::deserialize(settings)?),
         })
     }
 
@@ -66,6 +73,7 @@ impl AdapterConfig {
     pub fn kind(&self) -> AdapterKind {
         match self {
             AdapterConfig::Sim(_) => AdapterKind::Sim,
+            AdapterConfig::Uart(_) => AdapterKind::Uart,
         }
     }
 
@@ -74,6 +82,7 @@ impl AdapterConfig {
     pub fn problems(&self) -> Vec<(String, String)> {
         match self {
             AdapterConfig::Sim(c) => c.problems(),
+            AdapterConfig::Uart(c) => c.problems(),
         }
     }
 
@@ -81,6 +90,7 @@ impl AdapterConfig {
     pub fn values(&self) -> Vec<ValueInfo> {
         match self {
             AdapterConfig::Sim(c) => c.values(),
+            AdapterConfig::Uart(c) => c.values(),
         }
     }
 
@@ -88,6 +98,7 @@ impl AdapterConfig {
     pub fn build(&self) -> Box<dyn Adapter> {
         match self {
             AdapterConfig::Sim(c) => Box::new(c.build()),
+            AdapterConfig::Uart(c) => Box::new(c.build()),
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod adapter;
 pub mod config;
 pub mod reading;
 pub mod sim;
+pub mod uart;
 
 pub use adapter::{Adapter, AdapterContext, AdapterError, DeviceCounters, DeviceStatus};
 pub use config::{AdapterConfig, AdapterKind, ValueInfo};

@@ -3,6 +3,7 @@
 #![allow(dead_code, missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod proxy;
+pub mod serial;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};

@@ -1,0 +1,190 @@
+//! The uart adapter over `socat` ptys, end to end to a real mosquitto subscriber: text lines in
+//! each format, garbage in between, and a device unplugged and plugged back in.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use support::serial::SerialPair;
+use support::{Broker, Cairn, PATIENCE, Subscriber};
+
+fn config(broker: u16, port: &std::path::Path, lines: &str, values: &str) -> String {
+    format!(
+        "gateway: {{id: test, data_dir: '{{data}}'}}\n\
+         mqtt: {{host: 127.0.0.1, port: {broker}, reconnect_min: 100ms, reconnect_max: 1s}}\n\
+         devices:\n  - name: probe\n    type: uart\n    port: {port}\n    baud: 115200\n    lines: {lines}\n    values: {values}\n",
+        port = port.display()
+    )
+}
+
+/// The `values` of every data message from the device, in order.
+fn readings(sub: &Subscriber) -> Vec<serde_json::Value> {
+    sub.with(|r| {
+        r.data()
+            .filter(|(t, _)| *t == "cairn/test/probe")
+            .map(|(_, v)| v["values"].clone())
+            .collect()
+    })
+}
+
+#[test]
+fn key_value_lines_survive_garbage() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start();
+    let sub = Subscriber::start(&broker, "cairn/test/#");
+    let serial = SerialPair::start(dir.path());
+    let cairn = Cairn::start(&config(
+        broker.port,
+        &serial.port,
+        "{format: key_value, max_length: 256}",
+        "[{name: temperature, field: T, unit: °C}, {name: humidity, field: RH, scale: 0.1}]",
+    ));
+    cairn.wait_log("Device online");
+    serial.send(b"T=21.5 RH=405\r\n");
+    serial.send(&[0xff, 0x00, 0x13, b'\n', 0xfe, 0xfd, b'\n']); // binary noise
+    serial.send(&vec![b'x'; 1 << 20]); // 1 MiB without a newline
+    serial.send(b"\nT=-3.25 RH=990\n");
+    serial.send(b"no pairs at all\nT=7\n");
+    assert!(
+        sub.wait_until(PATIENCE, |r| r.data().count() >= 3),
+        "{:?}",
+        readings(&sub)
+    );
+    let got = readings(&sub);
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(
+        got[0],
+        serde_json::json!({"temperature": 21.5, "humidity": 40.5})
+    );
+    assert_eq!(
+        got[1],
+        serde_json::json!({"temperature": -3.25, "humidity": 99.0})
+    );
+    assert_eq!(got[2], serde_json::json!({"temperature": 7}));
+    let meta = sub
+        .with(|r| r.last_on("cairn/test/probe/meta").map(String::from))
+        .unwrap();
+    assert!(meta.contains(r#""temperature":"°C""#), "{meta}");
+}
+
+#[test]
+fn json_csv_and_regex_lines() {
+    for (lines, values, input, expected) in [
+        (
+            "{format: json}",
+            "[{name: t}, {name: ok}]",
+            "{\"t\": 1.5, \"ok\": true, \"other\": 3}\n",
+            serde_json::json!({"t": 1.5, "ok": true}),
+        ),
+        (
+            "{format: csv, columns: [id, level, state]}",
+            "[{name: level, unit: m}, {name: state}]",
+            "7, 2.25, FILLING\n",
+            serde_json::json!({"level": 2.25, "state": "FILLING"}),
+        ),
+        (
+            "{format: regex, pattern: '^WS(?P<speed>[0-9.]+) WD(?P<dir>[0-9]+)$'}",
+            "[{name: speed, unit: m/s}, {name: dir, unit: deg}]",
+            "WS3.5 WD270\n",
+            serde_json::json!({"speed": 3.5, "dir": 270}),
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Broker::start();
+        let sub = Subscriber::start(&broker, "cairn/test/#");
+        let serial = SerialPair::start(dir.path());
+        let cairn = Cairn::start(&config(broker.port, &serial.port, lines, values));
+        cairn.wait_log("Device online");
+        serial.send(b"garbage that matches nothing\n");
+        serial.send(input.as_bytes());
+        assert!(
+            sub.wait_until(PATIENCE, |r| r.data().count() >= 1),
+            "{lines}"
+        );
+        assert_eq!(readings(&sub), [expected], "{lines}");
+    }
+}
+
+#[test]
+fn an_unplugged_device_goes_offline_and_resumes_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start();
+    let sub = Subscriber::start(&broker, "cairn/test/#");
+    let mut serial = SerialPair::start(dir.path());
+    let cairn = Cairn::start(&config(
+        broker.port,
+        &serial.port,
+        "{format: key_value}",
+        "[{name: n}]",
+    ));
+    cairn.wait_log("Device online");
+    serial.send(b"n=1\n");
+    assert!(sub.wait_until(PATIENCE, |r| r.data().count() >= 1));
+
+    serial.unplug();
+    cairn.wait_log("Device offline");
+    serial.plug();
+    // The supervisor reopens the port with backoff; the device comes back online by itself.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while cairn.log().matches("Device online").count() < 2 {
+        assert!(std::time::Instant::now() < deadline, "{}", cairn.log());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    serial.send(b"n=2\n");
+    assert!(sub.wait_until(PATIENCE, |r| r.data().count() >= 2));
+    assert_eq!(
+        readings(&sub),
+        [serde_json::json!({"n": 1}), serde_json::json!({"n": 2})]
+    );
+    let log = cairn.log();
+    let offline = log.find("Device offline").unwrap();
+    assert!(
+        log[offline..].contains("Adapter failed; restarting"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_polled_sensor_answers_each_request() {
+    use std::io::{BufRead, BufReader, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start();
+    let sub = Subscriber::start(&broker, "cairn/test/#");
+    let serial = SerialPair::start(dir.path());
+    // The sensor: answers every READ with a counter, as a real polled sensor would.
+    let sensor = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&serial.sensor)
+        .unwrap();
+    let mut answer = sensor.try_clone().unwrap();
+    std::thread::spawn(move || {
+        for (n, line) in BufReader::new(sensor).split(b'\n').enumerate() {
+            let Ok(line) = line else { return };
+            if line == b"READ\r" && answer.write_all(format!("n={n}\n").as_bytes()).is_err() {
+                return;
+            }
+        }
+    });
+    let config = config(
+        broker.port,
+        &serial.port,
+        "{format: key_value}",
+        "[{name: n}]",
+    )
+    .replace(
+        "    lines:",
+        "    poll: {every: 100ms, send: \"READ\\r\\n\"}\n    lines:",
+    );
+    let _cairn = Cairn::start(&config);
+    assert!(sub.wait_until(PATIENCE, |r| r.data().count() >= 3));
+    let got = readings(&sub);
+    assert_eq!(
+        &got[..3],
+        [
+            serde_json::json!({"n": 0}),
+            serde_json::json!({"n": 1}),
+            serde_json::json!({"n": 2})
+        ]
+    );
+}
