@@ -188,3 +188,67 @@ fn a_polled_sensor_answers_each_request() {
         ]
     );
 }
+
+/// A PMS5003 frame as the sensor sends it: header, length 28, 13 words, sum of 30 bytes.
+fn pms5003_frame(pm1: u16, pm25: u16, pm10: u16) -> Vec<u8> {
+    let mut frame = vec![0x42, 0x4D, 0x00, 0x1C];
+    for word in [
+        pm1, pm25, pm10, pm1, pm25, pm10, 1200, 350, 60, 8, 2, 1, 0x9700,
+    ] {
+        frame.extend_from_slice(&word.to_be_bytes());
+    }
+    let sum: u16 = frame.iter().map(|b| u16::from(*b)).sum();
+    frame.extend_from_slice(&sum.to_be_bytes());
+    frame
+}
+
+#[test]
+fn pms5003_profile_decodes_frames_through_noise() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start();
+    let sub = Subscriber::start(&broker, "cairn/test/#");
+    let serial = SerialPair::start(dir.path());
+    let config = format!(
+        "gateway: {{id: test, data_dir: '{{data}}'}}\n\
+         mqtt: {{host: 127.0.0.1, port: {}, reconnect_min: 100ms, reconnect_max: 1s}}\n\
+         devices:\n  - name: probe\n    type: uart\n    port: {}\n    profile: pms5003\n",
+        broker.port,
+        serial.port.display()
+    );
+    let cairn = Cairn::start(&config);
+    cairn.wait_log("Device online");
+    let good = pms5003_frame(3, 7, 11);
+    let mut bad_sum = pms5003_frame(90, 90, 90);
+    bad_sum[31] ^= 0x01;
+    let mut stream = vec![0x00, 0x42, 0x13, 0x37];
+    stream.extend_from_slice(&good[..17]); // truncated: the sensor was plugged in mid-frame
+    stream.extend_from_slice(&bad_sum);
+    stream.extend_from_slice(&good);
+    let mut rng_state = 0x2545_f491_u32;
+    for _ in 0..5000 {
+        rng_state ^= rng_state << 13;
+        rng_state ^= rng_state >> 17;
+        rng_state ^= rng_state << 5;
+        stream.push(rng_state as u8);
+    }
+    stream.extend_from_slice(&pms5003_frame(4, 8, 12));
+    serial.send(&stream);
+    assert!(
+        sub.wait_until(PATIENCE, |r| r.data().count() >= 2),
+        "{:?}",
+        readings(&sub)
+    );
+    let got = readings(&sub);
+    assert_eq!(got[0]["pm2_5"], 7);
+    assert_eq!(got[0]["pm10"], 11);
+    assert_eq!(got[0]["particles_0_3um"], 1200);
+    assert_eq!(got[1]["pm2_5"], 8);
+    assert!(
+        got.iter().all(|v| v["pm2_5"] != 90),
+        "a frame with a bad checksum was published: {got:?}"
+    );
+    let meta = sub
+        .with(|r| r.last_on("cairn/test/probe/meta").map(String::from))
+        .unwrap();
+    assert!(meta.contains(r#""pm2_5":"µg/m³""#), "{meta}");
+}

@@ -1,9 +1,11 @@
-//! Serial sensors on a UART or a USB-serial adapter: text lines in several formats.
+//! Serial sensors on a UART or a USB-serial adapter: text lines in several formats, or binary
+//! frames with a header and a checksum.
 //!
 //! The adapter owns one port. A port that is missing or disappears (USB unplugged: reads return
 //! 0 bytes or EIO) ends the run with a transport error; the supervisor reopens it with backoff
 //! and the device shows offline meanwhile.
 
+mod frames;
 mod framing;
 mod parse;
 
@@ -20,6 +22,10 @@ use tokio_serial::SerialPortBuilderExt;
 use crate::adapter::{Adapter, AdapterContext, AdapterError, DeviceStatus};
 use crate::config::ValueInfo;
 use crate::reading::{Reading, Value};
+pub use frames::{
+    ChecksumConfig, ChecksumKind, Endian, FieldType, FrameDrop, FrameFramer, FramesConfig,
+    LengthField,
+};
 pub use framing::{LineDrop, LineFramer};
 pub use parse::{LineFormat, LineParser, ParseError};
 
@@ -29,9 +35,11 @@ pub use parse::{LineFormat, LineParser, ParseError};
 pub struct UartConfig {
     /// The port; prefer the stable `/dev/serial/by-id/...` names of USB adapters.
     pub port: PathBuf,
-    /// Bits per second (default 9600).
-    #[serde(default = "default_baud")]
-    pub baud: u32,
+    /// A device profile (`adapters/profiles/<name>.yaml`) that supplies the baud rate, framing
+    /// and values; settings given here win.
+    pub profile: Option<String>,
+    /// Bits per second (default 9600, or the profile's).
+    pub baud: Option<u32>,
     /// 5 to 8 (default 8).
     #[serde(default = "default_data_bits")]
     pub data_bits: u8,
@@ -44,12 +52,36 @@ pub struct UartConfig {
     /// `none` (default), `software` (XON/XOFF) or `hardware` (RTS/CTS).
     #[serde(default)]
     pub flow_control: FlowControl,
-    /// How the sensor writes its lines.
-    pub lines: LinesConfig,
+    /// Text lines and their format (or `frames`).
+    pub lines: Option<LinesConfig>,
+    /// Binary frames (or `lines`).
+    pub frames: Option<FramesConfig>,
     /// For sensors that answer only when asked: what to send, and how often.
     pub poll: Option<PollConfig>,
-    /// The values to take from each line.
+    /// The values to take from each line or frame.
+    #[serde(default)]
     pub values: Vec<UartValue>,
+}
+
+/// What a device profile may supply.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Profile {
+    baud: Option<u32>,
+    lines: Option<LinesConfig>,
+    frames: Option<FramesConfig>,
+    values: Vec<UartValue>,
+}
+
+/// The profiles built into the binary, by name.
+const PROFILES: &[(&str, &str)] = &[("pms5003", include_str!("../../profiles/pms5003.yaml"))];
+
+fn profile(name: &str) -> Result<Profile, String> {
+    let (_, text) = PROFILES.iter().find(|(n, _)| *n == name).ok_or_else(|| {
+        let names: Vec<&str> = PROFILES.iter().map(|(n, _)| *n).collect();
+        format!("no profile `{name}`; there are: {}", names.join(", "))
+    })?;
+    serde_saphyr::from_str(text).map_err(|e| format!("profile `{name}` is broken: {e}"))
 }
 
 /// Parity bit setting.
@@ -119,15 +151,20 @@ pub struct UartValue {
     pub unit: Option<String>,
     /// The field in the line (JSON key, key, column or group name); default: `name`.
     pub field: Option<String>,
+    /// Frames: the field's byte position.
+    pub at: Option<usize>,
+    /// Frames: the field's type.
+    #[serde(rename = "type")]
+    pub kind: Option<FieldType>,
+    /// Frames: the field's byte order (default big).
+    #[serde(default)]
+    pub endian: Endian,
     /// Multiplies a numeric field (default 1).
     pub scale: Option<f64>,
     /// Added after scaling (default 0).
     pub offset: Option<f64>,
 }
 
-fn default_baud() -> u32 {
-    9600
-}
 fn default_data_bits() -> u8 {
     8
 }
@@ -141,49 +178,27 @@ fn default_max_length() -> usize {
     1024
 }
 
-impl UartValue {
-    fn field(&self) -> &str {
-        self.field.as_deref().unwrap_or(&self.name)
-    }
-}
-
-impl UartConfig {
-    pub(crate) fn problems(&self) -> Vec<(String, String)> {
-        let mut problems = Vec::new();
-        let mut push = |path: &str, message: String| problems.push((path.to_string(), message));
-        if self.port.as_os_str().is_empty() {
-            push("port", "needs a device path such as /dev/ttyUSB0".into());
-        }
-        if self.baud == 0 {
-            push("baud", "must be above zero".into());
-        }
-        if !(5..=8).contains(&self.data_bits) {
-            push(
-                "data_bits",
-                format!("{} is not 5, 6, 7 or 8", self.data_bits),
-            );
-        }
-        if !(1..=2).contains(&self.stop_bits) {
-            push("stop_bits", format!("{} is not 1 or 2", self.stop_bits));
-        }
-        if self.lines.delimiter.len() != 1 {
+impl LinesConfig {
+    /// Problems of the line settings; returns the field names a line can have, when known.
+    fn problems(&self, push: &mut impl FnMut(&str, String)) -> Option<Vec<String>> {
+        if self.delimiter.len() != 1 {
             push(
                 "lines.delimiter",
                 "must be one byte, such as \"\\n\" or \"\\r\"".into(),
             );
         }
-        if self.lines.max_length == 0 {
+        if self.max_length == 0 {
             push("lines.max_length", "must be above zero".into());
         }
-        let known: Option<Vec<String>> = match self.lines.format {
-            LineFormat::Csv => match &self.lines.columns {
+        match self.format {
+            LineFormat::Csv => match &self.columns {
                 Some(columns) if !columns.is_empty() => Some(columns.clone()),
                 _ => {
                     push("lines.columns", "`csv` needs the column names".into());
                     None
                 }
             },
-            LineFormat::Regex => match self.lines.pattern.as_deref().map(regex::Regex::new) {
+            LineFormat::Regex => match self.pattern.as_deref().map(regex::Regex::new) {
                 Some(Ok(regex)) => {
                     Some(regex.capture_names().flatten().map(String::from).collect())
                 }
@@ -200,6 +215,143 @@ impl UartConfig {
                 }
             },
             LineFormat::Json | LineFormat::KeyValue => None,
+        }
+    }
+
+    fn parser(&self) -> Result<LineParser, AdapterError> {
+        Ok(match self.format {
+            LineFormat::Json => LineParser::Json,
+            LineFormat::KeyValue => LineParser::KeyValue,
+            LineFormat::Csv => LineParser::Csv {
+                columns: self.columns.clone().unwrap_or_default(),
+                separator: self.separator.unwrap_or(','),
+            },
+            LineFormat::Regex => {
+                let pattern = self.pattern.as_deref().unwrap_or_default();
+                LineParser::Regex(
+                    regex::Regex::new(pattern).map_err(|e| AdapterError::Config(e.to_string()))?,
+                )
+            }
+        })
+    }
+}
+
+impl FramesConfig {
+    fn problems(&self, push: &mut impl FnMut(&str, String)) {
+        if self.sync.is_empty() {
+            push(
+                "frames.sync",
+                "needs the header bytes every frame starts with".into(),
+            );
+        }
+        match (self.length, &self.length_field) {
+            (Some(length), None) => {
+                if length < self.sync.len() || length > self.max_length {
+                    push(
+                        "frames.length",
+                        format!(
+                            "must be between the header's size and max_length ({})",
+                            self.max_length
+                        ),
+                    );
+                }
+            }
+            (None, Some(field)) => {
+                if !matches!(field.kind, FieldType::U8 | FieldType::U16) {
+                    push("frames.length_field.type", "must be u8 or u16".into());
+                }
+            }
+            _ => push(
+                "frames.length",
+                "give either `length` or `length_field`".into(),
+            ),
+        }
+    }
+}
+
+impl UartValue {
+    fn field(&self) -> &str {
+        self.field.as_deref().unwrap_or(&self.name)
+    }
+}
+
+impl UartConfig {
+    /// These settings completed by their profile, if any.
+    pub(crate) fn resolved(&self) -> Result<UartConfig, String> {
+        let mut config = self.clone();
+        if let Some(name) = &self.profile {
+            let profile = profile(name)?;
+            config.baud = config.baud.or(profile.baud);
+            if config.lines.is_none() && config.frames.is_none() {
+                config.lines = profile.lines;
+                config.frames = profile.frames;
+            }
+            if config.values.is_empty() {
+                config.values = profile.values;
+            }
+        }
+        Ok(config)
+    }
+
+    fn baud(&self) -> u32 {
+        self.baud.unwrap_or(9600)
+    }
+
+    pub(crate) fn problems(&self) -> Vec<(String, String)> {
+        match self.resolved() {
+            Ok(config) => config.own_problems(),
+            Err(e) => vec![("profile".into(), e)],
+        }
+    }
+
+    fn own_problems(&self) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        let mut push = |path: &str, message: String| problems.push((path.to_string(), message));
+        if self.port.as_os_str().is_empty() {
+            push("port", "needs a device path such as /dev/ttyUSB0".into());
+        }
+        if self.baud() == 0 {
+            push("baud", "must be above zero".into());
+        }
+        if !(5..=8).contains(&self.data_bits) {
+            push(
+                "data_bits",
+                format!("{} is not 5, 6, 7 or 8", self.data_bits),
+            );
+        }
+        if !(1..=2).contains(&self.stop_bits) {
+            push("stop_bits", format!("{} is not 1 or 2", self.stop_bits));
+        }
+        let known = match (&self.lines, &self.frames) {
+            (Some(lines), None) => lines.problems(&mut push),
+            (None, Some(frames)) => {
+                frames.problems(&mut push);
+                for (i, value) in self.values.iter().enumerate() {
+                    let (Some(at), Some(kind)) = (value.at, value.kind) else {
+                        push(
+                            &format!("values[{i}]"),
+                            "a frame value needs `at` and `type`".into(),
+                        );
+                        continue;
+                    };
+                    if let Some(length) = frames.length
+                        && at + kind.size() > length
+                    {
+                        push(
+                            &format!("values[{i}].at"),
+                            format!("ends past the {length}-byte frame"),
+                        );
+                    }
+                }
+                None
+            }
+            _ => {
+                push(
+                    "lines",
+                    "give either `lines` (text) or `frames` (binary)".into(),
+                );
+                None
+            }
         };
         if let Some(poll) = &self.poll
             && poll.every.is_zero()
@@ -236,7 +388,9 @@ impl UartConfig {
     }
 
     pub(crate) fn values(&self) -> Vec<ValueInfo> {
-        self.values
+        let config = self.resolved().unwrap_or_else(|_| self.clone());
+        config
+            .values
             .iter()
             .map(|v| ValueInfo {
                 name: v.name.clone(),
@@ -246,31 +400,14 @@ impl UartConfig {
     }
 
     pub(crate) fn build(&self) -> UartAdapter {
-        UartAdapter {
-            config: self.clone(),
-            names: self
-                .values
-                .iter()
-                .map(|v| Arc::from(v.name.as_str()))
-                .collect(),
-        }
-    }
-
-    fn parser(&self) -> Result<LineParser, AdapterError> {
-        Ok(match self.lines.format {
-            LineFormat::Json => LineParser::Json,
-            LineFormat::KeyValue => LineParser::KeyValue,
-            LineFormat::Csv => LineParser::Csv {
-                columns: self.lines.columns.clone().unwrap_or_default(),
-                separator: self.lines.separator.unwrap_or(','),
-            },
-            LineFormat::Regex => {
-                let pattern = self.lines.pattern.as_deref().unwrap_or_default();
-                LineParser::Regex(
-                    regex::Regex::new(pattern).map_err(|e| AdapterError::Config(e.to_string()))?,
-                )
-            }
-        })
+        // Validation resolved the profile already; it cannot fail differently now.
+        let config = self.resolved().unwrap_or_else(|_| self.clone());
+        let names = config
+            .values
+            .iter()
+            .map(|v| Arc::from(v.name.as_str()))
+            .collect();
+        UartAdapter { config, names }
     }
 
     fn open(&self) -> Result<tokio_serial::SerialStream, AdapterError> {
@@ -282,7 +419,7 @@ impl UartConfig {
             _ => DataBits::Eight,
         };
         let path = self.port.to_string_lossy();
-        tokio_serial::new(path.as_ref(), self.baud)
+        tokio_serial::new(path.as_ref(), self.baud())
             .data_bits(data_bits)
             .parity(match self.parity {
                 Parity::None => tokio_serial::Parity::None,
@@ -336,28 +473,97 @@ impl UartAdapter {
     }
 }
 
+/// Bytes in, fields out: text lines through a parser, or binary frames through their layout.
+enum Decoder {
+    Lines(LineFramer, LineParser),
+    Frames(FrameFramer),
+}
+
+impl Decoder {
+    fn new(config: &UartConfig) -> Result<Self, AdapterError> {
+        match (&config.lines, &config.frames) {
+            (Some(lines), _) => {
+                let delimiter = lines.delimiter.bytes().next().unwrap_or(b'\n');
+                Ok(Decoder::Lines(
+                    LineFramer::new(delimiter, lines.max_length),
+                    lines.parser()?,
+                ))
+            }
+            (None, Some(frames)) => Ok(Decoder::Frames(FrameFramer::new(frames.clone()))),
+            (None, None) => Err(AdapterError::Config("neither `lines` nor `frames`".into())),
+        }
+    }
+
+    /// Decodes `bytes`, pushing the fields of each line or frame to `out` and counting every
+    /// drop in `errors`.
+    fn feed(
+        &mut self,
+        bytes: &[u8],
+        values: &[UartValue],
+        out: &mut Vec<HashMap<String, Value>>,
+        errors: &mut Vec<&'static str>,
+    ) {
+        match self {
+            Decoder::Lines(framer, parser) => {
+                let mut dropped = Vec::new();
+                framer.push(
+                    bytes,
+                    |line| match parser.fields(line) {
+                        Ok(fields) => out.push(fields),
+                        Err(e) => {
+                            tracing::debug!(error = %e, line = %line, "Line not parsed");
+                            errors.push("parse");
+                        }
+                    },
+                    |drop| dropped.push(drop.as_str()),
+                );
+                errors.extend(dropped);
+            }
+            Decoder::Frames(framer) => {
+                let mut dropped = Vec::new();
+                framer.push(
+                    bytes,
+                    |frame| {
+                        out.push(
+                            values
+                                .iter()
+                                .filter_map(|v| {
+                                    Some((
+                                        v.field().to_string(),
+                                        v.kind?.decode(frame, v.at?, v.endian)?,
+                                    ))
+                                })
+                                .collect(),
+                        )
+                    },
+                    |drop| dropped.push(drop.as_str()),
+                );
+                errors.extend(dropped);
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl Adapter for UartAdapter {
     async fn run(&mut self, ctx: &AdapterContext) -> Result<(), AdapterError> {
-        let parser = self.config.parser()?;
+        let mut decoder = Decoder::new(&self.config)?;
         let port = self.config.open()?;
         ctx.set_status(DeviceStatus::Online);
         let (mut reader, mut writer) = tokio::io::split(port);
-        let delimiter = self.config.lines.delimiter.bytes().next().unwrap_or(b'\n');
-        let mut framer = LineFramer::new(delimiter, self.config.lines.max_length);
         let mut poll = self
             .config
             .poll
             .as_ref()
             .map(|p| tokio::time::interval(p.every));
         let mut buf = vec![0u8; 4096];
-        let mut lines = Vec::new();
+        let (mut decoded, mut errors) = (Vec::new(), Vec::new());
         loop {
             tokio::select! {
                 () = ctx.cancelled().cancelled() => return Ok(()),
                 read = reader.read(&mut buf) => match read {
                     Ok(0) => return Err(AdapterError::Transport("the port closed (unplugged?)".into())),
-                    Ok(n) => framer.push(&buf[..n], |l| lines.push(l.to_string()), |d| ctx.counters().count_error(d.as_str())),
+                    Ok(n) => decoder.feed(&buf[..n], &self.config.values, &mut decoded, &mut errors),
                     Err(e) => return Err(AdapterError::Transport(format!("read failed: {e}"))),
                 },
                 _ = async { poll.as_mut()?.tick().await; Some(()) }, if poll.is_some() => {
@@ -365,16 +571,11 @@ impl Adapter for UartAdapter {
                     writer.write_all(send).await.map_err(|e| AdapterError::Transport(format!("write failed: {e}")))?;
                 }
             }
-            for line in lines.drain(..) {
-                let reading = match parser.fields(&line) {
-                    Ok(mut fields) => self.reading(ctx.device(), &mut fields),
-                    Err(e) => {
-                        tracing::debug!(device = %ctx.device(), error = %e, line = %line, "Line not parsed");
-                        ctx.counters().count_error("parse");
-                        continue;
-                    }
-                };
-                match reading {
+            for kind in errors.drain(..) {
+                ctx.counters().count_error(kind);
+            }
+            for mut fields in decoded.drain(..) {
+                match self.reading(ctx.device(), &mut fields) {
                     Some(reading) => ctx.emit(reading).await?,
                     None => ctx.counters().count_error("no_values"),
                 }
@@ -390,12 +591,14 @@ mod tests {
     fn config(lines: LinesConfig, fields: &[&str]) -> UartConfig {
         UartConfig {
             port: "/dev/ttyUSB0".into(),
-            baud: 9600,
+            profile: None,
+            baud: None,
             data_bits: 8,
             parity: Parity::None,
             stop_bits: 1,
             flow_control: FlowControl::None,
-            lines,
+            lines: Some(lines),
+            frames: None,
             poll: None,
             values: fields
                 .iter()
@@ -403,6 +606,9 @@ mod tests {
                     name: f.to_string(),
                     unit: None,
                     field: None,
+                    at: None,
+                    kind: None,
+                    endian: Endian::Big,
                     scale: None,
                     offset: None,
                 })
@@ -439,11 +645,27 @@ mod tests {
         assert_eq!(paths(&config(re, &["x"])), ["lines.pattern"]);
         let mut bad = config(lines(LineFormat::Json), &["a", "a"]);
         bad.data_bits = 9;
-        bad.lines.delimiter = "\r\n".into();
+        if let Some(lines) = &mut bad.lines {
+            lines.delimiter = "\r\n".into();
+        }
         assert_eq!(
             paths(&bad),
             ["data_bits", "lines.delimiter", "values[1].name"]
         );
         assert!(paths(&config(lines(LineFormat::KeyValue), &["t"])).is_empty());
+    }
+
+    #[test]
+    fn profiles_fill_in_what_the_device_leaves_out() {
+        let mut pms = config(lines(LineFormat::Json), &[]);
+        pms.lines = None;
+        pms.profile = Some("pms5003".into());
+        assert!(pms.problems().is_empty(), "{:?}", pms.problems());
+        let resolved = pms.resolved().unwrap();
+        assert_eq!(resolved.values.len(), 12);
+        assert_eq!(resolved.baud(), 9600);
+        assert!(resolved.frames.is_some());
+        pms.profile = Some("pms9999".into());
+        assert_eq!(paths(&pms), ["profile"]);
     }
 }
