@@ -42,7 +42,7 @@ pub enum AdapterConfig {
     /// `type: sim`
     Sim(SimConfig),
     /// `type: uart`
-    Uart(UartConfig),
+    Uart(Box<UartConfig>),
 }
 
 /// A value a device produces, as announced in its metadata.
@@ -65,7 +65,7 @@ impl AdapterConfig {
     ) -> Result<Self, D::Error> {
         Ok(match kind {
             AdapterKind::Sim => AdapterConfig::Sim(SimConfig::deserialize(settings)?),
-            AdapterKind::Uart => AdapterConfig::Uart(UartConfig::deserialize(settings)?),
+            AdapterKind::Uart => AdapterConfig::Uart(Box::new(UartConfig::deserialize(settings)?)),
         })
     }
 
