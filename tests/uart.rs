@@ -252,3 +252,70 @@ fn pms5003_profile_decodes_frames_through_noise() {
         .unwrap();
     assert!(meta.contains(r#""pm2_5":"µg/m³""#), "{meta}");
 }
+
+#[test]
+fn a_real_gps_log_decodes_as_pynmea2_reads_it() {
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/nmea/sample.nmea"
+    );
+    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
+    let reference = std::process::Command::new(python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/peers/nmea_reference.py"
+        ))
+        .arg(fixture)
+        .output()
+        .expect("the test venv with pynmea2 exists (scripts/test creates it)");
+    assert!(
+        reference.status.success(),
+        "{}",
+        String::from_utf8_lossy(&reference.stderr)
+    );
+    let expected: Vec<serde_json::Value> = String::from_utf8_lossy(&reference.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(expected.len(), 6);
+
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start();
+    let sub = Subscriber::start(&broker, "cairn/test/#");
+    let serial = SerialPair::start(dir.path());
+    let config = format!(
+        "gateway: {{id: test, data_dir: '{{data}}'}}\n\
+         mqtt: {{host: 127.0.0.1, port: {}, reconnect_min: 100ms, reconnect_max: 1s}}\n\
+         devices:\n  - name: probe\n    type: uart\n    port: {}\n    profile: gps\n",
+        broker.port,
+        serial.port.display()
+    );
+    let cairn = Cairn::start(&config);
+    cairn.wait_log("Device online");
+    let mut log = std::fs::read(fixture).unwrap();
+    // A corrupted copy of the first sentence: its checksum no longer matches.
+    log.extend_from_slice(
+        b"$GPGGA,092750.000,5321.6802,N,00630.3372,W,1,9,1.03,61.7,M,55.2,M,,*76\r\n",
+    );
+    serial.send(&log);
+    assert!(sub.wait_until(PATIENCE, |r| r.data().count() >= 6));
+    let got = readings(&sub);
+    assert_eq!(
+        got.len(),
+        6,
+        "GSV and the bad checksum are not published: {got:?}"
+    );
+    for (cairn, reference) in got.iter().zip(&expected) {
+        for (name, want) in reference.as_object().unwrap() {
+            let have = &cairn[name];
+            let close = match (have.as_f64(), want.as_f64()) {
+                (Some(a), Some(b)) => (a - b).abs() < 1e-9,
+                _ => have == want,
+            };
+            assert!(
+                close,
+                "{name}: cairn {have}, pynmea2 {want}\n{cairn}\n{reference}"
+            );
+        }
+    }
+}

@@ -74,7 +74,10 @@ struct Profile {
 }
 
 /// The profiles built into the binary, by name.
-const PROFILES: &[(&str, &str)] = &[("pms5003", include_str!("../../profiles/pms5003.yaml"))];
+const PROFILES: &[(&str, &str)] = &[
+    ("gps", include_str!("../../profiles/gps.yaml")),
+    ("pms5003", include_str!("../../profiles/pms5003.yaml")),
+];
 
 fn profile(name: &str) -> Result<Profile, String> {
     let (_, text) = PROFILES.iter().find(|(n, _)| *n == name).ok_or_else(|| {
@@ -214,6 +217,7 @@ impl LinesConfig {
                     None
                 }
             },
+            LineFormat::Nmea => Some(parse::NMEA_FIELDS.iter().map(|f| f.to_string()).collect()),
             LineFormat::Json | LineFormat::KeyValue => None,
         }
     }
@@ -222,6 +226,7 @@ impl LinesConfig {
         Ok(match self.format {
             LineFormat::Json => LineParser::Json,
             LineFormat::KeyValue => LineParser::KeyValue,
+            LineFormat::Nmea => LineParser::Nmea,
             LineFormat::Csv => LineParser::Csv {
                 columns: self.columns.clone().unwrap_or_default(),
                 separator: self.separator.unwrap_or(','),
@@ -512,7 +517,7 @@ impl Decoder {
                         Ok(fields) => out.push(fields),
                         Err(e) => {
                             tracing::debug!(error = %e, line = %line, "Line not parsed");
-                            errors.push("parse");
+                            errors.push(e.counter());
                         }
                     },
                     |drop| dropped.push(drop.as_str()),
@@ -665,6 +670,10 @@ mod tests {
         assert_eq!(resolved.values.len(), 12);
         assert_eq!(resolved.baud(), 9600);
         assert!(resolved.frames.is_some());
+        let mut gps = pms.clone();
+        gps.profile = Some("gps".into());
+        gps.values.clear();
+        assert!(gps.problems().is_empty(), "{:?}", gps.problems());
         pms.profile = Some("pms9999".into());
         assert_eq!(paths(&pms), ["profile"]);
     }
