@@ -25,6 +25,32 @@ const RESTART_MAX: Duration = Duration::from_secs(300);
 /// restart starts from the shortest delay again.
 const HEALTHY_RUN: Duration = Duration::from_secs(60);
 
+/// How often a device's error counters are looked at, and how often at most they are logged.
+const ERROR_CHECK: Duration = Duration::from_secs(1);
+const ERROR_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// Logs a device's error counters when they change: the first time at once, then at most once
+/// a minute, so a sensor spewing garbage for months does not flood the journal.
+#[derive(Default)]
+struct ErrorLog {
+    logged: std::collections::BTreeMap<&'static str, u64>,
+    at: Option<Instant>,
+}
+
+impl ErrorLog {
+    fn report(&mut self, device: &Arc<str>, counters: &DeviceCounters) {
+        if self.at.is_some_and(|at| at.elapsed() < ERROR_LOG_EVERY) {
+            return;
+        }
+        let now = counters.errors();
+        if now != self.logged {
+            warn!(device = %device, errors = ?now, "Device errors (totals)");
+            self.logged = now;
+            self.at = Some(Instant::now());
+        }
+    }
+}
+
 /// What the rest of the gateway can see of a supervised device.
 #[derive(Debug, Clone)]
 pub struct DeviceHandle {
@@ -69,6 +95,8 @@ async fn supervise(
 ) {
     let device = ctx.device().clone();
     let mut backoff = Backoff::new(RESTART_MIN, RESTART_MAX);
+    let mut error_check = tokio::time::interval(ERROR_CHECK);
+    let mut errors = ErrorLog::default();
     loop {
         let started = Instant::now();
         let mut adapter = build();
@@ -79,6 +107,7 @@ async fn supervise(
             tokio::select! {
                 outcome = &mut run => break outcome,
                 Ok(()) = status.changed() => report(&device, &status.borrow_and_update(), &live),
+                _ = error_check.tick() => errors.report(&device, ctx.counters()),
             }
         };
         let failure = match outcome {

@@ -65,6 +65,12 @@ fn key_value_lines_survive_garbage() {
         .with(|r| r.last_on("cairn/test/probe/meta").map(String::from))
         .unwrap();
     assert!(meta.contains(r#""temperature":"°C""#), "{meta}");
+    // Every kind of bad input was counted, and the counts are logged for the people on site.
+    cairn.wait_log(r#""line_too_long": 1"#);
+    let log = cairn.log();
+    for counter in [r#""not_utf8": 2"#, r#""parse": 1"#] {
+        assert!(log.contains(counter), "{counter} not counted:\n{log}");
+    }
 }
 
 #[test]
