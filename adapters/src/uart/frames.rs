@@ -442,7 +442,7 @@ mod tests {
             frames.extend(f);
             drops.extend(d);
         }
-        assert_eq!(frames, [good.clone()]);
+        assert_eq!(frames, std::slice::from_ref(&good));
         assert!(
             drops.contains(&FrameDrop::Checksum) && drops.contains(&FrameDrop::BadLength),
             "{drops:?}"
