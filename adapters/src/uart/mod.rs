@@ -140,8 +140,33 @@ pub struct PollConfig {
     /// How often.
     #[serde(with = "humantime_serde")]
     pub every: Duration,
-    /// The text to send, escapes included (`"READ\r\n"`).
-    pub send: String,
+    /// Text to send, escapes included (`"READ\r\n"`).
+    pub send: Option<String>,
+    /// Or bytes to send, in hex (`"42 4D E2 00 00 01 71"`), for binary protocols.
+    pub send_hex: Option<String>,
+}
+
+impl PollConfig {
+    /// The bytes to write, or why there are none.
+    pub fn request(&self) -> Result<Vec<u8>, String> {
+        match (&self.send, &self.send_hex) {
+            (Some(text), None) => Ok(text.as_bytes().to_vec()),
+            (None, Some(hex)) => {
+                let digits: String = hex.chars().filter(|c| !c.is_whitespace()).collect();
+                if digits.len() % 2 != 0 || digits.is_empty() {
+                    return Err("needs pairs of hex digits".into());
+                }
+                (0..digits.len())
+                    .step_by(2)
+                    .map(|i| {
+                        u8::from_str_radix(&digits[i..i + 2], 16)
+                            .map_err(|_| format!("`{}` is not hex", &digits[i..i + 2]))
+                    })
+                    .collect()
+            }
+            _ => Err("give either `send` (text) or `send_hex` (bytes)".into()),
+        }
+    }
 }
 
 /// One value taken from a line.
@@ -363,6 +388,9 @@ impl UartConfig {
         {
             push("poll.every", "must be longer than zero".into());
         }
+        if let Some(Err(e)) = self.poll.as_ref().map(PollConfig::request) {
+            push("poll", e);
+        }
         if self.values.is_empty() {
             push(
                 "values",
@@ -561,6 +589,10 @@ impl Adapter for UartAdapter {
             .poll
             .as_ref()
             .map(|p| tokio::time::interval(p.every));
+        let request = match &self.config.poll {
+            Some(p) => p.request().map_err(AdapterError::Config)?,
+            None => Vec::new(),
+        };
         let mut buf = vec![0u8; 4096];
         let (mut decoded, mut errors) = (Vec::new(), Vec::new());
         loop {
@@ -572,8 +604,7 @@ impl Adapter for UartAdapter {
                     Err(e) => return Err(AdapterError::Transport(format!("read failed: {e}"))),
                 },
                 _ = async { poll.as_mut()?.tick().await; Some(()) }, if poll.is_some() => {
-                    let send = self.config.poll.as_ref().map(|p| p.send.as_bytes()).unwrap_or_default();
-                    writer.write_all(send).await.map_err(|e| AdapterError::Transport(format!("write failed: {e}")))?;
+                    writer.write_all(&request).await.map_err(|e| AdapterError::Transport(format!("write failed: {e}")))?;
                 }
             }
             for kind in errors.drain(..) {
@@ -658,6 +689,24 @@ mod tests {
             ["data_bits", "lines.delimiter", "values[1].name"]
         );
         assert!(paths(&config(lines(LineFormat::KeyValue), &["t"])).is_empty());
+    }
+
+    #[test]
+    fn poll_requests_as_text_or_hex() {
+        let poll = |send: Option<&str>, send_hex: Option<&str>| PollConfig {
+            every: Duration::from_secs(1),
+            send: send.map(String::from),
+            send_hex: send_hex.map(String::from),
+        };
+        assert_eq!(poll(Some("READ\r\n"), None).request().unwrap(), b"READ\r\n");
+        assert_eq!(
+            poll(None, Some("42 4D e2 0000 01 71")).request().unwrap(),
+            [0x42, 0x4D, 0xE2, 0, 0, 1, 0x71]
+        );
+        assert!(poll(None, Some("42 4")).request().is_err());
+        assert!(poll(None, Some("zz")).request().is_err());
+        assert!(poll(Some("a"), Some("42")).request().is_err());
+        assert!(poll(None, None).request().is_err());
     }
 
     #[test]
