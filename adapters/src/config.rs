@@ -7,6 +7,7 @@ use serde::de::{self, DeserializeSeed, IntoDeserializer, MapAccess};
 use serde::{Deserialize, Deserializer};
 
 use crate::adapter::Adapter;
+use crate::modbus::ModbusConfig;
 use crate::sim::SimConfig;
 use crate::uart::UartConfig;
 
@@ -16,8 +17,10 @@ use crate::uart::UartConfig;
 pub enum AdapterKind {
     /// Simulated signals, for demos, tests and benchmarks.
     Sim,
-    /// Serial sensors writing text lines.
+    /// Serial sensors writing text lines or binary frames.
     Uart,
+    /// Modbus devices polled from a register map.
+    Modbus,
 }
 
 impl AdapterKind {
@@ -26,6 +29,7 @@ impl AdapterKind {
         match self {
             AdapterKind::Sim => "sim",
             AdapterKind::Uart => "uart",
+            AdapterKind::Modbus => "modbus",
         }
     }
 }
@@ -43,6 +47,8 @@ pub enum AdapterConfig {
     Sim(SimConfig),
     /// `type: uart`
     Uart(Box<UartConfig>),
+    /// `type: modbus`
+    Modbus(Box<ModbusConfig>),
 }
 
 /// A value a device produces, as announced in its metadata.
@@ -66,6 +72,9 @@ impl AdapterConfig {
         Ok(match kind {
             AdapterKind::Sim => AdapterConfig::Sim(SimConfig::deserialize(settings)?),
             AdapterKind::Uart => AdapterConfig::Uart(Box::new(UartConfig::deserialize(settings)?)),
+            AdapterKind::Modbus => {
+                AdapterConfig::Modbus(Box::new(ModbusConfig::deserialize(settings)?))
+            }
         })
     }
 
@@ -74,6 +83,7 @@ impl AdapterConfig {
         match self {
             AdapterConfig::Sim(_) => AdapterKind::Sim,
             AdapterConfig::Uart(_) => AdapterKind::Uart,
+            AdapterConfig::Modbus(_) => AdapterKind::Modbus,
         }
     }
 
@@ -83,6 +93,7 @@ impl AdapterConfig {
         match self {
             AdapterConfig::Sim(c) => c.problems(),
             AdapterConfig::Uart(c) => c.problems(),
+            AdapterConfig::Modbus(c) => c.problems(),
         }
     }
 
@@ -91,6 +102,7 @@ impl AdapterConfig {
         match self {
             AdapterConfig::Sim(c) => c.values(),
             AdapterConfig::Uart(c) => c.values(),
+            AdapterConfig::Modbus(c) => c.values(),
         }
     }
 
@@ -99,6 +111,7 @@ impl AdapterConfig {
         match self {
             AdapterConfig::Sim(c) => Box::new(c.build()),
             AdapterConfig::Uart(c) => Box::new(c.build()),
+            AdapterConfig::Modbus(c) => Box::new(c.build()),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! independent `mosquitto_sub` subscriber, and the `cairn` binary itself.
 #![allow(dead_code, missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod modbus;
 pub mod proxy;
 pub mod serial;
 
@@ -25,7 +26,7 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-fn wait_for_port(port: u16, up: bool) {
+pub fn wait_for_port(port: u16, up: bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while TcpStream::connect(("127.0.0.1", port)).is_ok() != up {
         assert!(

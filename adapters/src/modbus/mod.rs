@@ -1,0 +1,324 @@
+//! Modbus devices polled from a register map. This first part speaks Modbus TCP; RTU over
+//! RS-485 with shared buses, writes and profiles come next (see the README).
+//!
+//! Points are coalesced into as few requests as the protocol allows ([`plan`]), every request
+//! has a timeout (tokio-modbus would wait forever), exceptions are counted by code, and after
+//! `offline_after` consecutive failed polls the run ends as a transport error: the supervisor
+//! marks the device offline and reconnects with backoff.
+
+mod plan;
+mod registers;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Deserialize;
+use tokio::time::Instant;
+use tokio_modbus::client::{Context, Reader};
+use tokio_modbus::{ExceptionCode, Slave};
+
+use crate::adapter::{Adapter, AdapterContext, AdapterError, DeviceStatus};
+use crate::config::ValueInfo;
+use crate::reading::Reading;
+pub use plan::{Request, plan};
+pub use registers::{ByteOrder, Point, PointType, Table};
+
+/// Settings of a Modbus device (`type: modbus`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModbusConfig {
+    /// Modbus TCP: where the device (or gateway) listens.
+    pub tcp: TcpConfig,
+    /// Unit id (slave address), 1 to 247 (default 1; 255 for many TCP-only devices).
+    #[serde(default = "default_unit")]
+    pub unit_id: u8,
+    /// How often to poll the points that set no interval of their own (default 10s).
+    #[serde(default = "default_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// How long one request may take (default 1s).
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Unused registers a request may read to merge two neighbouring points (default 8).
+    #[serde(default = "default_max_gap")]
+    pub max_gap: u16,
+    /// Consecutive failed polls before the device counts as offline (default 3).
+    #[serde(default = "default_offline_after")]
+    pub offline_after: u32,
+    /// The register map.
+    pub points: Vec<Point>,
+}
+
+/// `tcp:` — a Modbus TCP endpoint.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpConfig {
+    /// Host name or address.
+    pub host: String,
+    /// Port (default 502).
+    #[serde(default = "default_port")]
+    pub port: u16,
+}
+
+fn default_unit() -> u8 {
+    1
+}
+fn default_interval() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_max_gap() -> u16 {
+    8
+}
+fn default_offline_after() -> u32 {
+    3
+}
+fn default_port() -> u16 {
+    502
+}
+
+impl ModbusConfig {
+    pub(crate) fn problems(&self) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        if self.tcp.host.is_empty() {
+            problems.push(("tcp.host".into(), "needs a host name or address".into()));
+        }
+        if self.interval.is_zero() || self.timeout.is_zero() {
+            problems.push((
+                "interval".into(),
+                "`interval` and `timeout` must be longer than zero".into(),
+            ));
+        }
+        if self.offline_after == 0 {
+            problems.push(("offline_after".into(), "must be at least 1".into()));
+        }
+        if self.points.is_empty() {
+            problems.push((
+                "points".into(),
+                "a Modbus device needs at least one point".into(),
+            ));
+        }
+        for (i, point) in self.points.iter().enumerate() {
+            if self.points[..i].iter().any(|p| p.name == point.name) {
+                problems.push((
+                    format!("points[{i}].name"),
+                    format!("`{}` appears twice", point.name),
+                ));
+            }
+            for (field, message) in point.problems() {
+                problems.push((format!("points[{i}].{field}"), message));
+            }
+        }
+        problems
+    }
+
+    pub(crate) fn values(&self) -> Vec<ValueInfo> {
+        self.points
+            .iter()
+            .map(|p| ValueInfo {
+                name: p.name.clone(),
+                unit: p.unit.clone(),
+            })
+            .collect()
+    }
+
+    pub(crate) fn build(&self) -> ModbusAdapter {
+        // One schedule per distinct interval, each with its own coalesced requests.
+        let mut by_interval: BTreeMap<Duration, Vec<usize>> = BTreeMap::new();
+        for (i, point) in self.points.iter().enumerate() {
+            by_interval
+                .entry(point.interval.unwrap_or(self.interval))
+                .or_default()
+                .push(i);
+        }
+        let schedules = by_interval
+            .into_iter()
+            .map(|(every, indices)| {
+                let points: Vec<&Point> = indices.iter().map(|&i| &self.points[i]).collect();
+                let requests = plan(&points, self.max_gap)
+                    .into_iter()
+                    .map(|mut r| {
+                        r.points = r.points.iter().map(|&k| indices[k]).collect();
+                        r
+                    })
+                    .collect();
+                Schedule { every, requests }
+            })
+            .collect();
+        ModbusAdapter {
+            config: self.clone(),
+            names: self
+                .points
+                .iter()
+                .map(|p| Arc::from(p.name.as_str()))
+                .collect(),
+            schedules,
+        }
+    }
+}
+
+/// Points polled together at one interval.
+#[derive(Debug)]
+struct Schedule {
+    every: Duration,
+    requests: Vec<Request>,
+}
+
+/// A running Modbus device.
+#[derive(Debug)]
+pub struct ModbusAdapter {
+    config: ModbusConfig,
+    names: Vec<Arc<str>>,
+    schedules: Vec<Schedule>,
+}
+
+/// The name of the error counter for an exception response.
+fn exception_counter(code: ExceptionCode) -> &'static str {
+    match code {
+        ExceptionCode::IllegalFunction => "exception_illegal_function",
+        ExceptionCode::IllegalDataAddress => "exception_illegal_address",
+        ExceptionCode::IllegalDataValue => "exception_illegal_value",
+        ExceptionCode::ServerDeviceFailure => "exception_device_failure",
+        ExceptionCode::ServerDeviceBusy => "exception_busy",
+        _ => "exception_other",
+    }
+}
+
+impl ModbusAdapter {
+    /// Runs one request; `Ok(None)` is a failure that was counted, `Err` a broken connection.
+    async fn read(
+        &self,
+        modbus: &mut Context,
+        ctx: &AdapterContext,
+        request: &Request,
+    ) -> Result<Option<Vec<u16>>, AdapterError> {
+        let (start, count) = (request.start, request.count);
+        let call = async {
+            match request.table {
+                Table::Holding => modbus.read_holding_registers(start, count).await,
+                Table::Input => modbus.read_input_registers(start, count).await,
+                Table::Coil => bits(modbus.read_coils(start, count).await),
+                Table::DiscreteInput => bits(modbus.read_discrete_inputs(start, count).await),
+            }
+        };
+        match tokio::time::timeout(self.config.timeout, call).await {
+            Ok(Ok(Ok(words))) => Ok(Some(words)),
+            Ok(Ok(Err(code))) => {
+                tracing::debug!(device = %ctx.device(), code = ?code, start, count, "Exception response");
+                ctx.counters().count_error(exception_counter(code));
+                Ok(None)
+            }
+            Ok(Err(tokio_modbus::Error::Transport(e))) => {
+                Err(AdapterError::Transport(format!("connection lost: {e}")))
+            }
+            Ok(Err(tokio_modbus::Error::Protocol(e))) => {
+                tracing::debug!(device = %ctx.device(), error = %e, "Bad response");
+                ctx.counters().count_error("framing");
+                Ok(None)
+            }
+            Err(_) => {
+                ctx.counters().count_error("timeout");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Polls one schedule; returns the reading (if any value came back) and whether every
+    /// request failed.
+    async fn poll(
+        &self,
+        modbus: &mut Context,
+        ctx: &AdapterContext,
+        schedule: &Schedule,
+    ) -> Result<(Option<Reading>, bool), AdapterError> {
+        let mut values = Vec::new();
+        let mut failed = 0;
+        for request in &schedule.requests {
+            let Some(words) = self.read(modbus, ctx, request).await? else {
+                failed += 1;
+                continue;
+            };
+            for &i in &request.points {
+                let point = &self.config.points[i];
+                let from = usize::from(point.address - request.start);
+                let slice = words.get(from..from + usize::from(point.count()));
+                match slice.and_then(|w| point.decode_registers(w)) {
+                    Some(value) => values.push((self.names[i].clone(), value)),
+                    None => ctx.counters().count_error("short_response"),
+                }
+            }
+        }
+        let reading = (!values.is_empty()).then(|| Reading::now(ctx.device().clone(), values));
+        Ok((reading, failed == schedule.requests.len()))
+    }
+}
+
+/// Coils and discrete inputs as 0/1 words, so one decoder serves all tables.
+fn bits(result: tokio_modbus::Result<Vec<bool>>) -> tokio_modbus::Result<Vec<u16>> {
+    result.map(|r| r.map(|bits| bits.into_iter().map(u16::from).collect()))
+}
+
+#[async_trait]
+impl Adapter for ModbusAdapter {
+    async fn run(&mut self, ctx: &AdapterContext) -> Result<(), AdapterError> {
+        let endpoint = format!("{}:{}", self.config.tcp.host, self.config.tcp.port);
+        let addr: SocketAddr = tokio::net::lookup_host(&endpoint)
+            .await
+            .ok()
+            .and_then(|mut addrs| addrs.next())
+            .ok_or_else(|| AdapterError::Transport(format!("cannot resolve {endpoint}")))?;
+        let connect = tokio_modbus::client::tcp::connect_slave(addr, Slave(self.config.unit_id));
+        let mut modbus =
+            match tokio::time::timeout(self.config.timeout.max(Duration::from_secs(3)), connect)
+                .await
+            {
+                Ok(Ok(modbus)) => modbus,
+                Ok(Err(e)) => {
+                    return Err(AdapterError::Transport(format!(
+                        "cannot connect to {endpoint}: {e}"
+                    )));
+                }
+                Err(_) => {
+                    return Err(AdapterError::Transport(format!(
+                        "connecting to {endpoint} timed out"
+                    )));
+                }
+            };
+        let mut due: Vec<Instant> = vec![Instant::now(); self.schedules.len()];
+        let mut failures = 0;
+        loop {
+            let (index, when) = due
+                .iter()
+                .copied()
+                .enumerate()
+                .min_by_key(|(_, t)| *t)
+                .unwrap_or((0, Instant::now()));
+            tokio::select! {
+                () = ctx.cancelled().cancelled() => return Ok(()),
+                () = tokio::time::sleep_until(when) => {}
+            }
+            let schedule = &self.schedules[index];
+            // Keep the schedule's rhythm; after a stall, skip what was missed.
+            due[index] = (when + schedule.every).max(Instant::now());
+            let (reading, all_failed) = self.poll(&mut modbus, ctx, schedule).await?;
+            if all_failed {
+                failures += 1;
+                if failures >= self.config.offline_after {
+                    return Err(AdapterError::Transport(format!(
+                        "{failures} polls in a row failed"
+                    )));
+                }
+            } else {
+                failures = 0;
+                ctx.set_status(DeviceStatus::Online);
+            }
+            if let Some(reading) = reading {
+                ctx.emit(reading).await?;
+            }
+        }
+    }
+}

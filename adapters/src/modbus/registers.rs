@@ -1,0 +1,348 @@
+//! A register map: where each point lives in the device and how its registers become a value.
+
+use serde::Deserialize;
+
+use crate::reading::Value;
+
+/// The four Modbus data tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Table {
+    /// Read-write 16-bit registers (function 3).
+    Holding,
+    /// Read-only 16-bit registers (function 4).
+    Input,
+    /// Read-write bits (function 1).
+    Coil,
+    /// Read-only bits (function 2).
+    DiscreteInput,
+}
+
+impl Table {
+    /// Whether the table holds bits rather than registers.
+    pub fn is_bits(self) -> bool {
+        matches!(self, Table::Coil | Table::DiscreteInput)
+    }
+
+    /// Most items one request may read (the protocol's limits).
+    pub fn max_per_request(self) -> u16 {
+        if self.is_bits() { 2000 } else { 125 }
+    }
+}
+
+/// How a point's registers become a value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PointType {
+    /// One register, unsigned.
+    U16,
+    /// One register, signed.
+    I16,
+    /// Two registers, unsigned.
+    U32,
+    /// Two registers, signed.
+    I32,
+    /// Four registers, unsigned.
+    U64,
+    /// Four registers, signed.
+    I64,
+    /// Two registers, IEEE 754 single.
+    F32,
+    /// Four registers, IEEE 754 double.
+    F64,
+    /// A coil or discrete input, or one bit of a register (with `bit`).
+    Bool,
+    /// `length` registers of ASCII, two characters each, NULs and trailing spaces removed.
+    String,
+}
+
+/// The order of bytes in a multi-register value, named by where bytes A (most significant) to
+/// D land on the wire: `abcd` is big-endian throughout.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ByteOrder {
+    /// Big-endian words, big-endian bytes (the Modbus default).
+    #[default]
+    Abcd,
+    /// Words swapped (low word first), bytes big-endian in each.
+    Cdab,
+    /// Words in order, bytes swapped in each.
+    Badc,
+    /// Everything reversed (little-endian).
+    Dcba,
+}
+
+/// One named value in the device.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Point {
+    /// Name in readings.
+    pub name: String,
+    /// Which table.
+    pub table: Table,
+    /// Address of the first register or bit (0-based, as on the wire).
+    pub address: u16,
+    /// How to decode (default `u16` for registers, `bool` for bits).
+    #[serde(rename = "type")]
+    pub kind: Option<PointType>,
+    /// Byte and word order of multi-register values.
+    #[serde(default)]
+    pub order: ByteOrder,
+    /// For `bool` in a register: which bit, 0 = least significant.
+    pub bit: Option<u8>,
+    /// For `string`: how many registers.
+    pub length: Option<u16>,
+    /// Multiplies numbers (default 1).
+    pub scale: Option<f64>,
+    /// Added after scaling (default 0).
+    pub offset: Option<f64>,
+    /// Unit announced in the metadata.
+    pub unit: Option<String>,
+    /// Poll this point at its own interval instead of the device's.
+    #[serde(default, with = "humantime_serde")]
+    pub interval: Option<std::time::Duration>,
+}
+
+impl Point {
+    /// The decoding type, with the defaults applied.
+    pub fn kind(&self) -> PointType {
+        self.kind.unwrap_or(if self.table.is_bits() {
+            PointType::Bool
+        } else {
+            PointType::U16
+        })
+    }
+
+    /// How many registers (or bits) the point spans.
+    pub fn count(&self) -> u16 {
+        if self.table.is_bits() {
+            return 1;
+        }
+        match self.kind() {
+            PointType::U16 | PointType::I16 | PointType::Bool => 1,
+            PointType::U32 | PointType::I32 | PointType::F32 => 2,
+            PointType::U64 | PointType::I64 | PointType::F64 => 4,
+            PointType::String => self.length.unwrap_or(1),
+        }
+    }
+
+    /// Problems with this point, as `(field, message)`.
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut problems = Vec::new();
+        let kind = self.kind();
+        if self.table.is_bits() && kind != PointType::Bool {
+            problems.push(("type", "coils and discrete inputs are `bool`".to_string()));
+        }
+        if self.bit.is_some() && (self.table.is_bits() || kind != PointType::Bool) {
+            problems.push((
+                "bit",
+                "only for `type: bool` in a holding or input register".into(),
+            ));
+        }
+        if self.bit.is_some_and(|b| b > 15) {
+            problems.push(("bit", "must be 0 to 15".into()));
+        }
+        if !self.table.is_bits() && kind == PointType::Bool && self.bit.is_none() {
+            problems.push(("bit", "a `bool` in a register needs `bit`".into()));
+        }
+        match (kind, self.length) {
+            (PointType::String, None | Some(0)) => {
+                problems.push(("length", "a string needs `length` in registers".into()))
+            }
+            (PointType::String, Some(n)) if n > 125 => {
+                problems.push(("length", "at most 125 registers".into()))
+            }
+            (PointType::String, _) | (_, None) => {}
+            (_, Some(_)) => problems.push(("length", "only for `type: string`".into())),
+        }
+        if u32::from(self.address) + u32::from(self.count()) > 65536 {
+            problems.push(("address", "the point runs past register 65535".into()));
+        }
+        if self.interval.is_some_and(|i| i.is_zero()) {
+            problems.push(("interval", "must be longer than zero".into()));
+        }
+        problems
+    }
+
+    /// Decodes the point from its registers (exactly `count()` of them).
+    pub fn decode_registers(&self, words: &[u16]) -> Option<Value> {
+        if words.len() != usize::from(self.count()) {
+            return None;
+        }
+        let bytes = ordered_bytes(words, self.order);
+        let kind = self.kind();
+        let raw = match kind {
+            PointType::U16 => Value::Int(u16::from_be_bytes(array(&bytes)?).into()),
+            PointType::I16 => Value::Int(i16::from_be_bytes(array(&bytes)?).into()),
+            PointType::U32 => Value::Int(u32::from_be_bytes(array(&bytes)?).into()),
+            PointType::I32 => Value::Int(i32::from_be_bytes(array(&bytes)?).into()),
+            PointType::U64 => {
+                let v = u64::from_be_bytes(array(&bytes)?);
+                i64::try_from(v)
+                    .map(Value::Int)
+                    .unwrap_or(Value::Float(v as f64))
+            }
+            PointType::I64 => Value::Int(i64::from_be_bytes(array(&bytes)?)),
+            PointType::F32 => Value::Float(short_f32(f32::from_be_bytes(array(&bytes)?))),
+            PointType::F64 => Value::Float(f64::from_be_bytes(array(&bytes)?)),
+            PointType::Bool => {
+                return Some(Value::Bool(words[0] >> self.bit.unwrap_or(0) & 1 == 1));
+            }
+            PointType::String => {
+                let text: String = bytes
+                    .iter()
+                    .filter(|b| **b != 0)
+                    .map(|b| char::from(*b))
+                    .collect();
+                return Some(Value::Text(text.trim_end().to_string()));
+            }
+        };
+        Some(self.scaled(raw))
+    }
+
+    /// Applies `scale` and `offset`; a scaled integer becomes a float.
+    fn scaled(&self, value: Value) -> Value {
+        if self.scale.is_none() && self.offset.is_none() {
+            return value;
+        }
+        let (scale, offset) = (self.scale.unwrap_or(1.0), self.offset.unwrap_or(0.0));
+        match value {
+            Value::Int(i) => Value::Float(i as f64 * scale + offset),
+            Value::Float(f) => Value::Float(f * scale + offset),
+            other => other,
+        }
+    }
+}
+
+/// An f32 as the shortest decimal that reads back to it (230.1, not 230.10000610351562).
+fn short_f32(f: f32) -> f64 {
+    f.to_string().parse().unwrap_or(f64::from(f))
+}
+
+fn array<const N: usize>(bytes: &[u8]) -> Option<[u8; N]> {
+    bytes.try_into().ok()
+}
+
+/// The registers' bytes rearranged into big-endian order.
+fn ordered_bytes(words: &[u16], order: ByteOrder) -> Vec<u8> {
+    let swap_words = matches!(order, ByteOrder::Cdab | ByteOrder::Dcba);
+    let swap_bytes = matches!(order, ByteOrder::Badc | ByteOrder::Dcba);
+    let mut ordered: Vec<u16> = words.to_vec();
+    if swap_words {
+        ordered.reverse();
+    }
+    ordered
+        .into_iter()
+        .flat_map(|w| {
+            if swap_bytes {
+                w.to_le_bytes()
+            } else {
+                w.to_be_bytes()
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(kind: PointType, order: ByteOrder) -> Point {
+        Point {
+            name: "p".into(),
+            table: Table::Holding,
+            address: 0,
+            kind: Some(kind),
+            order,
+            bit: None,
+            length: None,
+            scale: None,
+            offset: None,
+            unit: None,
+            interval: None,
+        }
+    }
+
+    #[test]
+    fn every_order_of_a_float() {
+        // 230.1f32 = 0x4366199A: bytes A=43 B=66 C=19 D=9A.
+        assert_eq!(230.1f32.to_bits(), 0x4366_199A);
+        let cases = [
+            (ByteOrder::Abcd, [0x4366, 0x199A]),
+            (ByteOrder::Cdab, [0x199A, 0x4366]),
+            (ByteOrder::Badc, [0x6643, 0x9A19]),
+            (ByteOrder::Dcba, [0x9A19, 0x6643]),
+        ];
+        for (order, words) in cases {
+            assert_eq!(
+                point(PointType::F32, order).decode_registers(&words),
+                Some(Value::Float(230.1)),
+                "{order:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn integers_strings_bits_and_scaling() {
+        assert_eq!(
+            point(PointType::I16, ByteOrder::Abcd).decode_registers(&[0xFFFE]),
+            Some(Value::Int(-2))
+        );
+        assert_eq!(
+            point(PointType::U32, ByteOrder::Cdab).decode_registers(&[0x0002, 0x0001]),
+            Some(Value::Int(0x0001_0002))
+        );
+        assert_eq!(
+            point(PointType::I32, ByteOrder::Abcd).decode_registers(&[0xFFFF, 0xFFFF]),
+            Some(Value::Int(-1))
+        );
+        assert_eq!(
+            point(PointType::I64, ByteOrder::Abcd)
+                .decode_registers(&[0xFFFF, 0xFFFF, 0xFFFF, 0xFFF6]),
+            Some(Value::Int(-10))
+        );
+        assert_eq!(
+            point(PointType::F64, ByteOrder::Dcba).decode_registers(
+                &1.5f64
+                    .to_le_bytes()
+                    .chunks(2)
+                    .map(|c| u16::from_be_bytes([c[0], c[1]]))
+                    .collect::<Vec<_>>()
+            ),
+            Some(Value::Float(1.5))
+        );
+        let mut s = point(PointType::String, ByteOrder::Abcd);
+        s.length = Some(3);
+        assert_eq!(
+            s.decode_registers(&[0x5344, 0x4D31, 0x3230]),
+            Some(Value::Text("SDM120".into()))
+        );
+        let mut bit = point(PointType::Bool, ByteOrder::Abcd);
+        bit.bit = Some(3);
+        assert_eq!(bit.decode_registers(&[0b1000]), Some(Value::Bool(true)));
+        let mut scaled = point(PointType::I16, ByteOrder::Abcd);
+        scaled.scale = Some(0.1);
+        assert_eq!(scaled.decode_registers(&[215]), Some(Value::Float(21.5)));
+        assert_eq!(
+            scaled.decode_registers(&[1, 2]),
+            None,
+            "wrong register count"
+        );
+    }
+
+    #[test]
+    fn point_problems() {
+        let mut p = point(PointType::Bool, ByteOrder::Abcd);
+        assert_eq!(
+            p.problems().iter().map(|(f, _)| *f).collect::<Vec<_>>(),
+            ["bit"]
+        );
+        p.bit = Some(16);
+        assert_eq!(p.problems().len(), 1);
+        let mut s = point(PointType::String, ByteOrder::Abcd);
+        assert_eq!(s.problems()[0].0, "length");
+        s.length = Some(4);
+        s.address = 65534;
+        assert_eq!(s.problems()[0].0, "address");
+    }
+}

@@ -1,0 +1,43 @@
+"""A Modbus TCP device simulated by pymodbus, with a register map whose values the tests know.
+
+Usage: modbus_server.py PORT. Prints "ready" once listening. Unit 1 holds the map below; other
+unit ids get an exception response."""
+import asyncio
+import sys
+
+from pymodbus.datastore import ModbusDeviceContext, ModbusSequentialDataBlock, ModbusServerContext
+from pymodbus.server import StartAsyncTcpServer
+
+HOLDING = {
+    0: [0x4366, 0x199A],  # f32 230.1, abcd
+    2: [0x199A, 0x4366],  # f32 230.1, cdab
+    4: [0x6643, 0x9A19],  # f32 230.1, badc
+    6: [0x9A19, 0x6643],  # f32 230.1, dcba
+    8: [0xFFFE],  # i16 -2
+    9: [0x0001, 0x0002],  # u32 65538
+    11: [215],  # u16 215, scale 0.1 -> 21.5
+    12: [0x5344, 0x4D31, 0x3230],  # string "SDM120"
+    15: [0b1000],  # bit 3 set
+    20: [0xFFFF, 0xFFFF, 0xFFFF, 0xFFF6],  # i64 -10
+}
+INPUT = {0: [0x4248, 0x0000]}  # f32 50.0
+COILS = {0: [1, 0, 1]}
+
+
+def block(values, size):
+    flat = [0] * size
+    for address, words in values.items():
+        flat[address:address + len(words)] = words
+    # pymodbus maps wire address N to block address N + 1.
+    return ModbusSequentialDataBlock(1, flat)
+
+
+async def main(port):
+    device = ModbusDeviceContext(hr=block(HOLDING, 100), ir=block(INPUT, 100), co=block(COILS, 100),
+                                 di=block({}, 100))
+    context = ModbusServerContext(devices={1: device}, single=False)
+    print("ready", flush=True)
+    await StartAsyncTcpServer(context=context, address=("127.0.0.1", port))
+
+
+asyncio.run(main(int(sys.argv[1])))
