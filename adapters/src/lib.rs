@@ -7,6 +7,7 @@
 pub mod adapter;
 pub mod config;
 pub mod modbus;
+pub mod profiles;
 pub mod reading;
 pub mod sim;
 pub mod uart;

@@ -47,8 +47,18 @@ pub struct ModbusConfig {
     /// Consecutive failed polls before the device counts as offline (default 3).
     #[serde(default = "default_offline_after")]
     pub offline_after: u32,
-    /// The register map.
+    /// A device profile (`adapters/profiles/modbus/<name>.yaml`) that supplies the points.
+    pub profile: Option<String>,
+    /// The register map (or the profile's, when empty).
+    #[serde(default)]
     pub points: Vec<Point>,
+}
+
+/// What a Modbus profile supplies.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Profile {
+    points: Vec<Point>,
 }
 
 /// `tcp:` — a Modbus TCP endpoint.
@@ -82,7 +92,26 @@ fn default_port() -> u16 {
 }
 
 impl ModbusConfig {
+    /// These settings completed by their profile, if any.
+    fn resolved(&self) -> Result<ModbusConfig, String> {
+        let mut config = self.clone();
+        if let Some(name) = &self.profile
+            && config.points.is_empty()
+        {
+            let profile: Profile = crate::profiles::load(crate::config::AdapterKind::Modbus, name)?;
+            config.points = profile.points;
+        }
+        Ok(config)
+    }
+
     pub(crate) fn problems(&self) -> Vec<(String, String)> {
+        match self.resolved() {
+            Ok(config) => config.own_problems(),
+            Err(e) => vec![("profile".into(), e)],
+        }
+    }
+
+    fn own_problems(&self) -> Vec<(String, String)> {
         let mut problems = Vec::new();
         if self.tcp.host.is_empty() {
             problems.push(("tcp.host".into(), "needs a host name or address".into()));
@@ -117,7 +146,9 @@ impl ModbusConfig {
     }
 
     pub(crate) fn values(&self) -> Vec<ValueInfo> {
-        self.points
+        let config = self.resolved().unwrap_or_else(|_| self.clone());
+        config
+            .points
             .iter()
             .map(|p| ValueInfo {
                 name: p.name.clone(),
@@ -127,6 +158,12 @@ impl ModbusConfig {
     }
 
     pub(crate) fn build(&self) -> ModbusAdapter {
+        // Validation resolved the profile already; it cannot fail differently now.
+        let resolved = self.resolved().unwrap_or_else(|_| self.clone());
+        resolved.build_resolved()
+    }
+
+    fn build_resolved(&self) -> ModbusAdapter {
         // One schedule per distinct interval, each with its own coalesced requests.
         let mut by_interval: BTreeMap<Duration, Vec<usize>> = BTreeMap::new();
         for (i, point) in self.points.iter().enumerate() {
@@ -320,5 +357,48 @@ impl Adapter for ModbusAdapter {
                 ctx.emit(reading).await?;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device(profile: &str) -> ModbusConfig {
+        ModbusConfig {
+            tcp: TcpConfig {
+                host: "meter".into(),
+                port: 502,
+            },
+            unit_id: 1,
+            interval: Duration::from_secs(10),
+            timeout: Duration::from_secs(1),
+            max_gap: 8,
+            offline_after: 3,
+            profile: Some(profile.into()),
+            points: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn profiles_supply_valid_register_maps() {
+        for (name, points, requests) in [("sdm120", 10, 3), ("sdm630", 15, 3), ("xy-md02", 2, 1)] {
+            let config = device(name);
+            assert!(
+                config.problems().is_empty(),
+                "{name}: {:?}",
+                config.problems()
+            );
+            assert_eq!(config.values().len(), points, "{name}");
+            let adapter = config.build();
+            assert_eq!(adapter.schedules[0].requests.len(), requests, "{name}");
+        }
+        let problems = device("sdm999").problems();
+        assert_eq!(problems[0].0, "profile");
+        assert!(
+            problems[0].1.contains("sdm630"),
+            "the error lists the profiles: {}",
+            problems[0].1
+        );
     }
 }

@@ -35,7 +35,7 @@ pub use parse::{LineFormat, LineParser, ParseError};
 pub struct UartConfig {
     /// The port; prefer the stable `/dev/serial/by-id/...` names of USB adapters.
     pub port: PathBuf,
-    /// A device profile (`adapters/profiles/<name>.yaml`) that supplies the baud rate, framing
+    /// A device profile (`adapters/profiles/uart/<name>.yaml`) that supplies the baud rate, framing
     /// and values; settings given here win.
     pub profile: Option<String>,
     /// Bits per second (default 9600, or the profile's).
@@ -71,20 +71,6 @@ struct Profile {
     lines: Option<LinesConfig>,
     frames: Option<FramesConfig>,
     values: Vec<UartValue>,
-}
-
-/// The profiles built into the binary, by name.
-const PROFILES: &[(&str, &str)] = &[
-    ("gps", include_str!("../../profiles/gps.yaml")),
-    ("pms5003", include_str!("../../profiles/pms5003.yaml")),
-];
-
-fn profile(name: &str) -> Result<Profile, String> {
-    let (_, text) = PROFILES.iter().find(|(n, _)| *n == name).ok_or_else(|| {
-        let names: Vec<&str> = PROFILES.iter().map(|(n, _)| *n).collect();
-        format!("no profile `{name}`; there are: {}", names.join(", "))
-    })?;
-    serde_saphyr::from_str(text).map_err(|e| format!("profile `{name}` is broken: {e}"))
 }
 
 /// Parity bit setting.
@@ -310,7 +296,7 @@ impl UartConfig {
     pub(crate) fn resolved(&self) -> Result<UartConfig, String> {
         let mut config = self.clone();
         if let Some(name) = &self.profile {
-            let profile = profile(name)?;
+            let profile: Profile = crate::profiles::load(crate::config::AdapterKind::Uart, name)?;
             config.baud = config.baud.or(profile.baud);
             if config.lines.is_none() && config.frames.is_none() {
                 config.lines = profile.lines;
