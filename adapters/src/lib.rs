@@ -9,6 +9,7 @@ pub mod config;
 pub mod modbus;
 pub mod profiles;
 pub mod reading;
+pub mod serial;
 pub mod sim;
 pub mod uart;
 

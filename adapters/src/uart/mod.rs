@@ -17,11 +17,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_serial::SerialPortBuilderExt;
 
 use crate::adapter::{Adapter, AdapterContext, AdapterError, DeviceStatus};
 use crate::config::ValueInfo;
 use crate::reading::{Reading, Value};
+pub use crate::serial::{FlowControl, Parity};
 pub use frames::{
     ChecksumConfig, ChecksumKind, Endian, FieldType, FrameDrop, FrameFramer, FramesConfig,
     LengthField,
@@ -71,32 +71,6 @@ struct Profile {
     lines: Option<LinesConfig>,
     frames: Option<FramesConfig>,
     values: Vec<UartValue>,
-}
-
-/// Parity bit setting.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Parity {
-    /// No parity bit.
-    #[default]
-    None,
-    /// Odd parity.
-    Odd,
-    /// Even parity.
-    Even,
-}
-
-/// Flow control setting.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FlowControl {
-    /// None.
-    #[default]
-    None,
-    /// XON/XOFF.
-    Software,
-    /// RTS/CTS.
-    Hardware,
 }
 
 /// `lines:` — text lines and their format.
@@ -430,33 +404,15 @@ impl UartConfig {
     }
 
     fn open(&self) -> Result<tokio_serial::SerialStream, AdapterError> {
-        use tokio_serial::{DataBits, StopBits};
-        let data_bits = match self.data_bits {
-            5 => DataBits::Five,
-            6 => DataBits::Six,
-            7 => DataBits::Seven,
-            _ => DataBits::Eight,
-        };
-        let path = self.port.to_string_lossy();
-        tokio_serial::new(path.as_ref(), self.baud())
-            .data_bits(data_bits)
-            .parity(match self.parity {
-                Parity::None => tokio_serial::Parity::None,
-                Parity::Odd => tokio_serial::Parity::Odd,
-                Parity::Even => tokio_serial::Parity::Even,
-            })
-            .stop_bits(if self.stop_bits == 2 {
-                StopBits::Two
-            } else {
-                StopBits::One
-            })
-            .flow_control(match self.flow_control {
-                FlowControl::None => tokio_serial::FlowControl::None,
-                FlowControl::Software => tokio_serial::FlowControl::Software,
-                FlowControl::Hardware => tokio_serial::FlowControl::Hardware,
-            })
-            .open_native_async()
-            .map_err(|e| AdapterError::Transport(format!("cannot open {path}: {e}")))
+        crate::serial::open(
+            &self.port,
+            self.baud(),
+            self.data_bits,
+            self.parity,
+            self.stop_bits,
+            self.flow_control,
+        )
+        .map_err(AdapterError::Transport)
     }
 }
 
