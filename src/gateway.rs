@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
+use cairn_adapters::Shared;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -61,11 +62,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
     let stop_adapters = CancellationToken::new();
     let mut adapters = JoinSet::new();
+    let shared = Shared::default();
     let devices: Vec<DeviceHandle> = config
         .devices()
         .map(|d| {
             supervisor::spawn(
                 d,
+                &shared,
                 sink.clone(),
                 live.clone(),
                 stop_adapters.clone(),

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_adapters::{
-    Adapter, AdapterContext, AdapterError, DeviceCounters, DeviceStatus, Reading,
+    Adapter, AdapterContext, AdapterError, DeviceCounters, DeviceStatus, Reading, Shared,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -64,9 +64,11 @@ pub struct DeviceHandle {
     pub counters: Arc<DeviceCounters>,
 }
 
-/// Starts supervising `device` on `tasks`; readings go to `sink`.
+/// Starts supervising `device` on `tasks`; readings go to `sink`; `shared` holds what its
+/// adapter may share with others (an RS-485 bus).
 pub fn spawn(
     device: &DeviceConfig,
+    shared: &Shared,
     sink: mpsc::Sender<Reading>,
     live: LiveBus,
     cancel: CancellationToken,
@@ -77,7 +79,13 @@ pub fn spawn(
     let counters = Arc::new(DeviceCounters::default());
     let ctx = AdapterContext::new(name.clone(), sink, status_tx, counters.clone(), cancel);
     let config = device.adapter.clone();
-    tasks.spawn(supervise(move || config.build(), ctx, status.clone(), live));
+    let shared = shared.clone();
+    tasks.spawn(supervise(
+        move || config.build(&shared),
+        ctx,
+        status.clone(),
+        live,
+    ));
     DeviceHandle {
         name,
         adapter: device.adapter.kind().as_str(),

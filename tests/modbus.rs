@@ -125,3 +125,43 @@ fn a_restarted_server_is_polled_again() {
         cairn.log()
     );
 }
+
+#[test]
+fn units_sharing_an_rs485_bus_are_polled_in_turn() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start();
+    let sub = Subscriber::start(&broker, "cairn/test/#");
+    let bus = support::serial::SerialPair::start(dir.path());
+    let _server = ModbusServer::start_rtu(&bus.sensor);
+    let rtu = format!("rtu: {{port: {}, baud: 19200}}", bus.port.display());
+    let devices = format!(
+        "  - name: unit1\n    type: modbus\n    {rtu}\n    unit_id: 1\n    interval: 300ms\n\
+         \x20   points: [{{name: v, table: holding, address: 8, type: i16}}, {{name: f, table: holding, address: 0, type: f32}}]\n\
+         \x20 - name: unit2\n    type: modbus\n    {rtu}\n    unit_id: 2\n    interval: 300ms\n\
+         \x20   points: [{{name: v, table: holding, address: 8, type: i16}}]\n\
+         \x20 - name: absent\n    type: modbus\n    {rtu}\n    unit_id: 9\n    interval: 300ms\n    timeout: 200ms\n\
+         \x20   points: [{{name: v, table: holding, address: 8}}]\n"
+    );
+    let cairn = Cairn::start(&config(broker.port, &devices));
+    // Both units answer on the shared port while requests to the absent one fail between them.
+    assert!(
+        sub.wait_until(PATIENCE, |r| {
+            let count = |t: &str| r.data().filter(|(topic, _)| *topic == t).count();
+            count("cairn/test/unit1") >= 5 && count("cairn/test/unit2") >= 5
+        }),
+        "{}",
+        cairn.log()
+    );
+    assert!(
+        readings(&sub, "unit1")
+            .iter()
+            .all(|v| *v == serde_json::json!({"v": -2, "f": 230.1}))
+    );
+    assert!(
+        readings(&sub, "unit2")
+            .iter()
+            .all(|v| *v == serde_json::json!({"v": 7}))
+    );
+    assert!(readings(&sub, "absent").is_empty());
+    cairn.wait_log("device=absent errors=");
+}

@@ -145,6 +145,13 @@ impl AdapterContext {
     }
 }
 
+/// What the adapters of one gateway share: the RS-485 buses several Modbus devices hang off.
+/// The gateway makes one and hands it to every build; there is no global state.
+#[derive(Debug, Clone, Default)]
+pub struct Shared {
+    pub(crate) buses: crate::modbus::SharedBuses,
+}
+
 /// One physical or logical link that turns bytes into readings.
 #[async_trait]
 pub trait Adapter: Send {

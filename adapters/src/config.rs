@@ -6,7 +6,7 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, IntoDeserializer, MapAccess};
 use serde::{Deserialize, Deserializer};
 
-use crate::adapter::Adapter;
+use crate::adapter::{Adapter, Shared};
 use crate::modbus::ModbusConfig;
 use crate::sim::SimConfig;
 use crate::uart::UartConfig;
@@ -107,11 +107,11 @@ impl AdapterConfig {
     }
 
     /// Builds a fresh adapter; the supervisor calls this again after each failure.
-    pub fn build(&self) -> Box<dyn Adapter> {
+    pub fn build(&self, shared: &Shared) -> Box<dyn Adapter> {
         match self {
             AdapterConfig::Sim(c) => Box::new(c.build()),
             AdapterConfig::Uart(c) => Box::new(c.build()),
-            AdapterConfig::Modbus(c) => Box::new(c.build()),
+            AdapterConfig::Modbus(c) => Box::new(c.build(&shared.buses)),
         }
     }
 }

@@ -13,6 +13,6 @@ pub mod serial;
 pub mod sim;
 pub mod uart;
 
-pub use adapter::{Adapter, AdapterContext, AdapterError, DeviceCounters, DeviceStatus};
+pub use adapter::{Adapter, AdapterContext, AdapterError, DeviceCounters, DeviceStatus, Shared};
 pub use config::{AdapterConfig, AdapterKind, ValueInfo};
 pub use reading::{LinkMeta, Reading, Value};

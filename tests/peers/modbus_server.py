@@ -1,12 +1,15 @@
 """A Modbus TCP device simulated by pymodbus, with a register map whose values the tests know.
 
-Usage: modbus_server.py PORT. Prints "ready" once listening. Unit 1 holds the map below; other
-unit ids get an exception response."""
+Usage: modbus_server.py PORT (Modbus TCP) or modbus_server.py --rtu DEVICE (Modbus RTU at
+19200 baud on a serial device, e.g. one end of a socat pty pair). Prints "ready" once
+listening. Unit 1 holds the map below; unit 2 a second device whose register 8 is 7. Other unit
+ids get an exception response (a real RS-485 bus would stay silent)."""
 import asyncio
 import sys
 
 from pymodbus.datastore import ModbusDeviceContext, ModbusSequentialDataBlock, ModbusServerContext
-from pymodbus.server import StartAsyncTcpServer
+from pymodbus import FramerType
+from pymodbus.server import StartAsyncSerialServer, StartAsyncTcpServer
 
 HOLDING = {
     0: [0x4366, 0x199A],  # f32 230.1, abcd
@@ -32,12 +35,18 @@ def block(values, size):
     return ModbusSequentialDataBlock(1, flat)
 
 
-async def main(port):
-    device = ModbusDeviceContext(hr=block(HOLDING, 100), ir=block(INPUT, 100), co=block(COILS, 100),
-                                 di=block({}, 100))
-    context = ModbusServerContext(devices={1: device}, single=False)
+def device(holding):
+    return ModbusDeviceContext(hr=block(holding, 100), ir=block(INPUT, 100), co=block(COILS, 100),
+                               di=block({}, 100))
+
+
+async def main(args):
+    context = ModbusServerContext(devices={1: device(HOLDING), 2: device({8: [7]})}, single=False)
     print("ready", flush=True)
-    await StartAsyncTcpServer(context=context, address=("127.0.0.1", port))
+    if args[0] == "--rtu":
+        await StartAsyncSerialServer(context=context, port=args[1], framer=FramerType.RTU, baudrate=19200)
+    else:
+        await StartAsyncTcpServer(context=context, address=("127.0.0.1", int(args[0])))
 
 
-asyncio.run(main(int(sys.argv[1])))
+asyncio.run(main(sys.argv[1:]))

@@ -1,6 +1,8 @@
-//! A pymodbus TCP server (tests/peers/modbus_server.py) as the Modbus device under test.
+//! A pymodbus server (tests/peers/modbus_server.py) as the Modbus device under test, over TCP
+//! or as RTU on a serial device.
 
 use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use super::free_port;
@@ -8,26 +10,44 @@ use super::free_port;
 /// The simulated device; stopped on drop.
 pub struct ModbusServer {
     pub port: u16,
+    rtu: Option<PathBuf>,
     child: Option<Child>,
 }
 
 impl ModbusServer {
+    /// A Modbus TCP server on a free port.
     pub fn start() -> Self {
         let mut server = Self {
             port: free_port(),
+            rtu: None,
             child: None,
         };
         server.restart();
         server
     }
 
-    /// Starts the server (again) on the same port.
+    /// A Modbus RTU server (19200 8N1) on the serial device `tty`.
+    pub fn start_rtu(tty: &Path) -> Self {
+        let mut server = Self {
+            port: 0,
+            rtu: Some(tty.to_path_buf()),
+            child: None,
+        };
+        server.restart();
+        server
+    }
+
+    /// Starts the server (again) where it was.
     pub fn restart(&mut self) {
         let python = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/modbus_server.py");
-        let mut child = Command::new(python)
-            .arg(script)
-            .arg(self.port.to_string())
+        let mut command = Command::new(python);
+        command.arg(script);
+        match &self.rtu {
+            Some(tty) => command.arg("--rtu").arg(tty),
+            None => command.arg(self.port.to_string()),
+        };
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -37,7 +57,9 @@ impl ModbusServer {
             .read_line(&mut line)
             .unwrap();
         assert_eq!(line.trim(), "ready", "pymodbus server did not start");
-        super::wait_for_port(self.port, true);
+        if self.rtu.is_none() {
+            super::wait_for_port(self.port, true);
+        }
         self.child = Some(child);
     }
 
@@ -46,7 +68,9 @@ impl ModbusServer {
             let _ = child.kill();
             let _ = child.wait();
         }
-        super::wait_for_port(self.port, false);
+        if self.rtu.is_none() {
+            super::wait_for_port(self.port, false);
+        }
     }
 }
 

@@ -1,11 +1,12 @@
-//! Modbus devices polled from a register map. This first part speaks Modbus TCP; RTU over
-//! RS-485 with shared buses, writes and profiles come next (see the README).
+//! Modbus devices polled from a register map, over TCP or over an RS-485 bus (RTU) shared with
+//! other devices ([`bus`]).
 //!
 //! Points are coalesced into as few requests as the protocol allows ([`plan`]), every request
 //! has a timeout (tokio-modbus would wait forever), exceptions are counted by code, and after
 //! `offline_after` consecutive failed polls the run ends as a transport error: the supervisor
 //! marks the device offline and reconnects with backoff.
 
+mod bus;
 mod plan;
 mod registers;
 
@@ -23,6 +24,7 @@ use tokio_modbus::{ExceptionCode, Slave};
 use crate::adapter::{Adapter, AdapterContext, AdapterError, DeviceStatus};
 use crate::config::ValueInfo;
 use crate::reading::Reading;
+pub use bus::{RtuBus, RtuConfig, SharedBuses};
 pub use plan::{Request, plan};
 pub use registers::{ByteOrder, Point, PointType, Table};
 
@@ -31,7 +33,9 @@ pub use registers::{ByteOrder, Point, PointType, Table};
 #[serde(deny_unknown_fields)]
 pub struct ModbusConfig {
     /// Modbus TCP: where the device (or gateway) listens.
-    pub tcp: TcpConfig,
+    pub tcp: Option<TcpConfig>,
+    /// Modbus RTU: the RS-485 bus; devices naming the same port share it.
+    pub rtu: Option<RtuConfig>,
     /// Unit id (slave address), 1 to 247 (default 1; 255 for many TCP-only devices).
     #[serde(default = "default_unit")]
     pub unit_id: u8,
@@ -113,8 +117,18 @@ impl ModbusConfig {
 
     fn own_problems(&self) -> Vec<(String, String)> {
         let mut problems = Vec::new();
-        if self.tcp.host.is_empty() {
-            problems.push(("tcp.host".into(), "needs a host name or address".into()));
+        match (&self.tcp, &self.rtu) {
+            (Some(tcp), None) if tcp.host.is_empty() => {
+                problems.push(("tcp.host".into(), "needs a host name or address".into()));
+            }
+            (None, Some(rtu)) if rtu.baud == 0 || !(1..=2).contains(&rtu.stop_bits) => {
+                problems.push((
+                    "rtu".into(),
+                    "needs a baud rate above zero and 1 or 2 stop bits".into(),
+                ));
+            }
+            (Some(_), None) | (None, Some(_)) => {}
+            _ => problems.push(("tcp".into(), "give either `tcp` or `rtu`".into())),
         }
         if self.interval.is_zero() || self.timeout.is_zero() {
             problems.push((
@@ -157,13 +171,14 @@ impl ModbusConfig {
             .collect()
     }
 
-    pub(crate) fn build(&self) -> ModbusAdapter {
+    pub(crate) fn build(&self, buses: &SharedBuses) -> ModbusAdapter {
         // Validation resolved the profile already; it cannot fail differently now.
         let resolved = self.resolved().unwrap_or_else(|_| self.clone());
-        resolved.build_resolved()
+        let bus = resolved.rtu.as_ref().map(|rtu| buses.bus(rtu));
+        resolved.build_resolved(bus)
     }
 
-    fn build_resolved(&self) -> ModbusAdapter {
+    fn build_resolved(&self, bus: Option<Arc<tokio::sync::Mutex<RtuBus>>>) -> ModbusAdapter {
         // One schedule per distinct interval, each with its own coalesced requests.
         let mut by_interval: BTreeMap<Duration, Vec<usize>> = BTreeMap::new();
         for (i, point) in self.points.iter().enumerate() {
@@ -194,6 +209,7 @@ impl ModbusConfig {
                 .map(|p| Arc::from(p.name.as_str()))
                 .collect(),
             schedules,
+            bus,
         }
     }
 }
@@ -211,6 +227,16 @@ pub struct ModbusAdapter {
     config: ModbusConfig,
     names: Vec<Arc<str>>,
     schedules: Vec<Schedule>,
+    bus: Option<Arc<tokio::sync::Mutex<RtuBus>>>,
+}
+
+/// What became of one request that did not break the link.
+enum Outcome {
+    Words(Vec<u16>),
+    /// Counted already; a timeout may leave a late answer on a serial line.
+    Failed {
+        timed_out: bool,
+    },
 }
 
 /// The name of the error counter for an exception response.
@@ -226,13 +252,13 @@ fn exception_counter(code: ExceptionCode) -> &'static str {
 }
 
 impl ModbusAdapter {
-    /// Runs one request; `Ok(None)` is a failure that was counted, `Err` a broken connection.
+    /// Runs one request on `modbus`; `Err` is a broken connection.
     async fn read(
         &self,
         modbus: &mut Context,
         ctx: &AdapterContext,
         request: &Request,
-    ) -> Result<Option<Vec<u16>>, AdapterError> {
+    ) -> Result<Outcome, AdapterError> {
         let (start, count) = (request.start, request.count);
         let call = async {
             match request.table {
@@ -243,11 +269,11 @@ impl ModbusAdapter {
             }
         };
         match tokio::time::timeout(self.config.timeout, call).await {
-            Ok(Ok(Ok(words))) => Ok(Some(words)),
+            Ok(Ok(Ok(words))) => Ok(Outcome::Words(words)),
             Ok(Ok(Err(code))) => {
                 tracing::debug!(device = %ctx.device(), code = ?code, start, count, "Exception response");
                 ctx.counters().count_error(exception_counter(code));
-                Ok(None)
+                Ok(Outcome::Failed { timed_out: false })
             }
             Ok(Err(tokio_modbus::Error::Transport(e))) => {
                 Err(AdapterError::Transport(format!("connection lost: {e}")))
@@ -255,27 +281,56 @@ impl ModbusAdapter {
             Ok(Err(tokio_modbus::Error::Protocol(e))) => {
                 tracing::debug!(device = %ctx.device(), error = %e, "Bad response");
                 ctx.counters().count_error("framing");
-                Ok(None)
+                Ok(Outcome::Failed { timed_out: false })
             }
             Err(_) => {
                 ctx.counters().count_error("timeout");
-                Ok(None)
+                Ok(Outcome::Failed { timed_out: true })
             }
         }
+    }
+
+    /// Runs one request over this device's TCP connection, or on its RS-485 bus while holding
+    /// the bus.
+    async fn request(
+        &self,
+        tcp: Option<&mut Context>,
+        ctx: &AdapterContext,
+        request: &Request,
+    ) -> Result<Outcome, AdapterError> {
+        if let Some(modbus) = tcp {
+            return self.read(modbus, ctx, request).await;
+        }
+        let Some(bus) = &self.bus else {
+            return Err(AdapterError::Config("neither `tcp` nor `rtu`".into()));
+        };
+        let mut bus = bus.lock().await;
+        let modbus = bus
+            .unit(self.config.unit_id)
+            .await
+            .map_err(AdapterError::Transport)?;
+        let outcome = self.read(modbus, ctx, request).await;
+        bus.done();
+        // A late answer would be read as the reply to the next request: start afresh.
+        if matches!(outcome, Err(_) | Ok(Outcome::Failed { timed_out: true })) {
+            bus.broken();
+        }
+        outcome
     }
 
     /// Polls one schedule; returns the reading (if any value came back) and whether every
     /// request failed.
     async fn poll(
         &self,
-        modbus: &mut Context,
+        mut tcp: Option<&mut Context>,
         ctx: &AdapterContext,
         schedule: &Schedule,
     ) -> Result<(Option<Reading>, bool), AdapterError> {
         let mut values = Vec::new();
         let mut failed = 0;
         for request in &schedule.requests {
-            let Some(words) = self.read(modbus, ctx, request).await? else {
+            let Outcome::Words(words) = self.request(tcp.as_deref_mut(), ctx, request).await?
+            else {
                 failed += 1;
                 continue;
             };
@@ -292,6 +347,26 @@ impl ModbusAdapter {
         let reading = (!values.is_empty()).then(|| Reading::now(ctx.device().clone(), values));
         Ok((reading, failed == schedule.requests.len()))
     }
+
+    /// A TCP connection to the device, for `tcp:` devices.
+    async fn connect(&self, tcp: &TcpConfig) -> Result<Context, AdapterError> {
+        let endpoint = format!("{}:{}", tcp.host, tcp.port);
+        let addr: SocketAddr = tokio::net::lookup_host(&endpoint)
+            .await
+            .ok()
+            .and_then(|mut addrs| addrs.next())
+            .ok_or_else(|| AdapterError::Transport(format!("cannot resolve {endpoint}")))?;
+        let connect = tokio_modbus::client::tcp::connect_slave(addr, Slave(self.config.unit_id));
+        match tokio::time::timeout(self.config.timeout.max(Duration::from_secs(3)), connect).await {
+            Ok(Ok(modbus)) => Ok(modbus),
+            Ok(Err(e)) => Err(AdapterError::Transport(format!(
+                "cannot connect to {endpoint}: {e}"
+            ))),
+            Err(_) => Err(AdapterError::Transport(format!(
+                "connecting to {endpoint} timed out"
+            ))),
+        }
+    }
 }
 
 /// Coils and discrete inputs as 0/1 words, so one decoder serves all tables.
@@ -302,29 +377,10 @@ fn bits(result: tokio_modbus::Result<Vec<bool>>) -> tokio_modbus::Result<Vec<u16
 #[async_trait]
 impl Adapter for ModbusAdapter {
     async fn run(&mut self, ctx: &AdapterContext) -> Result<(), AdapterError> {
-        let endpoint = format!("{}:{}", self.config.tcp.host, self.config.tcp.port);
-        let addr: SocketAddr = tokio::net::lookup_host(&endpoint)
-            .await
-            .ok()
-            .and_then(|mut addrs| addrs.next())
-            .ok_or_else(|| AdapterError::Transport(format!("cannot resolve {endpoint}")))?;
-        let connect = tokio_modbus::client::tcp::connect_slave(addr, Slave(self.config.unit_id));
-        let mut modbus =
-            match tokio::time::timeout(self.config.timeout.max(Duration::from_secs(3)), connect)
-                .await
-            {
-                Ok(Ok(modbus)) => modbus,
-                Ok(Err(e)) => {
-                    return Err(AdapterError::Transport(format!(
-                        "cannot connect to {endpoint}: {e}"
-                    )));
-                }
-                Err(_) => {
-                    return Err(AdapterError::Transport(format!(
-                        "connecting to {endpoint} timed out"
-                    )));
-                }
-            };
+        let mut tcp = match &self.config.tcp {
+            Some(tcp) => Some(self.connect(tcp).await?),
+            None => None,
+        };
         let mut due: Vec<Instant> = vec![Instant::now(); self.schedules.len()];
         let mut failures = 0;
         loop {
@@ -341,7 +397,7 @@ impl Adapter for ModbusAdapter {
             let schedule = &self.schedules[index];
             // Keep the schedule's rhythm; after a stall, skip what was missed.
             due[index] = (when + schedule.every).max(Instant::now());
-            let (reading, all_failed) = self.poll(&mut modbus, ctx, schedule).await?;
+            let (reading, all_failed) = self.poll(tcp.as_mut(), ctx, schedule).await?;
             if all_failed {
                 failures += 1;
                 if failures >= self.config.offline_after {
@@ -366,10 +422,11 @@ mod tests {
 
     fn device(profile: &str) -> ModbusConfig {
         ModbusConfig {
-            tcp: TcpConfig {
+            tcp: Some(TcpConfig {
                 host: "meter".into(),
                 port: 502,
-            },
+            }),
+            rtu: None,
             unit_id: 1,
             interval: Duration::from_secs(10),
             timeout: Duration::from_secs(1),
@@ -390,7 +447,7 @@ mod tests {
                 config.problems()
             );
             assert_eq!(config.values().len(), points, "{name}");
-            let adapter = config.build();
+            let adapter = config.build(&SharedBuses::default());
             assert_eq!(adapter.schedules[0].requests.len(), requests, "{name}");
         }
         let problems = device("sdm999").problems();
