@@ -6,7 +6,7 @@
 //! and the device shows offline meanwhile.
 
 mod frames;
-mod framing;
+mod lines;
 mod parse;
 
 use std::collections::HashMap;
@@ -26,7 +26,7 @@ pub use frames::{
     ChecksumConfig, ChecksumKind, Endian, FieldType, FrameDrop, FrameFramer, FramesConfig,
     LengthField,
 };
-pub use framing::{LineDrop, LineFramer};
+pub use lines::{LineDrop, LineFramer};
 pub use parse::{LineFormat, LineParser, ParseError};
 
 /// Settings of a serial device (`type: uart`).
