@@ -97,6 +97,52 @@ impl AdapterConfig {
         }
     }
 
+    /// The serial port this device uses and its line settings, for checks across devices.
+    fn serial_port(&self) -> Option<(&std::path::Path, String)> {
+        match self {
+            AdapterConfig::Sim(_) => None,
+            AdapterConfig::Uart(c) => Some((c.port.as_path(), "a uart device".into())),
+            AdapterConfig::Modbus(c) => c.rtu.as_ref().map(|r| {
+                (
+                    r.port.as_path(),
+                    format!(
+                        "an RS-485 bus at {} baud, {:?} parity, {} stop bits",
+                        r.baud, r.parity, r.stop_bits
+                    ),
+                )
+            }),
+        }
+    }
+
+    /// Problems between devices: two that cannot share a serial port. Returns the index of the
+    /// later device of each pair, a field path and a message.
+    pub fn conflicts(devices: &[&AdapterConfig]) -> Vec<(usize, String, String)> {
+        let mut problems = Vec::new();
+        for (i, device) in devices.iter().enumerate() {
+            let Some((port, use_i)) = device.serial_port() else {
+                continue;
+            };
+            let earlier = devices[..i].iter().enumerate().find_map(|(j, other)| {
+                let (other_port, use_j) = other.serial_port()?;
+                (other_port == port && (use_i != use_j || device.kind() == AdapterKind::Uart))
+                    .then_some((j, use_j))
+            });
+            if let Some((j, use_j)) = earlier {
+                let field = if device.kind() == AdapterKind::Modbus {
+                    "rtu.port"
+                } else {
+                    "port"
+                };
+                problems.push((
+                    i,
+                    field.to_string(),
+                    format!("{} is already used by devices[{j}] as {use_j}; only Modbus devices with the same line settings can share a port", port.display()),
+                ));
+            }
+        }
+        problems
+    }
+
     /// The values the device will produce, with their units.
     pub fn values(&self) -> Vec<ValueInfo> {
         match self {

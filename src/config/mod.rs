@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytesize::ByteSize;
+use cairn_adapters::AdapterConfig;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
@@ -424,6 +425,14 @@ impl Config {
             for (path, message) in d.adapter.problems() {
                 problems.push(Problem::new(at, format!("devices[{i}].{path}"), message));
             }
+        }
+        let adapters: Vec<&AdapterConfig> = self.devices().map(|d| &d.adapter).collect();
+        for (i, path, message) in AdapterConfig::conflicts(&adapters) {
+            problems.push(Problem::new(
+                location(&self.devices[i]),
+                format!("devices[{i}].{path}"),
+                message,
+            ));
         }
         problems
     }

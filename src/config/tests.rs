@@ -130,3 +130,33 @@ fn unreadable_password_file_is_placed() {
     assert_eq!(p.path, "mqtt.password_file");
     assert_eq!(p.line_column(), Some((3, 18)));
 }
+
+#[test]
+fn devices_that_cannot_share_a_serial_port_are_refused() {
+    let modbus = |unit: u8, baud: u32| {
+        format!(
+            "  - name: m{unit}\n    type: modbus\n    rtu: {{port: /dev/ttyUSB0, baud: {baud}}}\n    unit_id: {unit}\n    points: [{{name: v, table: holding, address: 0}}]\n"
+        )
+    };
+    let uart = "  - name: gps\n    type: uart\n    port: /dev/ttyUSB0\n    profile: gps\n";
+    let ok = format!(
+        "gateway: {{id: g}}\ndevices:\n{}{}",
+        modbus(1, 9600),
+        modbus(2, 9600)
+    );
+    assert!(load(&ok).is_ok(), "two units on one bus share it");
+    let text = format!(
+        "gateway: {{id: g}}\ndevices:\n{}{}{}",
+        modbus(1, 9600),
+        modbus(2, 19200),
+        uart
+    );
+    let report = load(&text).expect_err("refused");
+    let paths: Vec<&str> = report.problems.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(paths, ["devices[1].rtu.port", "devices[2].port"]);
+    assert!(
+        report.problems[0].message.contains("devices[0]"),
+        "{}",
+        report.problems[0].message
+    );
+}
