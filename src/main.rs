@@ -15,41 +15,27 @@ struct Cli {
     command: Command,
 }
 
+/// The configuration file every command reads.
+#[derive(Debug, clap::Args)]
+struct ConfigArg {
+    /// The configuration file.
+    #[arg(
+        short,
+        long,
+        env = "CAIRN_CONFIG",
+        default_value = "/etc/cairn/cairn.yaml"
+    )]
+    config: PathBuf,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the gateway.
-    Run {
-        /// The configuration file.
-        #[arg(
-            short,
-            long,
-            env = "CAIRN_CONFIG",
-            default_value = "/etc/cairn/cairn.yaml"
-        )]
-        config: PathBuf,
-    },
+    Run(ConfigArg),
     /// Check a configuration file and print every problem found.
-    Check {
-        /// The configuration file.
-        #[arg(
-            short,
-            long,
-            env = "CAIRN_CONFIG",
-            default_value = "/etc/cairn/cairn.yaml"
-        )]
-        config: PathBuf,
-    },
+    Check(ConfigArg),
     /// Print the outbox's backlog and drop counters (works while the gateway runs).
-    Stats {
-        /// The configuration file (to find the outbox).
-        #[arg(
-            short,
-            long,
-            env = "CAIRN_CONFIG",
-            default_value = "/etc/cairn/cairn.yaml"
-        )]
-        config: PathBuf,
-    },
+    Stats(ConfigArg),
 }
 
 fn load(path: &Path) -> Result<Config, ExitCode> {
@@ -72,7 +58,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Check { config } => match load(&config) {
+        Command::Check(ConfigArg { config }) => match load(&config) {
             Ok(c) => {
                 println!(
                     "{}: ok ({} devices, gateway `{}`)",
@@ -84,7 +70,7 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
-        Command::Stats { config } => {
+        Command::Stats(ConfigArg { config }) => {
             let config = match load(&config) {
                 Ok(c) => c,
                 Err(code) => return code,
@@ -111,7 +97,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Run { config } => {
+        Command::Run(ConfigArg { config }) => {
             logging::init();
             let config = match load(&config) {
                 Ok(c) => c,

@@ -17,6 +17,16 @@ fn config(broker: u16, port: &std::path::Path, lines: &str, values: &str) -> Str
     )
 }
 
+/// A config with one uart device described by `profile`.
+fn profile_config(broker: u16, port: &std::path::Path, profile: &str) -> String {
+    format!(
+        "gateway: {{id: test, data_dir: '{{data}}'}}\n\
+         mqtt: {{host: 127.0.0.1, port: {broker}, reconnect_min: 100ms, reconnect_max: 1s}}\n\
+         devices:\n  - name: probe\n    type: uart\n    port: {port}\n    profile: {profile}\n",
+        port = port.display()
+    )
+}
+
 /// The `values` of every data message from the device, in order.
 fn readings(sub: &Subscriber) -> Vec<serde_json::Value> {
     sub.with(|r| {
@@ -214,14 +224,7 @@ fn pms5003_profile_decodes_frames_through_noise() {
     let broker = Broker::start();
     let sub = Subscriber::start(&broker, "cairn/test/#");
     let serial = SerialPair::start(dir.path());
-    let config = format!(
-        "gateway: {{id: test, data_dir: '{{data}}'}}\n\
-         mqtt: {{host: 127.0.0.1, port: {}, reconnect_min: 100ms, reconnect_max: 1s}}\n\
-         devices:\n  - name: probe\n    type: uart\n    port: {}\n    profile: pms5003\n",
-        broker.port,
-        serial.port.display()
-    );
-    let cairn = Cairn::start(&config);
+    let cairn = Cairn::start(&profile_config(broker.port, &serial.port, "pms5003"));
     cairn.wait_log("Device online");
     let good = pms5003_frame(3, 7, 11);
     let mut bad_sum = pms5003_frame(90, 90, 90);
@@ -289,14 +292,7 @@ fn a_real_gps_log_decodes_as_pynmea2_reads_it() {
     let broker = Broker::start();
     let sub = Subscriber::start(&broker, "cairn/test/#");
     let serial = SerialPair::start(dir.path());
-    let config = format!(
-        "gateway: {{id: test, data_dir: '{{data}}'}}\n\
-         mqtt: {{host: 127.0.0.1, port: {}, reconnect_min: 100ms, reconnect_max: 1s}}\n\
-         devices:\n  - name: probe\n    type: uart\n    port: {}\n    profile: gps\n",
-        broker.port,
-        serial.port.display()
-    );
-    let cairn = Cairn::start(&config);
+    let cairn = Cairn::start(&profile_config(broker.port, &serial.port, "gps"));
     cairn.wait_log("Device online");
     let mut log = std::fs::read(fixture).unwrap();
     // A corrupted copy of the first sentence: its checksum no longer matches.

@@ -82,6 +82,19 @@ pub struct Stats {
     pub dropped: BTreeMap<DropReason, u64>,
 }
 
+impl From<&schema::State> for Stats {
+    /// The counters of an outbox as it was found on disk (nothing accepted or delivered yet).
+    fn from(state: &schema::State) -> Self {
+        Stats {
+            backlog: state.rows,
+            bytes: state.bytes,
+            next_seq: state.next_seq,
+            dropped: state.dropped.clone(),
+            ..Stats::default()
+        }
+    }
+}
+
 /// What can go wrong with the outbox.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -168,13 +181,7 @@ pub async fn open(
         .connect_with(connect_options(path, config).read_only(true))
         .await
         .map_err(db_err)?;
-    let stats = Stats {
-        backlog: state.rows,
-        bytes: state.bytes,
-        next_seq: state.next_seq,
-        dropped: state.dropped.clone(),
-        ..Stats::default()
-    };
+    let stats = Stats::from(&state);
     let (committed_tx, committed) = watch::channel(state.next_seq - 1);
     let (stats_tx, stats_rx) = watch::channel(stats);
     let (ack_tx, ack_rx) = mpsc::unbounded_channel();
@@ -253,13 +260,7 @@ pub async fn inspect(path: &Path) -> Result<(Stats, Option<i64>), StoreError> {
         .fetch_optional(&mut conn)
         .await
         .map_err(db_err)?;
-    let stats = Stats {
-        backlog: state.rows,
-        bytes: state.bytes,
-        next_seq: state.next_seq,
-        dropped: state.dropped,
-        ..Stats::default()
-    };
+    let stats = Stats::from(&state);
     Ok((stats, oldest))
 }
 
