@@ -127,7 +127,7 @@ fn a_tiny_outbox_drops_the_oldest_and_says_how_many() {
 }
 
 #[test]
-fn readings_keep_flowing_through_a_slow_start() {
+fn a_late_subscriber_gets_the_retained_status_and_metadata() {
     // Status and metadata are retained and reach a subscriber that comes later.
     let broker = Broker::start();
     let cairn = Cairn::start(&sim_config(broker.port, 10, 20, ""));

@@ -49,22 +49,10 @@ pub fn plan(points: &[&Point], max_gap: u16) -> Vec<Request> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::modbus::registers::{ByteOrder, PointType};
+    use crate::modbus::registers::PointType;
 
     fn p(table: Table, address: u16, kind: PointType) -> Point {
-        Point {
-            name: format!("{table:?}{address}"),
-            table,
-            address,
-            kind: Some(kind),
-            order: ByteOrder::Abcd,
-            bit: None,
-            length: None,
-            scale: None,
-            offset: None,
-            unit: None,
-            interval: None,
-        }
+        Point::plain(table, address, kind)
     }
 
     #[test]

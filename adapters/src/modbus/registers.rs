@@ -214,6 +214,26 @@ impl Point {
     }
 }
 
+#[cfg(test)]
+impl Point {
+    /// A point with only its place and type set, for tests.
+    pub(crate) fn plain(table: Table, address: u16, kind: PointType) -> Self {
+        Point {
+            name: format!("{table:?}{address}"),
+            table,
+            address,
+            kind: Some(kind),
+            order: ByteOrder::Abcd,
+            bit: None,
+            length: None,
+            scale: None,
+            offset: None,
+            unit: None,
+            interval: None,
+        }
+    }
+}
+
 /// An f32 as the shortest decimal that reads back to it (230.1, not 230.10000610351562).
 fn short_f32(f: f32) -> f64 {
     f.to_string().parse().unwrap_or(f64::from(f))
@@ -249,17 +269,8 @@ mod tests {
 
     fn point(kind: PointType, order: ByteOrder) -> Point {
         Point {
-            name: "p".into(),
-            table: Table::Holding,
-            address: 0,
-            kind: Some(kind),
             order,
-            bit: None,
-            length: None,
-            scale: None,
-            offset: None,
-            unit: None,
-            interval: None,
+            ..Point::plain(Table::Holding, 0, kind)
         }
     }
 
