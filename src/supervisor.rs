@@ -123,6 +123,7 @@ async fn supervise(
             Ok(Err(AdapterError::Config(message))) => {
                 error!(device = %device, error = %message, "Adapter cannot work with this configuration; device stopped");
                 ctx.set_status(DeviceStatus::Error(message));
+                report_change(&device, &mut status, &live);
                 break;
             }
             Ok(Err(AdapterError::Transport(message))) => message,
@@ -131,7 +132,9 @@ async fn supervise(
         if ctx.cancelled().is_cancelled() {
             break;
         }
+        // Reported now, not when the next adapter starts: the wait may last minutes.
         ctx.set_status(DeviceStatus::Offline);
+        report_change(&device, &mut status, &live);
         ctx.counters().count_restart();
         if started.elapsed() >= HEALTHY_RUN {
             backoff.reset();
@@ -143,8 +146,13 @@ async fn supervise(
             () = tokio::time::sleep(retry_in) => {}
         }
     }
+    report_change(&device, &mut status, &live);
+}
+
+/// Reports the status if it changed since it was last reported.
+fn report_change(device: &Arc<str>, status: &mut watch::Receiver<DeviceStatus>, live: &LiveBus) {
     if status.has_changed().unwrap_or(false) {
-        report(&device, &status.borrow_and_update(), &live);
+        report(device, &status.borrow_and_update(), live);
     }
 }
 
