@@ -9,6 +9,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::commands::Router;
 use crate::config::Config;
 use crate::live::LiveBus;
 use crate::supervisor::{self, DeviceHandle};
@@ -49,16 +50,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             )
         })
         .collect();
-    let uplink = Uplink::new(
-        &config.mqtt,
-        &config.gateway.id,
-        metas,
-        reader.clone(),
-        acker,
-    )
-    .context("cannot set up the MQTT uplink")?;
-    let stop_uplink = CancellationToken::new();
-    let uplink = tokio::spawn(uplink.run(stop_uplink.clone()));
 
     let stop_adapters = CancellationToken::new();
     let mut adapters = JoinSet::new();
@@ -76,6 +67,21 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             )
         })
         .collect();
+    let stop_uplink = CancellationToken::new();
+    let commands = Router::new(&devices).map(|(router, end)| {
+        tokio::spawn(router.run(stop_uplink.clone()));
+        end
+    });
+    let uplink = Uplink::new(
+        &config.mqtt,
+        &config.gateway.id,
+        metas,
+        (reader.clone(), acker),
+        commands,
+    )
+    .context("cannot set up the MQTT uplink")?;
+    let uplink = tokio::spawn(uplink.run(stop_uplink.clone()));
+
     // From here only the adapters hold senders: the channel closes when the last one stops.
     drop(sink);
     info!(gateway = %config.gateway.id, devices = devices.len(), "Cairn running");

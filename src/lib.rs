@@ -7,6 +7,7 @@
 //! these from the [`config`], and the [`supervisor`] keeps the adapters running.
 
 pub mod backoff;
+pub mod commands;
 pub mod config;
 pub mod gateway;
 pub mod live;

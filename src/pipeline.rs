@@ -39,12 +39,7 @@ pub fn encode(seq: i64, reading: &Reading) -> Vec<u8> {
         fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
             let mut map = serializer.serialize_map(Some(self.0.len()))?;
             for (name, value) in self.0 {
-                match value {
-                    Value::Float(f) => map.serialize_entry(&**name, f)?,
-                    Value::Int(i) => map.serialize_entry(&**name, i)?,
-                    Value::Bool(b) => map.serialize_entry(&**name, b)?,
-                    Value::Text(t) => map.serialize_entry(&**name, t)?,
-                }
+                map.serialize_entry(&**name, value)?;
             }
             map.end()
         }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_adapters::{
-    Adapter, AdapterContext, AdapterError, DeviceCounters, DeviceStatus, Reading, Shared,
+    Adapter, AdapterContext, AdapterError, Command, DeviceCounters, DeviceStatus, Reading, Shared,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -62,6 +62,10 @@ pub struct DeviceHandle {
     pub status: watch::Receiver<DeviceStatus>,
     /// Its counters.
     pub counters: Arc<DeviceCounters>,
+    /// The values that commands may write.
+    pub writable: Vec<String>,
+    /// Where commands for it go.
+    pub commands: mpsc::Sender<Command>,
 }
 
 /// Starts supervising `device` on `tasks`; readings go to `sink`; `shared` holds what its
@@ -78,6 +82,7 @@ pub fn spawn(
     let (status_tx, status) = watch::channel(DeviceStatus::Offline);
     let counters = Arc::new(DeviceCounters::default());
     let ctx = AdapterContext::new(name.clone(), sink, status_tx, counters.clone(), cancel);
+    let commands = ctx.commander();
     let config = device.adapter.clone();
     let shared = shared.clone();
     tasks.spawn(supervise(
@@ -91,6 +96,14 @@ pub fn spawn(
         adapter: device.adapter.kind().as_str(),
         status,
         counters,
+        writable: device
+            .adapter
+            .values()
+            .into_iter()
+            .filter(|v| v.writable)
+            .map(|v| v.name)
+            .collect(),
+        commands,
     }
 }
 

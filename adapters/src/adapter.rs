@@ -5,10 +5,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Mutex as AsyncMutex, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::command::Command;
 use crate::reading::Reading;
+
+/// Commands that may wait for a device's adapter; more are refused as busy.
+const COMMAND_QUEUE: usize = 16;
 
 /// Why an adapter stopped. The supervisor branches on it.
 #[derive(Debug, thiserror::Error)]
@@ -79,7 +83,8 @@ impl DeviceCounters {
     }
 }
 
-/// Everything an adapter may touch: where readings go, where status goes, when to stop.
+/// Everything an adapter may touch: where readings go, where status goes, which writes are
+/// asked of it, when to stop.
 #[derive(Debug, Clone)]
 pub struct AdapterContext {
     device: Arc<str>,
@@ -87,6 +92,9 @@ pub struct AdapterContext {
     status: watch::Sender<DeviceStatus>,
     counters: Arc<DeviceCounters>,
     cancel: CancellationToken,
+    commander: mpsc::Sender<Command>,
+    // Shared by the clones, but only the one running adapter receives.
+    commands: Arc<AsyncMutex<mpsc::Receiver<Command>>>,
 }
 
 impl AdapterContext {
@@ -98,13 +106,27 @@ impl AdapterContext {
         counters: Arc<DeviceCounters>,
         cancel: CancellationToken,
     ) -> Self {
+        let (commander, commands) = mpsc::channel(COMMAND_QUEUE);
         Self {
             device,
             sink,
             status,
             counters,
             cancel,
+            commander,
+            commands: Arc::new(AsyncMutex::new(commands)),
         }
+    }
+
+    /// Where to send commands for this device; they wait for its current or next adapter.
+    pub fn commander(&self) -> mpsc::Sender<Command> {
+        self.commander.clone()
+    }
+
+    /// The next command for the device. Cancel-safe, for use in `select!`; adapters whose
+    /// devices take no writes never call it.
+    pub async fn next_command(&self) -> Option<Command> {
+        self.commands.lock().await.recv().await
     }
 
     /// The device's name, to put in every reading.

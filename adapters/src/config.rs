@@ -58,6 +58,8 @@ pub struct ValueInfo {
     pub name: String,
     /// Its unit, when the config gives one.
     pub unit: Option<String>,
+    /// Whether MQTT may write it (`.../<value>/set`).
+    pub writable: bool,
 }
 
 impl AdapterConfig {

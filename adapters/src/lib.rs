@@ -5,6 +5,7 @@
 //! their link's status through an [`AdapterContext`].
 
 pub mod adapter;
+pub mod command;
 pub mod config;
 pub mod modbus;
 pub mod profiles;
@@ -14,5 +15,6 @@ pub mod sim;
 pub mod uart;
 
 pub use adapter::{Adapter, AdapterContext, AdapterError, DeviceCounters, DeviceStatus, Shared};
+pub use command::{Command, CommandResult};
 pub use config::{AdapterConfig, AdapterKind, ValueInfo};
 pub use reading::{LinkMeta, Reading, Value};

@@ -16,6 +16,34 @@ pub enum Value {
     Text(String),
 }
 
+impl Value {
+    /// The value a JSON scalar stands for; `None` for null, arrays and objects.
+    pub fn from_json(json: serde_json::Value) -> Option<Value> {
+        match json {
+            serde_json::Value::Bool(b) => Some(Value::Bool(b)),
+            serde_json::Value::Number(n) => n
+                .as_i64()
+                .map(Value::Int)
+                .or_else(|| n.as_f64().map(Value::Float)),
+            serde_json::Value::String(s) => Some(Value::Text(s)),
+            _ => None,
+        }
+    }
+}
+
+/// As a bare JSON scalar; non-finite floats have no JSON form and become `null`.
+impl serde::Serialize for Value {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Value::Float(f) if f.is_finite() => serializer.serialize_f64(*f),
+            Value::Float(_) => serializer.serialize_unit(),
+            Value::Int(i) => serializer.serialize_i64(*i),
+            Value::Bool(b) => serializer.serialize_bool(*b),
+            Value::Text(t) => serializer.serialize_str(t),
+        }
+    }
+}
+
 /// Metadata about the link a reading arrived on, where the link has any worth keeping.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LinkMeta {

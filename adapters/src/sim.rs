@@ -226,6 +226,7 @@ impl SimConfig {
             .map(|v| ValueInfo {
                 name: v.name.clone(),
                 unit: v.unit.clone(),
+                writable: false,
             })
             .collect()
     }

@@ -425,6 +425,18 @@ impl Config {
             for (path, message) in d.adapter.problems() {
                 problems.push(Problem::new(at, format!("devices[{i}].{path}"), message));
             }
+            for value in d.adapter.values().iter().filter(|v| v.writable) {
+                if !is_topic_level(&value.name) {
+                    problems.push(Problem::new(
+                        at,
+                        format!("devices[{i}]"),
+                        format!(
+                            "the writable value `{}` names an MQTT topic level: use letters, digits, `-` or `_`",
+                            value.name
+                        ),
+                    ));
+                }
+            }
         }
         let adapters: Vec<&AdapterConfig> = self.devices().map(|d| &d.adapter).collect();
         for (i, path, message) in AdapterConfig::conflicts(&adapters) {

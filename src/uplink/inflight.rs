@@ -49,6 +49,11 @@ impl Inflight {
         self.rows
     }
 
+    /// Publishes handed to the client and not yet written by its event loop.
+    pub fn unwritten(&self) -> usize {
+        self.queued.len()
+    }
+
     /// Whether anything at all (rows or control messages) awaits an ack.
     pub fn is_empty(&self) -> bool {
         self.queued.is_empty() && self.by_pkid.is_empty()

@@ -5,6 +5,9 @@
 //! the broker has no session, so this task owns both the client and the event loop, maps packet
 //! ids to rows ([`inflight`]), and after every (re)connect publishes again everything the
 //! outbox still holds. A fresh event loop per connection keeps no state between sessions.
+//!
+//! When some device takes writes, the uplink also subscribes to their `.../set` topics, hands
+//! each command to the [`crate::commands`] router and publishes the answers it gets back.
 
 mod inflight;
 mod options;
@@ -17,12 +20,13 @@ use rumqttc::{
     AsyncClient, ConnectReturnCode, Event, EventLoop, MqttOptions, NetworkOptions, Outgoing,
     Packet, QoS,
 };
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
+use crate::commands::{SetRequest, SetResult, UplinkEnd};
 use crate::config::MqttConfig;
 use crate::store::{Acker, Record, StoreReader};
 use inflight::Inflight;
@@ -33,6 +37,9 @@ const READ_AHEAD: usize = 512;
 
 /// How long a clean shutdown waits for outstanding acknowledgements before leaving anyway.
 const LEAVE_GRACE: Duration = Duration::from_secs(3);
+
+/// Room in the client's request queue for command answers, beside the window.
+const ANSWER_ROOM: usize = 16;
 
 /// Why a connection ended.
 #[derive(Debug, thiserror::Error)]
@@ -84,17 +91,21 @@ pub struct Uplink {
     reader: StoreReader,
     acker: Acker,
     status: watch::Sender<UplinkStatus>,
+    commands: Option<mpsc::Sender<SetRequest>>,
+    answers: Option<mpsc::Receiver<SetResult>>,
 }
 
 impl Uplink {
-    /// An uplink for `gateway` that publishes `devices`' metadata and drains `reader`.
+    /// An uplink for `gateway` that publishes `devices`' metadata, drains `reader`, and
+    /// carries commands when given the router's `commands` end.
     pub fn new(
         config: &MqttConfig,
         gateway: &str,
         devices: Vec<DeviceMeta>,
-        reader: StoreReader,
-        acker: Acker,
+        (reader, acker): (StoreReader, Acker),
+        commands: Option<UplinkEnd>,
     ) -> Result<Self, UplinkError> {
+        let (requests, answers) = commands.map(|end| (end.requests, end.results)).unzip();
         let topics = Topics::new(&config.topic_prefix, gateway);
         let (options, network) = options::build(config, gateway, &topics.status())?;
         let endpoint = config.endpoint();
@@ -119,6 +130,8 @@ impl Uplink {
             reader,
             acker,
             status: watch::channel(status).0,
+            commands: requests,
+            answers,
         })
     }
 
@@ -130,8 +143,9 @@ impl Uplink {
     /// Connects, drains, reconnects with backoff, until `cancel` fires; then leaves cleanly.
     pub async fn run(mut self, cancel: CancellationToken) {
         let mut backoff = Backoff::new(self.reconnect.0, self.reconnect.1);
+        let mut answers = self.answers.take();
         loop {
-            let error = match self.session(&cancel, &mut backoff).await {
+            let error = match self.session(&cancel, &mut backoff, &mut answers).await {
                 Ok(()) => break,
                 Err(e) => e,
             };
@@ -169,9 +183,10 @@ impl Uplink {
         &mut self,
         cancel: &CancellationToken,
         backoff: &mut Backoff,
+        answers: &mut Option<mpsc::Receiver<SetResult>>,
     ) -> Result<(), UplinkError> {
-        // Room for the window plus the status and metadata messages.
-        let capacity = self.window + self.devices.len() + 2;
+        // Room for the window, the status and metadata messages, the subscription and answers.
+        let capacity = self.window + self.devices.len() + 3 + ANSWER_ROOM;
         let (client, mut events) = AsyncClient::new(self.options.clone(), capacity);
         events.set_network_options(self.network.clone());
         let connack = tokio::select! {
@@ -197,6 +212,11 @@ impl Uplink {
                 device.payload(),
             )?;
             inflight.queued(None);
+        }
+        if self.commands.is_some() {
+            // Commands sent while the link was down are not delivered later (clean session):
+            // a stale write is worse than none.
+            client.try_subscribe(self.topics.set_filter(), QoS::AtLeastOnce)?;
         }
 
         let mut committed = self.reader.committed();
@@ -234,6 +254,12 @@ impl Uplink {
                     }
                 }
                 Ok(()) = committed.changed(), if inflight.rows() < self.window => {}
+                // Only while the queue is nearly empty, so that the window always fits beside.
+                Some(answer) = next_answer(answers), if inflight.unwritten() < ANSWER_ROOM => {
+                    let topic = self.topics.result(&answer.device, &answer.point);
+                    client.try_publish(topic, QoS::AtLeastOnce, false, answer.payload)?;
+                    inflight.queued(None);
+                }
             }
         }
     }
@@ -254,9 +280,32 @@ impl Uplink {
                 }
                 return true;
             }
+            Event::Incoming(Packet::Publish(publish)) => self.command(&publish),
             other => debug!(event = ?other, "MQTT event"),
         }
         false
+    }
+
+    /// Hands a `.../set` message to the command router.
+    fn command(&self, publish: &rumqttc::Publish) {
+        let (Some(commands), Some((device, point))) =
+            (&self.commands, self.topics.parse_set(&publish.topic))
+        else {
+            return;
+        };
+        if publish.retain {
+            // A retained command would be carried out again on every reconnect.
+            warn!(topic = %publish.topic, "Retained command ignored; publish commands without the retain flag");
+            return;
+        }
+        let request = SetRequest {
+            device: device.to_string(),
+            point: point.to_string(),
+            payload: publish.payload.to_vec(),
+        };
+        if commands.try_send(request).is_err() {
+            warn!(topic = %publish.topic, "Command dropped: too many commands waiting");
+        }
     }
 
     /// Waits briefly for outstanding acks (each one spares a duplicate next time), marks the
@@ -293,5 +342,13 @@ impl Uplink {
             }
         }
         info!(broker = %self.broker, "MQTT disconnected");
+    }
+}
+
+/// The next answer to publish; never, when no device takes commands.
+async fn next_answer(answers: &mut Option<mpsc::Receiver<SetResult>>) -> Option<SetResult> {
+    match answers {
+        Some(answers) => answers.recv().await,
+        None => std::future::pending().await,
     }
 }

@@ -39,6 +39,24 @@ impl Topics {
     pub fn status(&self) -> String {
         format!("{}/status", self.base)
     }
+
+    /// `<prefix>/<gateway>/+/+/set`: the filter for every write command.
+    pub fn set_filter(&self) -> String {
+        format!("{}/+/+/set", self.base)
+    }
+
+    /// The device and value a `.../<device>/<value>/set` topic names.
+    pub fn parse_set<'t>(&self, topic: &'t str) -> Option<(&'t str, &'t str)> {
+        let levels = topic.strip_prefix(&self.base)?.strip_prefix('/')?;
+        let (device, rest) = levels.split_once('/')?;
+        let (value, set) = rest.split_once('/')?;
+        (set == "set").then_some((device, value))
+    }
+
+    /// `<prefix>/<gateway>/<device>/<value>/result`: the answer to a command.
+    pub fn result(&self, device: &str, value: &str) -> String {
+        format!("{}/{device}/{value}/result", self.base)
+    }
 }
 
 /// What a device announces about itself on its retained meta topic.
@@ -54,6 +72,9 @@ pub struct DeviceMeta {
     pub description: Option<String>,
     /// Unit of each value (`null` when the config gives none).
     pub units: serde_json::Map<String, serde_json::Value>,
+    /// The values that take commands on `.../<value>/set`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub writable: Vec<String>,
 }
 
 impl DeviceMeta {
@@ -80,11 +101,43 @@ impl DeviceMeta {
             adapter,
             description,
             units,
+            writable: values
+                .iter()
+                .filter(|v| v.writable)
+                .map(|v| v.name.clone())
+                .collect(),
         }
     }
 
     /// The retained payload.
     pub fn payload(&self) -> Vec<u8> {
         serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_topics() {
+        let topics = Topics::new("cairn", "site-1");
+        assert_eq!(topics.set_filter(), "cairn/site-1/+/+/set");
+        assert_eq!(
+            topics.parse_set("cairn/site-1/boiler/setpoint/set"),
+            Some(("boiler", "setpoint"))
+        );
+        for other in [
+            "cairn/site-1/boiler/setpoint/result",
+            "cairn/site-10/boiler/setpoint/set",
+            "cairn/site-1/boiler/set",
+            "cairn/site-1/boiler/a/b/set",
+        ] {
+            assert_eq!(topics.parse_set(other), None, "{other}");
+        }
+        assert_eq!(
+            topics.result("boiler", "setpoint"),
+            "cairn/site-1/boiler/setpoint/result"
+        );
     }
 }

@@ -5,6 +5,10 @@
 //! has a timeout (tokio-modbus would wait forever), exceptions are counted by code, and after
 //! `offline_after` consecutive failed polls the run ends as a transport error: the supervisor
 //! marks the device offline and reconnects with backoff.
+//!
+//! Points marked `writable` take commands between polls: the value is encoded like the point
+//! decodes, written with function 5, 6 or 16 (15 and 16 only with `write_multiple`), then read
+//! back, so the answer says what the device now holds.
 
 mod bus;
 mod plan;
@@ -18,15 +22,16 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Deserialize;
 use tokio::time::Instant;
-use tokio_modbus::client::{Context, Reader};
+use tokio_modbus::client::{Context, Reader, Writer};
 use tokio_modbus::{ExceptionCode, Slave};
 
 use crate::adapter::{Adapter, AdapterContext, AdapterError, DeviceStatus};
+use crate::command::Command;
 use crate::config::ValueInfo;
 use crate::reading::Reading;
 pub use bus::{RtuBus, RtuConfig, SharedBuses};
 pub use plan::{Request, plan};
-pub use registers::{ByteOrder, Point, PointType, Table};
+pub use registers::{ByteOrder, Point, PointType, Table, Write};
 
 /// Settings of a Modbus device (`type: modbus`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -51,6 +56,10 @@ pub struct ModbusConfig {
     /// Consecutive failed polls before the device counts as offline (default 3).
     #[serde(default = "default_offline_after")]
     pub offline_after: u32,
+    /// Write with functions 15/16 even a single coil or register, for devices (many energy
+    /// meters) that implement no other write functions (default false: 5/6 where they fit).
+    #[serde(default)]
+    pub write_multiple: bool,
     /// A device profile (`adapters/profiles/modbus/<name>.yaml`) that supplies the points.
     pub profile: Option<String>,
     /// The register map (or the profile's, when empty).
@@ -167,6 +176,7 @@ impl ModbusConfig {
             .map(|p| ValueInfo {
                 name: p.name.clone(),
                 unit: p.unit.clone(),
+                writable: p.writable,
             })
             .collect()
     }
@@ -230,13 +240,39 @@ pub struct ModbusAdapter {
     bus: Option<Arc<tokio::sync::Mutex<RtuBus>>>,
 }
 
-/// What became of one request that did not break the link.
+/// One Modbus transaction.
+enum Op<'a> {
+    /// Reads a coalesced request.
+    Read(&'a Request),
+    /// Writes at an address.
+    Write(u16, &'a Write),
+}
+
+/// What became of one transaction that did not break the link.
 enum Outcome {
+    /// The registers (or bits as 0/1) read; nothing for a write.
     Words(Vec<u16>),
-    /// Counted already; a timeout may leave a late answer on a serial line.
-    Failed {
-        timed_out: bool,
-    },
+    /// Counted already.
+    Failed(Failure),
+}
+
+/// Why a transaction failed while the link stayed up.
+#[derive(Debug)]
+enum Failure {
+    Exception(ExceptionCode),
+    BadResponse(String),
+    /// No answer in time; a late one may still arrive on a serial line.
+    Timeout,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Exception(code) => write!(f, "exception: {code}"),
+            Failure::BadResponse(e) => write!(f, "bad response: {e}"),
+            Failure::Timeout => f.write_str("no answer in time"),
+        }
+    }
 }
 
 /// The name of the error counter for an exception response.
@@ -252,54 +288,73 @@ fn exception_counter(code: ExceptionCode) -> &'static str {
 }
 
 impl ModbusAdapter {
-    /// Runs one request on `modbus`; `Err` is a broken connection.
-    async fn read(
+    /// Runs one transaction on `modbus`; `Err` is a broken connection.
+    async fn call(
         &self,
         modbus: &mut Context,
         ctx: &AdapterContext,
-        request: &Request,
+        op: &Op<'_>,
     ) -> Result<Outcome, AdapterError> {
-        let (start, count) = (request.start, request.count);
+        let multiple = self.config.write_multiple;
         let call = async {
-            match request.table {
-                Table::Holding => modbus.read_holding_registers(start, count).await,
-                Table::Input => modbus.read_input_registers(start, count).await,
-                Table::Coil => bits(modbus.read_coils(start, count).await),
-                Table::DiscreteInput => bits(modbus.read_discrete_inputs(start, count).await),
+            match *op {
+                Op::Read(request) => {
+                    let (start, count) = (request.start, request.count);
+                    match request.table {
+                        Table::Holding => modbus.read_holding_registers(start, count).await,
+                        Table::Input => modbus.read_input_registers(start, count).await,
+                        Table::Coil => bits(modbus.read_coils(start, count).await),
+                        Table::DiscreteInput => {
+                            bits(modbus.read_discrete_inputs(start, count).await)
+                        }
+                    }
+                }
+                Op::Write(address, Write::Coil(on)) if multiple => {
+                    nothing(modbus.write_multiple_coils(address, &[*on]).await)
+                }
+                Op::Write(address, Write::Coil(on)) => {
+                    nothing(modbus.write_single_coil(address, *on).await)
+                }
+                Op::Write(address, Write::Registers(words)) if words.len() == 1 && !multiple => {
+                    nothing(modbus.write_single_register(address, words[0]).await)
+                }
+                Op::Write(address, Write::Registers(words)) => {
+                    nothing(modbus.write_multiple_registers(address, words).await)
+                }
             }
         };
-        match tokio::time::timeout(self.config.timeout, call).await {
-            Ok(Ok(Ok(words))) => Ok(Outcome::Words(words)),
-            Ok(Ok(Err(code))) => {
-                tracing::debug!(device = %ctx.device(), code = ?code, start, count, "Exception response");
-                ctx.counters().count_error(exception_counter(code));
-                Ok(Outcome::Failed { timed_out: false })
-            }
+        let failure = match tokio::time::timeout(self.config.timeout, call).await {
+            Ok(Ok(Ok(words))) => return Ok(Outcome::Words(words)),
             Ok(Err(tokio_modbus::Error::Transport(e))) => {
-                Err(AdapterError::Transport(format!("connection lost: {e}")))
+                return Err(AdapterError::Transport(format!("connection lost: {e}")));
+            }
+            Ok(Ok(Err(code))) => {
+                ctx.counters().count_error(exception_counter(code));
+                Failure::Exception(code)
             }
             Ok(Err(tokio_modbus::Error::Protocol(e))) => {
-                tracing::debug!(device = %ctx.device(), error = %e, "Bad response");
                 ctx.counters().count_error("framing");
-                Ok(Outcome::Failed { timed_out: false })
+                Failure::BadResponse(e.to_string())
             }
             Err(_) => {
                 ctx.counters().count_error("timeout");
-                Ok(Outcome::Failed { timed_out: true })
+                Failure::Timeout
             }
-        }
+        };
+        tracing::debug!(device = %ctx.device(), failure = %failure, "Request failed");
+        Ok(Outcome::Failed(failure))
     }
 
-    /// Runs one request over this device's TCP connection, or on its RS-485 bus while holding
-    /// the bus.
+    /// Runs one transaction over this device's TCP connection, or on its RS-485 bus while
+    /// holding the bus.
     async fn request(
         &self,
         tcp: Option<&mut Context>,
         ctx: &AdapterContext,
-        request: &Request,
+        op: &Op<'_>,
     ) -> Result<Outcome, AdapterError> {
         if let Some(modbus) = tcp {
-            return self.read(modbus, ctx, request).await;
+            return self.call(modbus, ctx, op).await;
         }
         let Some(bus) = &self.bus else {
             return Err(AdapterError::Config("neither `tcp` nor `rtu`".into()));
@@ -309,13 +364,75 @@ impl ModbusAdapter {
             .unit(self.config.unit_id)
             .await
             .map_err(AdapterError::Transport)?;
-        let outcome = self.read(modbus, ctx, request).await;
+        let outcome = self.call(modbus, ctx, op).await;
         bus.done();
         // A late answer would be read as the reply to the next request: start afresh.
-        if matches!(outcome, Err(_) | Ok(Outcome::Failed { timed_out: true })) {
+        if matches!(outcome, Err(_) | Ok(Outcome::Failed(Failure::Timeout))) {
             bus.broken();
         }
         outcome
+    }
+
+    /// Carries out a command: writes the point, then reads it back. `Err` is a broken link
+    /// (the command is answered first).
+    async fn write(
+        &self,
+        mut tcp: Option<&mut Context>,
+        ctx: &AdapterContext,
+        command: Command,
+    ) -> Result<(), AdapterError> {
+        let found = self.config.points.iter().find(|p| p.name == command.point);
+        let point = match found {
+            Some(point) if point.writable => point,
+            _ => {
+                let refusal = format!("`{}` is not a writable point", command.point);
+                command.reply(Err(refusal));
+                return Ok(());
+            }
+        };
+        if command.expired() {
+            command.reply(Err("expired before the device could be reached".into()));
+            return Ok(());
+        }
+        let data = match point.encode(&command.value) {
+            Ok(data) => data,
+            Err(e) => {
+                command.reply(Err(e));
+                return Ok(());
+            }
+        };
+        let outcome = self
+            .request(tcp.as_deref_mut(), ctx, &Op::Write(point.address, &data))
+            .await;
+        match outcome {
+            Ok(Outcome::Words(_)) => {}
+            Ok(Outcome::Failed(failure)) => {
+                command.reply(Err(failure.to_string()));
+                return Ok(());
+            }
+            Err(e) => {
+                command.reply(Err(e.to_string()));
+                return Err(e);
+            }
+        }
+        tracing::info!(device = %ctx.device(), point = %point.name, value = ?command.value, "Point written");
+        let request = Request {
+            table: point.table,
+            start: point.address,
+            count: point.count(),
+            points: Vec::new(),
+        };
+        // The write happened; a failed read-back only leaves the new value unknown.
+        let read_back = match self.request(tcp, ctx, &Op::Read(&request)).await {
+            Ok(Outcome::Words(words)) => point.decode_registers(&words),
+            Ok(Outcome::Failed(_)) => None,
+            Err(e) => {
+                command.reply(Ok(None));
+                return Err(e);
+            }
+        };
+        command.reply(Ok(read_back));
+        Ok(())
     }
 
     /// Polls one schedule; returns the reading (if any value came back) and whether every
@@ -329,8 +446,10 @@ impl ModbusAdapter {
         let mut values = Vec::new();
         let mut failed = 0;
         for request in &schedule.requests {
-            let Outcome::Words(words) = self.request(tcp.as_deref_mut(), ctx, request).await?
-            else {
+            let outcome = self
+                .request(tcp.as_deref_mut(), ctx, &Op::Read(request))
+                .await?;
+            let Outcome::Words(words) = outcome else {
                 failed += 1;
                 continue;
             };
@@ -374,6 +493,11 @@ fn bits(result: tokio_modbus::Result<Vec<bool>>) -> tokio_modbus::Result<Vec<u16
     result.map(|r| r.map(|bits| bits.into_iter().map(u16::from).collect()))
 }
 
+/// A write's empty answer, shaped like a read's.
+fn nothing(result: tokio_modbus::Result<()>) -> tokio_modbus::Result<Vec<u16>> {
+    result.map(|r| r.map(|()| Vec::new()))
+}
+
 #[async_trait]
 impl Adapter for ModbusAdapter {
     async fn run(&mut self, ctx: &AdapterContext) -> Result<(), AdapterError> {
@@ -393,6 +517,10 @@ impl Adapter for ModbusAdapter {
             tokio::select! {
                 () = ctx.cancelled().cancelled() => return Ok(()),
                 () = tokio::time::sleep_until(when) => {}
+                Some(command) = ctx.next_command() => {
+                    self.write(tcp.as_mut(), ctx, command).await?;
+                    continue;
+                }
             }
             let schedule = &self.schedules[index];
             // Keep the schedule's rhythm; after a stall, skip what was missed.
@@ -432,6 +560,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             max_gap: 8,
             offline_after: 3,
+            write_multiple: false,
             profile: Some(profile.into()),
             points: Vec::new(),
         }

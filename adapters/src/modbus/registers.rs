@@ -101,6 +101,18 @@ pub struct Point {
     /// Poll this point at its own interval instead of the device's.
     #[serde(default, with = "humantime_serde")]
     pub interval: Option<std::time::Duration>,
+    /// Whether MQTT may write the point (a coil or holding registers; default false).
+    #[serde(default)]
+    pub writable: bool,
+}
+
+/// What a write puts into the device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    /// One coil.
+    Coil(bool),
+    /// Holding registers from the point's address on.
+    Registers(Vec<u16>),
 }
 
 impl Point {
@@ -161,7 +173,104 @@ impl Point {
         if self.interval.is_some_and(|i| i.is_zero()) {
             problems.push(("interval", "must be longer than zero".into()));
         }
+        if self.writable && !matches!(self.table, Table::Coil | Table::Holding) {
+            problems.push((
+                "writable",
+                "only coils and holding registers can be written".into(),
+            ));
+        }
+        if self.writable && self.bit.is_some() {
+            // Writing one bit means read-modify-write, which races with the device itself.
+            problems.push((
+                "writable",
+                "a bit of a register cannot be written alone".into(),
+            ));
+        }
+        if self.writable && self.scale == Some(0.0) {
+            problems.push((
+                "scale",
+                "a writable point needs a scale other than 0".into(),
+            ));
+        }
         problems
+    }
+
+    /// What writing `value` (in the units the point reads in) puts into the device: scale and
+    /// offset undone, integers rounded and range-checked, bytes in the point's order.
+    pub fn encode(&self, value: &Value) -> Result<Write, String> {
+        let kind = self.kind();
+        if self.table == Table::Coil {
+            return match value {
+                Value::Bool(on) => Ok(Write::Coil(*on)),
+                Value::Int(i @ (0 | 1)) => Ok(Write::Coil(*i == 1)),
+                _ => Err("expects true or false".into()),
+            };
+        }
+        let bytes = match kind {
+            PointType::U16 => in_range::<u16>(self.integer(value)?)?
+                .to_be_bytes()
+                .to_vec(),
+            PointType::I16 => in_range::<i16>(self.integer(value)?)?
+                .to_be_bytes()
+                .to_vec(),
+            PointType::U32 => in_range::<u32>(self.integer(value)?)?
+                .to_be_bytes()
+                .to_vec(),
+            PointType::I32 => in_range::<i32>(self.integer(value)?)?
+                .to_be_bytes()
+                .to_vec(),
+            PointType::U64 => in_range::<u64>(self.integer(value)?)?
+                .to_be_bytes()
+                .to_vec(),
+            PointType::I64 => in_range::<i64>(self.integer(value)?)?
+                .to_be_bytes()
+                .to_vec(),
+            PointType::F32 => {
+                let raw = self.unscaled(value)?;
+                if raw.abs() > f64::from(f32::MAX) {
+                    return Err(format!("{raw} is out of range for f32"));
+                }
+                (raw as f32).to_be_bytes().to_vec()
+            }
+            PointType::F64 => self.unscaled(value)?.to_be_bytes().to_vec(),
+            PointType::String => {
+                let Value::Text(text) = value else {
+                    return Err("expects a string".into());
+                };
+                let room = usize::from(self.count()) * 2;
+                if !text.is_ascii() || text.len() > room {
+                    return Err(format!("expects at most {room} ASCII characters"));
+                }
+                let mut bytes = text.as_bytes().to_vec();
+                bytes.resize(room, 0);
+                bytes
+            }
+            PointType::Bool => return Err("a bit of a register cannot be written".into()),
+        };
+        Ok(Write::Registers(wire_words(&bytes, self.order)))
+    }
+
+    /// A number with scale and offset undone.
+    fn unscaled(&self, value: &Value) -> Result<f64, String> {
+        let number = match value {
+            Value::Int(i) => *i as f64,
+            Value::Float(f) => *f,
+            _ => return Err("expects a number".into()),
+        };
+        let raw = (number - self.offset.unwrap_or(0.0)) / self.scale.unwrap_or(1.0);
+        if raw.is_finite() {
+            Ok(raw)
+        } else {
+            Err(format!("{number} cannot be written"))
+        }
+    }
+
+    /// The raw integer for `value`: exact when nothing is scaled, else rounded.
+    fn integer(&self, value: &Value) -> Result<i128, String> {
+        match value {
+            Value::Int(i) if self.scale.is_none() && self.offset.is_none() => Ok(i128::from(*i)),
+            _ => Ok(self.unscaled(value)?.round() as i128),
+        }
     }
 
     /// Decodes the point from its registers (exactly `count()` of them).
@@ -230,8 +339,15 @@ impl Point {
             offset: None,
             unit: None,
             interval: None,
+            writable: false,
         }
     }
+}
+
+/// `raw` as a `T`, or why it does not fit.
+fn in_range<T: TryFrom<i128>>(raw: i128) -> Result<T, String> {
+    T::try_from(raw)
+        .map_err(|_| format!("{raw} is out of range for {}", std::any::type_name::<T>()))
 }
 
 /// An f32 as the shortest decimal that reads back to it (230.1, not 230.10000610351562).
@@ -245,22 +361,33 @@ fn array<const N: usize>(bytes: &[u8]) -> Option<[u8; N]> {
 
 /// The registers' bytes rearranged into big-endian order.
 fn ordered_bytes(words: &[u16], order: ByteOrder) -> Vec<u8> {
-    let swap_words = matches!(order, ByteOrder::Cdab | ByteOrder::Dcba);
-    let swap_bytes = matches!(order, ByteOrder::Badc | ByteOrder::Dcba);
-    let mut ordered: Vec<u16> = words.to_vec();
-    if swap_words {
-        ordered.reverse();
-    }
-    ordered
+    reorder(words.to_vec(), order)
         .into_iter()
-        .flat_map(|w| {
-            if swap_bytes {
-                w.to_le_bytes()
-            } else {
-                w.to_be_bytes()
-            }
-        })
+        .flat_map(u16::to_be_bytes)
         .collect()
+}
+
+/// Big-endian bytes as the registers that hold them in `order`.
+fn wire_words(bytes: &[u8], order: ByteOrder) -> Vec<u16> {
+    let words = bytes
+        .chunks(2)
+        .map(|pair| u16::from_be_bytes([pair[0], pair.get(1).copied().unwrap_or(0)]))
+        .collect();
+    reorder(words, order)
+}
+
+/// Swaps words and bytes as `order` says. Each swap undoes itself, so the same function turns
+/// wire order into big-endian order and back.
+fn reorder(mut words: Vec<u16>, order: ByteOrder) -> Vec<u16> {
+    if matches!(order, ByteOrder::Cdab | ByteOrder::Dcba) {
+        words.reverse();
+    }
+    if matches!(order, ByteOrder::Badc | ByteOrder::Dcba) {
+        for word in &mut words {
+            *word = word.swap_bytes();
+        }
+    }
+    words
 }
 
 #[cfg(test)]
@@ -355,5 +482,93 @@ mod tests {
         s.length = Some(4);
         s.address = 65534;
         assert_eq!(s.problems()[0].0, "address");
+    }
+
+    #[test]
+    fn writes_read_back_as_written_in_every_type_and_order() {
+        let cases = [
+            (PointType::U16, Value::Int(65535)),
+            (PointType::I16, Value::Int(-2)),
+            (PointType::U32, Value::Int(0x0102_0304)),
+            (PointType::I32, Value::Int(-100_000)),
+            (PointType::U64, Value::Int(i64::MAX)),
+            (PointType::I64, Value::Int(-10)),
+            (PointType::F32, Value::Float(230.1)),
+            (PointType::F64, Value::Float(-1.5e300)),
+        ];
+        for order in [
+            ByteOrder::Abcd,
+            ByteOrder::Cdab,
+            ByteOrder::Badc,
+            ByteOrder::Dcba,
+        ] {
+            for (kind, value) in &cases {
+                let p = point(*kind, order);
+                let Ok(Write::Registers(words)) = p.encode(value) else {
+                    panic!("{kind:?} {order:?}: {:?}", p.encode(value));
+                };
+                assert_eq!(
+                    p.decode_registers(&words).as_ref(),
+                    Some(value),
+                    "{kind:?} {order:?}"
+                );
+            }
+        }
+        // The wire layout itself, not only the round trip.
+        assert_eq!(
+            point(PointType::F32, ByteOrder::Cdab).encode(&Value::Float(230.1)),
+            Ok(Write::Registers(vec![0x199A, 0x4366]))
+        );
+        let mut s = point(PointType::String, ByteOrder::Abcd);
+        s.length = Some(3);
+        assert_eq!(
+            s.encode(&Value::Text("SDM1".into())),
+            Ok(Write::Registers(vec![0x5344, 0x4D31, 0]))
+        );
+        assert!(s.encode(&Value::Text("too long!".into())).is_err());
+    }
+
+    #[test]
+    fn writes_undo_scaling_and_refuse_what_does_not_fit() {
+        let mut setpoint = point(PointType::I16, ByteOrder::Abcd);
+        setpoint.scale = Some(0.1);
+        setpoint.offset = Some(-40.0);
+        assert_eq!(
+            setpoint.encode(&Value::Float(-18.5)),
+            Ok(Write::Registers(vec![215]))
+        );
+        assert!(
+            setpoint
+                .encode(&Value::Float(4000.0))
+                .unwrap_err()
+                .contains("out of range")
+        );
+        assert!(setpoint.encode(&Value::Bool(true)).is_err());
+        let u16 = point(PointType::U16, ByteOrder::Abcd);
+        assert!(u16.encode(&Value::Int(-1)).is_err());
+        assert!(u16.encode(&Value::Int(65536)).is_err());
+        assert!(
+            point(PointType::F32, ByteOrder::Abcd)
+                .encode(&Value::Float(1e39))
+                .is_err()
+        );
+        let coil = Point::plain(Table::Coil, 7, PointType::Bool);
+        assert_eq!(coil.encode(&Value::Bool(true)), Ok(Write::Coil(true)));
+        assert_eq!(coil.encode(&Value::Int(0)), Ok(Write::Coil(false)));
+        assert!(coil.encode(&Value::Float(0.5)).is_err());
+    }
+
+    #[test]
+    fn only_coils_and_whole_holding_registers_are_writable() {
+        let mut input = Point::plain(Table::Input, 0, PointType::U16);
+        input.writable = true;
+        assert_eq!(input.problems()[0].0, "writable");
+        let mut bit = point(PointType::Bool, ByteOrder::Abcd);
+        bit.bit = Some(2);
+        bit.writable = true;
+        assert_eq!(bit.problems()[0].0, "writable");
+        let mut holding = point(PointType::F32, ByteOrder::Cdab);
+        holding.writable = true;
+        assert!(holding.problems().is_empty());
     }
 }

@@ -388,6 +388,7 @@ impl UartConfig {
             .map(|v| ValueInfo {
                 name: v.name.clone(),
                 unit: v.unit.clone(),
+                writable: false,
             })
             .collect()
     }

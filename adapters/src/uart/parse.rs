@@ -187,7 +187,7 @@ impl LineParser {
                     .map_err(|e| ParseError::Malformed(format!("not a JSON object: {e}")))?;
                 Ok(object
                     .into_iter()
-                    .filter_map(|(k, v)| json_value(v).map(|v| (k, v)))
+                    .filter_map(|(k, v)| Value::from_json(v).map(|v| (k, v)))
                     .collect())
             }
             LineParser::KeyValue => {
@@ -230,18 +230,6 @@ impl LineParser {
                     .collect())
             }
         }
-    }
-}
-
-fn json_value(v: serde_json::Value) -> Option<Value> {
-    match v {
-        serde_json::Value::Bool(b) => Some(Value::Bool(b)),
-        serde_json::Value::Number(n) => n
-            .as_i64()
-            .map(Value::Int)
-            .or_else(|| n.as_f64().map(Value::Float)),
-        serde_json::Value::String(s) => Some(Value::Text(s)),
-        _ => None,
     }
 }
 
