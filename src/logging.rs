@@ -7,7 +7,10 @@ use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber. Call once, at start.
 pub fn init() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // tokio-modbus logs every byte it skips in a corrupted RTU frame; Cairn counts those
+    // frames itself (the `crc` error counter), so its own lines are off unless asked for.
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,tokio_modbus=off"));
     let terminal = std::io::stderr().is_terminal();
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
     let builder = tracing_subscriber::fmt()

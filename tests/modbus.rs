@@ -165,3 +165,166 @@ fn units_sharing_an_rs485_bus_are_polled_in_turn() {
     assert!(readings(&sub, "absent").is_empty());
     cairn.wait_log("device=absent errors=");
 }
+
+#[test]
+fn writes_over_mqtt_reach_the_device_and_are_answered() {
+    let mut broker = Broker::start();
+    let sub = Subscriber::start(&broker, "cairn/test/#");
+    let server = ModbusServer::start();
+    let devices = format!(
+        "  - name: boiler\n    type: modbus\n    tcp: {{host: 127.0.0.1, port: {port}}}\n    interval: 200ms\n    points:\n\
+         \x20     - {{name: setpoint, table: holding, address: 11, scale: 0.1, writable: true}}\n\
+         \x20     - {{name: limit, table: holding, address: 2, type: f32, order: cdab, writable: true}}\n\
+         \x20     - {{name: pump, table: coil, address: 0, writable: true}}\n\
+         \x20     - {{name: model, table: holding, address: 12, type: string, length: 3}}\n\
+         \x20 - name: meter\n    type: modbus\n    tcp: {{host: 127.0.0.1, port: {port}}}\n    unit_id: 2\n\
+         \x20   interval: 200ms\n    write_multiple: true\n    points:\n\
+         \x20     - {{name: v, table: holding, address: 8, writable: true}}\n\
+         \x20     - {{name: relay, table: coil, address: 2, writable: true}}\n",
+        port = server.port
+    );
+    let cairn = Cairn::start(&config(broker.port, &devices));
+    assert!(sub.wait_until(PATIENCE, |r| {
+        r.data().any(|(t, _)| t == "cairn/test/boiler")
+            && r.data().any(|(t, _)| t == "cairn/test/meter")
+    }));
+    let meta: serde_json::Value = serde_json::from_str(
+        sub.with(|r| r.last_on("cairn/test/boiler/meta").unwrap().to_string())
+            .as_str(),
+    )
+    .unwrap();
+    assert_eq!(
+        meta["writable"],
+        serde_json::json!(["setpoint", "limit", "pump"])
+    );
+
+    // Each write is answered with the value read back from the device; the id is echoed.
+    let cases = [
+        (
+            "boiler/setpoint",
+            r#"{"value": 23.4, "id": "r1"}"#,
+            serde_json::json!({"ok": true, "value": 23.4, "id": "r1"}),
+        ),
+        (
+            "boiler/limit",
+            "250.5",
+            serde_json::json!({"ok": true, "value": 250.5}),
+        ),
+        (
+            "boiler/pump",
+            "false",
+            serde_json::json!({"ok": true, "value": false}),
+        ),
+        (
+            "meter/v",
+            "-3",
+            serde_json::json!({"ok": false, "error": "-3 is out of range for u16"}),
+        ),
+        (
+            "meter/v",
+            "4242",
+            serde_json::json!({"ok": true, "value": 4242}),
+        ),
+        (
+            "meter/relay",
+            "true",
+            serde_json::json!({"ok": true, "value": true}),
+        ),
+        (
+            "boiler/model",
+            "\"X\"",
+            serde_json::json!({"ok": false, "error": "`model` is not writable (a point needs `writable: true`)"}),
+        ),
+    ];
+    for (point, payload, expected) in cases {
+        let answer = command(&broker, &sub, &cairn, point, payload, false);
+        assert_eq!(answer, expected, "{point} <- {payload}");
+    }
+
+    // The polls that follow read what was written.
+    let polled = readings(&sub, "boiler").len();
+    assert!(sub.wait_until(PATIENCE, |r| {
+        r.data().filter(|(t, _)| *t == "cairn/test/boiler").count() > polled
+    }));
+    let last = readings(&sub, "boiler").pop().unwrap();
+    assert_eq!(
+        (&last["setpoint"], &last["limit"], &last["pump"]),
+        (&23.4.into(), &250.5.into(), &false.into())
+    );
+
+    // A retained command is carried out once, when it arrives; it is not replayed when the
+    // uplink reconnects and the broker hands it out again.
+    let once = command(&broker, &sub, &cairn, "meter/v", "1", true);
+    assert_eq!(once["value"], 1);
+    let later = command(&broker, &sub, &cairn, "meter/v", "5", false);
+    assert_eq!(later["value"], 5);
+    broker.stop();
+    broker.restart();
+    cairn.wait_log("Retained command ignored");
+    let polled = readings(&sub, "meter").len();
+    assert!(sub.wait_until(PATIENCE, |r| {
+        r.data().filter(|(t, _)| *t == "cairn/test/meter").count() > polled
+    }));
+    assert_eq!(readings(&sub, "meter").pop().unwrap()["v"], 5);
+}
+
+#[test]
+fn corrupted_rtu_answers_are_counted_and_never_read_as_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start();
+    let sub = Subscriber::start(&broker, "cairn/test/#");
+    let line = support::serial::NoisyLine::start(dir.path());
+    let _server = ModbusServer::start_rtu(&line.device);
+    let devices = format!(
+        "  - name: unit1\n    type: modbus\n    rtu: {{port: {}, baud: 19200}}\n    interval: 200ms\n\
+         \x20   timeout: 300ms\n    offline_after: 1000\n\
+         \x20   points: [{{name: v, table: holding, address: 8, type: i16}}, {{name: f, table: holding, address: 0, type: f32}}]\n",
+        line.port.display()
+    );
+    let cairn = Cairn::start(&config(broker.port, &devices));
+    assert!(sub.wait_until(PATIENCE, |r| r.data().count() >= 2));
+    line.set_noisy(true);
+    // tokio-modbus drops the bytes of an answer whose CRC fails, then gives up on it: counted
+    // as `crc`, the bus is reopened, and the device stays on its schedule.
+    cairn.wait_log(r#"device=unit1 errors={"crc": "#);
+    line.set_noisy(false);
+    let before = readings(&sub, "unit1").len();
+    assert!(
+        sub.wait_until(PATIENCE, |r| r.data().count() >= before + 3),
+        "{}",
+        cairn.log()
+    );
+    assert!(
+        readings(&sub, "unit1")
+            .iter()
+            .all(|v| *v == serde_json::json!({"v": -2, "f": 230.1})),
+        "no corrupted value was ever published"
+    );
+    assert!(!cairn.log().contains("Device offline"), "{}", cairn.log());
+}
+
+/// Publishes `payload` on `<point>/set` and returns the answer on `<point>/result`, without
+/// its timestamp.
+fn command(
+    broker: &Broker,
+    sub: &Subscriber,
+    cairn: &Cairn,
+    point: &str,
+    payload: &str,
+    retain: bool,
+) -> serde_json::Value {
+    let topic = format!("cairn/test/{point}/result");
+    let answers = |r: &support::Received| r.messages.iter().filter(|(t, _)| *t == topic).count();
+    let before = sub.with(answers);
+    broker.publish(&format!("cairn/test/{point}/set"), payload, retain);
+    assert!(
+        sub.wait_until(PATIENCE, |r| answers(r) > before),
+        "no answer to {point} <- {payload}\n{}",
+        cairn.log()
+    );
+    let answer = sub.with(|r| r.last_on(&topic).unwrap().to_string());
+    let mut answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    assert!(answer["ts"].is_string());
+    answer.as_object_mut().unwrap().remove("ts");
+    answer
+}

@@ -45,6 +45,7 @@ pub enum DeviceStatus {
 #[derive(Debug, Default)]
 pub struct DeviceCounters {
     readings: AtomicU64,
+    requests: AtomicU64,
     restarts: AtomicU64,
     errors: Mutex<BTreeMap<&'static str, u64>>,
 }
@@ -53,6 +54,16 @@ impl DeviceCounters {
     /// Readings handed to the pipeline.
     pub fn readings(&self) -> u64 {
         self.readings.load(Ordering::Relaxed)
+    }
+
+    /// Requests sent to the device (Modbus transactions, serial polls).
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Counts one request.
+    pub fn count_request(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Times the supervisor restarted the adapter after a failure.

@@ -124,6 +124,18 @@ impl Broker {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
     }
+
+    /// Publishes one message at QoS 1 with `mosquitto_pub`, as an independent client would.
+    pub fn publish(&self, topic: &str, payload: &str, retain: bool) {
+        let mut pub_ = Command::new("mosquitto_pub");
+        pub_.args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-q", "1"])
+            .args(["-t", topic, "-m", payload]);
+        if retain {
+            pub_.arg("-r");
+        }
+        let status = pub_.status().expect("mosquitto_pub is installed");
+        assert!(status.success(), "mosquitto_pub {topic} {payload}");
+    }
 }
 
 impl Drop for Broker {

@@ -261,6 +261,8 @@ enum Outcome {
 enum Failure {
     Exception(ExceptionCode),
     BadResponse(String),
+    /// An RTU answer that failed its CRC, which tokio-modbus gave up resynchronizing on.
+    Corrupted,
     /// No answer in time; a late one may still arrive on a serial line.
     Timeout,
 }
@@ -270,6 +272,7 @@ impl std::fmt::Display for Failure {
         match self {
             Failure::Exception(code) => write!(f, "exception: {code}"),
             Failure::BadResponse(e) => write!(f, "bad response: {e}"),
+            Failure::Corrupted => f.write_str("corrupted answer (CRC)"),
             Failure::Timeout => f.write_str("no answer in time"),
         }
     }
@@ -323,8 +326,17 @@ impl ModbusAdapter {
                 }
             }
         };
+        ctx.counters().count_request();
         let failure = match tokio::time::timeout(self.config.timeout, call).await {
             Ok(Ok(Ok(words))) => return Ok(Outcome::Words(words)),
+            // Noise on an RS-485 line is a bad answer, not a lost link: the bus is reopened
+            // (dropping what is left of the frame) and the device keeps its schedule.
+            Ok(Err(tokio_modbus::Error::Transport(e)))
+                if self.bus.is_some() && e.kind() == std::io::ErrorKind::InvalidData =>
+            {
+                ctx.counters().count_error("crc");
+                Failure::Corrupted
+            }
             Ok(Err(tokio_modbus::Error::Transport(e))) => {
                 return Err(AdapterError::Transport(format!("connection lost: {e}")));
             }
@@ -367,7 +379,10 @@ impl ModbusAdapter {
         let outcome = self.call(modbus, ctx, op).await;
         bus.done();
         // A late answer would be read as the reply to the next request: start afresh.
-        if matches!(outcome, Err(_) | Ok(Outcome::Failed(Failure::Timeout))) {
+        if matches!(
+            outcome,
+            Err(_) | Ok(Outcome::Failed(Failure::Timeout | Failure::Corrupted))
+        ) {
             bus.broken();
         }
         outcome

@@ -548,6 +548,7 @@ impl Adapter for UartAdapter {
                 },
                 _ = async { poll.as_mut()?.tick().await; Some(()) }, if poll.is_some() => {
                     writer.write_all(&request).await.map_err(|e| AdapterError::Transport(format!("write failed: {e}")))?;
+                    ctx.counters().count_request();
                 }
             }
             for kind in errors.drain(..) {
