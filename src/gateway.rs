@@ -11,6 +11,7 @@ use tracing::{info, warn};
 
 use crate::commands::Router;
 use crate::config::Config;
+use crate::feed::{self, FeedSources};
 use crate::live::LiveBus;
 use crate::supervisor::{self, DeviceHandle};
 use crate::uplink::Uplink;
@@ -39,7 +40,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let (sink, readings) = pipeline::channel();
     let writer = tokio::spawn(writer.run(readings, live.clone()));
 
-    let metas = config
+    let metas: Vec<DeviceMeta> = config
         .devices()
         .map(|d| {
             DeviceMeta::new(
@@ -75,12 +76,36 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let uplink = Uplink::new(
         &config.mqtt,
         &config.gateway.id,
-        metas,
+        metas.clone(),
         (reader.clone(), acker),
         commands,
     )
     .context("cannot set up the MQTT uplink")?;
+    let uplink_status = uplink.status();
     let uplink = tokio::spawn(uplink.run(stop_uplink.clone()));
+
+    // The feed starts whatever the broker does, and stops last, so people on site see the
+    // gateway until it is gone.
+    let stop_feed = CancellationToken::new();
+    let mut feed_tasks = JoinSet::new();
+    if config.feed.enabled {
+        let sources = FeedSources {
+            gateway: config.gateway.id.clone(),
+            metas,
+            devices: devices.clone(),
+            uplink: uplink_status,
+            store: reader.clone(),
+            live: live.clone(),
+        };
+        feed::start(
+            &config.feed,
+            &config.gateway.data_dir,
+            sources,
+            stop_feed.clone(),
+            &mut feed_tasks,
+        )
+        .await;
+    }
 
     // From here only the adapters hold senders: the channel closes when the last one stops.
     drop(sink);
@@ -99,7 +124,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             .context("the outbox writer crashed")?
             .context("the outbox writer failed")
     };
-    match tokio::time::timeout(config.gateway.shutdown_timeout, ordered).await {
+    let outcome = tokio::time::timeout(config.gateway.shutdown_timeout, ordered).await;
+    stop_feed.cancel();
+    while feed_tasks.join_next().await.is_some() {}
+    match outcome {
         Ok(result) => {
             result?;
             info!(backlog = reader.stats().backlog, "Stopped cleanly");

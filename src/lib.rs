@@ -3,12 +3,14 @@
 //! The path of one reading: an adapter (in `cairn-adapters`) emits a [`Reading`] into the
 //! [`pipeline`]; the [`store`] gives it a sequence number and commits it to the outbox; the
 //! [`uplink`] publishes it and deletes it once the broker acknowledged it; the [`live`] bus
-//! carries every committed reading to local subscribers. The [`gateway`] builds and wires
+//! carries every committed reading to local subscribers, and the [`feed`] serves it on site
+//! (dashboard, WebSocket, HTTP API). The [`gateway`] builds and wires
 //! these from the [`config`], and the [`supervisor`] keeps the adapters running.
 
 pub mod backoff;
 pub mod commands;
 pub mod config;
+pub mod feed;
 pub mod gateway;
 pub mod live;
 pub mod logging;

@@ -31,6 +31,9 @@ pub struct Config {
     /// The store-and-forward outbox.
     #[serde(default)]
     pub buffer: BufferConfig,
+    /// The dashboard, WebSocket feed and HTTP API on site.
+    #[serde(default)]
+    pub feed: FeedConfig,
     /// The devices to read.
     #[serde(default)]
     pub devices: Vec<Spanned<DeviceConfig>>,
@@ -149,6 +152,86 @@ pub struct BufferConfig {
     /// Most readings in one transaction.
     #[serde(default = "default_max_batch")]
     pub max_batch: usize,
+}
+
+/// `feed:` — the local dashboard, WebSocket push feed and HTTP API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedConfig {
+    /// Whether to serve the feed at all (default true).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Address and port to listen on (default `0.0.0.0:8080`).
+    #[serde(default = "default_listen")]
+    pub listen: std::net::SocketAddr,
+    /// A token the API and WebSocket require, best given as `${VAR}` or through `token_file`;
+    /// none means open to the local network.
+    pub token: Option<String>,
+    /// A file whose content (trailing newline removed) is the token.
+    pub token_file: Option<Spanned<PathBuf>>,
+    /// Most WebSocket clients at once (default 256).
+    #[serde(default = "default_max_clients")]
+    pub max_clients: usize,
+    /// Feed messages kept for clients that reconnect with `?since=` (default 10000).
+    #[serde(default = "default_replay")]
+    pub replay: usize,
+    /// The local history that charts backfill from.
+    #[serde(default)]
+    pub history: HistoryConfig,
+}
+
+/// `feed.history:` — recent values kept on site, apart from the outbox.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// How long values are kept (default 24h; `0s` turns history off).
+    #[serde(default = "default_history_keep", with = "humantime_serde")]
+    pub keep: Duration,
+    /// At most one reading per device per this period is kept (default 1s).
+    #[serde(default = "default_history_every", with = "humantime_serde")]
+    pub every: Duration,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_listen() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([0, 0, 0, 0], 8080))
+}
+fn default_max_clients() -> usize {
+    256
+}
+fn default_replay() -> usize {
+    10_000
+}
+fn default_history_keep() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+fn default_history_every() -> Duration {
+    Duration::from_secs(1)
+}
+
+impl Default for FeedConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: default_listen(),
+            token: None,
+            token_file: None,
+            max_clients: default_max_clients(),
+            replay: default_replay(),
+            history: HistoryConfig::default(),
+        }
+    }
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        Self {
+            keep: default_history_keep(),
+            every: default_history_every(),
+        }
+    }
 }
 
 fn default_data_dir() -> PathBuf {
@@ -402,6 +485,25 @@ impl Config {
         if self.buffer.max_batch == 0 {
             push("buffer.max_batch", "must be at least 1".into());
         }
+        let feed = &self.feed;
+        if feed.token.is_some() && feed.token_file.is_some() {
+            push(
+                "feed.token_file",
+                "give either `token` or `token_file`, not both".into(),
+            );
+        }
+        if feed.token.as_ref().is_some_and(|t| t.is_empty()) {
+            push("feed.token", "must not be empty".into());
+        }
+        if feed.max_clients == 0 || feed.replay == 0 {
+            push(
+                "feed.max_clients",
+                "`max_clients` and `replay` must be at least 1".into(),
+            );
+        }
+        if feed.history.every.is_zero() {
+            push("feed.history.every", "must be longer than zero".into());
+        }
         for (i, device) in self.devices.iter().enumerate() {
             let at = location(device);
             let d = &device.value;
@@ -455,17 +557,12 @@ impl Config {
         let mut problems = Vec::new();
         let mqtt = &mut self.mqtt;
         if let Some(file) = &mqtt.password_file {
-            match std::fs::read_to_string(&file.value) {
-                Ok(secret) => {
-                    mqtt.password = Some(secret.trim_end_matches(['\n', '\r']).to_string())
-                }
-                Err(e) => problems.push(Problem::new(
-                    location(file),
-                    "mqtt.password_file",
-                    format!("cannot read {}: {e}", file.value.display()),
-                )),
-            }
+            mqtt.password = read_secret(file, "mqtt.password_file", &mut problems);
         }
+        if let Some(file) = &self.feed.token_file {
+            self.feed.token = read_secret(file, "feed.token_file", &mut problems);
+        }
+        let mqtt = &self.mqtt;
         if let Some(tls) = &mqtt.tls {
             let files = [
                 ("ca_file", Some(&tls.ca_file)),
@@ -496,6 +593,21 @@ impl Config {
 fn location<T>(spanned: &Spanned<T>) -> Option<(usize, usize)> {
     let l = spanned.referenced;
     (l.line() > 0).then(|| (l.line() as usize, l.column() as usize))
+}
+
+/// The content of a secret file, trailing newline removed, or a problem at `path`.
+fn read_secret(file: &Spanned<PathBuf>, path: &str, problems: &mut Vec<Problem>) -> Option<String> {
+    match std::fs::read_to_string(&file.value) {
+        Ok(secret) => Some(secret.trim_end_matches(['\n', '\r']).to_string()),
+        Err(e) => {
+            problems.push(Problem::new(
+                location(file),
+                path,
+                format!("cannot read {}: {e}", file.value.display()),
+            ));
+            None
+        }
+    }
 }
 
 /// Whether `s` can be one MQTT topic level and a file-safe name.

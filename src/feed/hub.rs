@@ -1,0 +1,442 @@
+//! The feed's hub: one task turns the live bus into feed messages, each serialized once for
+//! every client, numbered, kept in a bounded replay ring, and folded into the latest-value
+//! snapshot that new and lagging clients start from.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use axum::extract::ws::Utf8Bytes;
+use cairn_adapters::DeviceStatus;
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+use wildmatch::WildMatch;
+
+use crate::live::LiveEvent;
+use crate::store::Record;
+use crate::uplink::topics::DeviceMeta;
+
+/// Messages a client may be behind before it lags and starts again from a snapshot.
+pub const CLIENT_QUEUE: usize = 1024;
+
+/// One feed message, serialized once for all clients.
+#[derive(Debug)]
+pub struct Message {
+    /// The feed's own sequence number (not the outbox `seq`).
+    pub seq: u64,
+    /// The device it is about.
+    pub device: Arc<str>,
+    /// The JSON text frame.
+    pub text: Utf8Bytes,
+    /// For readings: the record, so that a client filtering values can re-encode a subset.
+    pub record: Option<Arc<Record>>,
+}
+
+/// The latest of one value.
+#[derive(Debug, Clone, Serialize)]
+pub struct Latest {
+    /// The value.
+    pub value: serde_json::Value,
+    /// When it was read.
+    pub ts: String,
+    /// The reading's outbox `seq`.
+    pub seq: i64,
+}
+
+/// What the feed knows of one device right now.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceView {
+    /// Adapter type.
+    pub adapter: &'static str,
+    /// `online`, `offline`, `error` or `finished`.
+    pub status: &'static str,
+    /// Why, for `error`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// When its last reading was taken.
+    pub last_seen: Option<String>,
+    /// Unit of each value.
+    pub units: serde_json::Map<String, serde_json::Value>,
+    /// The latest value of each metric.
+    pub values: BTreeMap<String, Latest>,
+}
+
+/// Which devices and values a client wants; empty lists mean all. Globs use `*` and `?`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Filter {
+    /// Device name patterns.
+    #[serde(default)]
+    pub devices: Vec<String>,
+    /// Value name patterns.
+    #[serde(default)]
+    pub values: Vec<String>,
+}
+
+impl Filter {
+    fn matches(patterns: &[String], name: &str) -> bool {
+        patterns.is_empty() || patterns.iter().any(|p| WildMatch::new(p).matches(name))
+    }
+
+    /// Whether the client wants messages about `device`.
+    pub fn device(&self, device: &str) -> bool {
+        Self::matches(&self.devices, device)
+    }
+
+    /// Whether the client wants the value `name`.
+    pub fn value(&self, name: &str) -> bool {
+        Self::matches(&self.values, name)
+    }
+
+    /// Whether the client takes every value of the devices it follows.
+    pub fn all_values(&self) -> bool {
+        self.values.is_empty()
+    }
+}
+
+/// Where a joining client starts.
+pub enum Start {
+    /// The messages it missed since the `seq` it named.
+    Replay(Vec<Arc<Message>>),
+    /// A fresh snapshot (text) as of feed seq `.1`.
+    Snapshot(Utf8Bytes, u64),
+}
+
+struct State {
+    last: u64,
+    ring: VecDeque<Arc<Message>>,
+    capacity: usize,
+    devices: BTreeMap<Arc<str>, DeviceView>,
+    lost: u64,
+}
+
+/// The shared side of the hub: clients join here; the API reads the latest values.
+#[derive(Clone)]
+pub struct Hub {
+    state: Arc<Mutex<State>>,
+    tx: broadcast::Sender<Arc<Message>>,
+}
+
+/// The outbox payload, as far as the hub reads it.
+#[derive(Deserialize)]
+struct Payload {
+    ts: String,
+    values: serde_json::Map<String, serde_json::Value>,
+}
+
+fn status_name(status: &DeviceStatus) -> (&'static str, Option<String>) {
+    match status {
+        DeviceStatus::Online => ("online", None),
+        DeviceStatus::Offline => ("offline", None),
+        DeviceStatus::Finished => ("finished", None),
+        DeviceStatus::Error(message) => ("error", Some(message.clone())),
+    }
+}
+
+impl Hub {
+    /// A hub for `devices` that keeps `replay` messages for reconnecting clients.
+    pub fn new(devices: &[DeviceMeta], replay: usize) -> Self {
+        let devices = devices
+            .iter()
+            .map(|d| {
+                let view = DeviceView {
+                    adapter: d.adapter,
+                    status: "offline",
+                    error: None,
+                    last_seen: None,
+                    units: d.units.clone(),
+                    values: BTreeMap::new(),
+                };
+                (Arc::from(d.name.as_str()), view)
+            })
+            .collect();
+        let state = State {
+            last: 0,
+            ring: VecDeque::with_capacity(replay.min(4096)),
+            capacity: replay,
+            devices,
+            lost: 0,
+        };
+        Self {
+            state: Arc::new(Mutex::new(state)),
+            tx: broadcast::channel(CLIENT_QUEUE).0,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Feeds the hub from the live bus until `cancel` fires.
+    pub async fn run(self, mut live: broadcast::Receiver<LiveEvent>, cancel: CancellationToken) {
+        loop {
+            let event = tokio::select! {
+                () = cancel.cancelled() => return,
+                event = live.recv() => event,
+            };
+            match event {
+                Ok(event) => self.accept(event),
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    self.lock().lost += n;
+                    warn!(
+                        missed = n,
+                        "Feed fell behind the live bus; clients miss these readings"
+                    );
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+
+    /// Turns one live event into a feed message.
+    fn accept(&self, event: LiveEvent) {
+        let mut state = self.lock();
+        let seq = state.last + 1;
+        let message = match event {
+            LiveEvent::Reading(record) => {
+                let Ok(payload) = serde_json::from_slice::<Payload>(&record.payload) else {
+                    return;
+                };
+                if let Some(view) = state.devices.get_mut(&record.device) {
+                    for (name, value) in payload.values {
+                        let latest = Latest {
+                            value,
+                            ts: payload.ts.clone(),
+                            seq: record.seq,
+                        };
+                        view.values.insert(name, latest);
+                    }
+                    view.last_seen = Some(payload.ts);
+                }
+                Message {
+                    seq,
+                    device: record.device.clone(),
+                    text: reading_text(seq, &record),
+                    record: Some(record),
+                }
+            }
+            LiveEvent::Status { device, status } => {
+                let (name, error) = status_name(&status);
+                if let Some(view) = state.devices.get_mut(&device) {
+                    view.status = name;
+                    view.error.clone_from(&error);
+                }
+                let text = serde_json::json!({
+                    "type": "status", "feed_seq": seq, "device": &*device, "status": name, "error": error,
+                });
+                Message {
+                    seq,
+                    device,
+                    text: Utf8Bytes::from(text.to_string()),
+                    record: None,
+                }
+            }
+        };
+        let message = Arc::new(message);
+        state.last = seq;
+        if state.ring.len() == state.capacity {
+            state.ring.pop_front();
+        }
+        state.ring.push_back(message.clone());
+        // Under the lock, so that a joining client's snapshot and subscription line up.
+        let _ = self.tx.send(message);
+    }
+
+    /// Subscribes a client: it gets what it missed after `since` if the ring still holds it,
+    /// else a snapshot; then every message from the receiver.
+    pub fn join(
+        &self,
+        since: Option<u64>,
+        filter: &Filter,
+    ) -> (Start, broadcast::Receiver<Arc<Message>>) {
+        let state = self.lock();
+        let rx = self.tx.subscribe();
+        let oldest = state.ring.front().map_or(state.last + 1, |m| m.seq);
+        let start = match since {
+            Some(since) if since <= state.last && since + 1 >= oldest => Start::Replay(
+                state
+                    .ring
+                    .iter()
+                    .filter(|m| m.seq > since)
+                    .cloned()
+                    .collect(),
+            ),
+            _ => Start::Snapshot(snapshot_text(&state, filter), state.last),
+        };
+        (start, rx)
+    }
+
+    /// A snapshot for `filter` now, and the feed seq it is as of.
+    pub fn snapshot(&self, filter: &Filter) -> (Utf8Bytes, u64) {
+        let state = self.lock();
+        (snapshot_text(&state, filter), state.last)
+    }
+
+    /// What the feed knows of every device.
+    pub fn devices(&self) -> BTreeMap<Arc<str>, DeviceView> {
+        self.lock().devices.clone()
+    }
+
+    /// Live events the hub itself missed (it fell behind the live bus).
+    pub fn lost(&self) -> u64 {
+        self.lock().lost
+    }
+
+    /// Connected clients (subscribers of the hub).
+    pub fn clients(&self) -> usize {
+        self.tx.receiver_count()
+    }
+}
+
+impl Message {
+    /// The text for a client with `filter`, or `None` when it wants none of it.
+    pub fn text_for(&self, filter: &Filter) -> Option<Utf8Bytes> {
+        if !filter.device(&self.device) {
+            return None;
+        }
+        match &self.record {
+            Some(record) if !filter.all_values() => filtered_reading(self.seq, record, filter),
+            _ => Some(self.text.clone()),
+        }
+    }
+}
+
+/// The feed's fields that go in front of a reading's payload.
+fn reading_head(seq: u64, device: &str) -> String {
+    let device = serde_json::to_string(device).unwrap_or_default();
+    format!(r#"{{"type":"reading","feed_seq":{seq},"device":{device},"#)
+}
+
+/// A reading message: the outbox payload with the feed's fields spliced in front, so the
+/// payload is not encoded again.
+fn reading_text(seq: u64, record: &Record) -> Utf8Bytes {
+    let body = String::from_utf8_lossy(record.payload.get(1..).unwrap_or_default());
+    Utf8Bytes::from(reading_head(seq, &record.device) + &body)
+}
+
+/// A reading message with only the values `filter` wants; `None` if it wants none.
+fn filtered_reading(seq: u64, record: &Record, filter: &Filter) -> Option<Utf8Bytes> {
+    let mut payload: serde_json::Value = serde_json::from_slice(&record.payload).ok()?;
+    let values = payload.get_mut("values")?.as_object_mut()?;
+    values.retain(|name, _| filter.value(name));
+    if values.is_empty() {
+        return None;
+    }
+    let text = payload.to_string();
+    Some(Utf8Bytes::from(
+        reading_head(seq, &record.device) + text.get(1..)?,
+    ))
+}
+
+fn snapshot_text(state: &State, filter: &Filter) -> Utf8Bytes {
+    let devices: BTreeMap<&str, DeviceView> = state
+        .devices
+        .iter()
+        .filter(|(name, _)| filter.device(name))
+        .map(|(name, view)| {
+            let mut view = view.clone();
+            view.values.retain(|value, _| filter.value(value));
+            (&**name, view)
+        })
+        .collect();
+    let text = serde_json::json!({
+        "type": "snapshot",
+        "feed_seq": state.last,
+        "ts": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+        "devices": devices,
+    });
+    Utf8Bytes::from(text.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(seq: i64, device: &str, values: &str) -> LiveEvent {
+        let payload =
+            format!(r#"{{"seq":{seq},"ts":"2026-11-25T10:00:00.000Z","values":{values}}}"#);
+        LiveEvent::Reading(Arc::new(Record {
+            seq,
+            device: Arc::from(device),
+            ts_ms: 0,
+            payload: Arc::from(payload.as_bytes()),
+        }))
+    }
+
+    fn hub(replay: usize) -> Hub {
+        let meta = |name| DeviceMeta::new(name, "sim", None, &[]);
+        Hub::new(&[meta("pump"), meta("tank")], replay)
+    }
+
+    fn json(text: &Utf8Bytes) -> serde_json::Value {
+        serde_json::from_str(text.as_str()).unwrap()
+    }
+
+    #[test]
+    fn readings_are_spliced_numbered_and_folded_into_the_snapshot() {
+        let hub = hub(10);
+        hub.accept(record(7, "pump", r#"{"rpm":1200,"on":true}"#));
+        hub.accept(LiveEvent::Status {
+            device: Arc::from("tank"),
+            status: DeviceStatus::Error("no port".into()),
+        });
+        let (Start::Snapshot(text, seq), _) = hub.join(None, &Filter::default()) else {
+            panic!("a new client starts from a snapshot");
+        };
+        assert_eq!(seq, 2);
+        let snapshot = json(&text);
+        assert_eq!(snapshot["devices"]["pump"]["values"]["rpm"]["value"], 1200);
+        assert_eq!(snapshot["devices"]["pump"]["values"]["rpm"]["seq"], 7);
+        assert_eq!(snapshot["devices"]["tank"]["status"], "error");
+        assert_eq!(snapshot["devices"]["tank"]["error"], "no port");
+
+        let state = hub.lock();
+        let reading = json(&state.ring[0].text);
+        assert_eq!(
+            reading,
+            serde_json::json!({"type": "reading", "feed_seq": 1, "device": "pump", "seq": 7,
+                "ts": "2026-11-25T10:00:00.000Z", "values": {"rpm": 1200, "on": true}})
+        );
+        let filter = |devices: &[&str], values: &[&str]| Filter {
+            devices: devices.iter().map(|d| d.to_string()).collect(),
+            values: values.iter().map(|v| v.to_string()).collect(),
+        };
+        let filtered = state.ring[0].text_for(&filter(&[], &["r*"])).unwrap();
+        assert_eq!(json(&filtered)["values"], serde_json::json!({"rpm": 1200}));
+        assert_eq!(json(&filtered)["feed_seq"], 1);
+        assert!(state.ring[0].text_for(&filter(&[], &["temp*"])).is_none());
+        assert!(state.ring[0].text_for(&filter(&["tank"], &[])).is_none());
+    }
+
+    #[test]
+    fn a_reconnecting_client_gets_what_it_missed_or_a_snapshot() {
+        let hub = hub(3);
+        for seq in 1..=5 {
+            hub.accept(record(seq, "pump", "{\"x\":1}"));
+        }
+        let replay = |since| match hub.join(Some(since), &Filter::default()).0 {
+            Start::Replay(messages) => Some(messages.iter().map(|m| m.seq).collect::<Vec<_>>()),
+            Start::Snapshot(..) => None,
+        };
+        assert_eq!(replay(3), Some(vec![4, 5]));
+        assert_eq!(replay(2), Some(vec![3, 4, 5]));
+        assert_eq!(replay(5), Some(vec![]));
+        assert_eq!(replay(1), None, "message 2 is gone from the ring");
+        assert_eq!(replay(9), None, "a seq from before a restart");
+    }
+
+    #[test]
+    fn filters_pick_devices_and_values_by_glob() {
+        let filter = Filter {
+            devices: vec!["pump*".into(), "tank-?".into()],
+            values: vec![],
+        };
+        assert!(filter.device("pump-north") && filter.device("tank-1"));
+        assert!(!filter.device("tank-12") && !filter.device("meter"));
+        assert!(filter.value("anything") && filter.all_values());
+    }
+}

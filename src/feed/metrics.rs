@@ -1,0 +1,187 @@
+//! `/metrics` in the Prometheus text format (version 0.0.4).
+
+use std::fmt::Write;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+
+use super::{AppState, Authorized};
+
+/// One metric family: its help line, type, and samples (label pairs, value).
+fn family(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    samples: &[(Vec<(&str, &str)>, f64)],
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (labels, value) in samples {
+        let labels: Vec<String> = labels
+            .iter()
+            .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+            .collect();
+        if labels.is_empty() {
+            let _ = writeln!(out, "{name} {value}");
+        } else {
+            let _ = writeln!(out, "{name}{{{}}} {value}", labels.join(","));
+        }
+    }
+}
+
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// `/metrics`: readings in and out, backlog, drops, uplink, devices and feed clients.
+pub async fn metrics(_: Authorized, State(state): State<AppState>) -> impl IntoResponse {
+    let stats = state.store.stats();
+    let mut out = String::with_capacity(4096);
+    let one = |value: f64| vec![(Vec::new(), value)];
+    family(
+        &mut out,
+        "cairn_readings_accepted_total",
+        "counter",
+        "Readings committed to the outbox since start.",
+        &one(stats.accepted as f64),
+    );
+    family(
+        &mut out,
+        "cairn_readings_published_total",
+        "counter",
+        "Readings acknowledged by the broker since start.",
+        &one(stats.delivered as f64),
+    );
+    family(
+        &mut out,
+        "cairn_backlog_readings",
+        "gauge",
+        "Readings in the outbox not yet acknowledged.",
+        &one(stats.backlog as f64),
+    );
+    family(
+        &mut out,
+        "cairn_backlog_bytes",
+        "gauge",
+        "Size of the backlog as counted against buffer.max_bytes.",
+        &one(stats.bytes as f64),
+    );
+    let dropped: Vec<_> = stats
+        .dropped
+        .iter()
+        .map(|(reason, n)| (vec![("reason", reason.as_str())], *n as f64))
+        .collect();
+    family(
+        &mut out,
+        "cairn_readings_dropped_total",
+        "counter",
+        "Readings dropped by the retention policy, by reason.",
+        &dropped,
+    );
+    let uplink = state.uplink.borrow().connected;
+    family(
+        &mut out,
+        "cairn_uplink_connected",
+        "gauge",
+        "1 while the MQTT broker has accepted the connection.",
+        &one(f64::from(u8::from(uplink))),
+    );
+
+    let views = state.hub.devices();
+    let per_device = |value: &dyn Fn(&crate::supervisor::DeviceHandle) -> f64| {
+        state
+            .devices
+            .iter()
+            .map(|d| (vec![("device", &*d.name)], value(d)))
+            .collect::<Vec<_>>()
+    };
+    let online = per_device(&|d| {
+        f64::from(u8::from(
+            views.get(&d.name).is_some_and(|v| v.status == "online"),
+        ))
+    });
+    family(
+        &mut out,
+        "cairn_device_online",
+        "gauge",
+        "1 while the device's link is up.",
+        &online,
+    );
+    family(
+        &mut out,
+        "cairn_device_readings_total",
+        "counter",
+        "Readings the device produced since start.",
+        &per_device(&|d| d.counters.readings() as f64),
+    );
+    family(
+        &mut out,
+        "cairn_device_requests_total",
+        "counter",
+        "Requests sent to the device since start.",
+        &per_device(&|d| d.counters.requests() as f64),
+    );
+    family(
+        &mut out,
+        "cairn_device_restarts_total",
+        "counter",
+        "Times the device's adapter was restarted after a failure.",
+        &per_device(&|d| d.counters.restarts() as f64),
+    );
+    let counts: Vec<_> = state
+        .devices
+        .iter()
+        .map(|d| (d.name.clone(), d.counters.errors()))
+        .collect();
+    let error_samples: Vec<_> = counts
+        .iter()
+        .flat_map(|(device, kinds)| {
+            kinds
+                .iter()
+                .map(move |(kind, n)| (vec![("device", &**device), ("kind", *kind)], *n as f64))
+        })
+        .collect();
+    family(
+        &mut out,
+        "cairn_device_errors_total",
+        "counter",
+        "Device errors by kind (bad checksum, timeout, exception...).",
+        &error_samples,
+    );
+    family(
+        &mut out,
+        "cairn_feed_clients",
+        "gauge",
+        "WebSocket clients connected.",
+        &one(state.hub.clients() as f64),
+    );
+    family(
+        &mut out,
+        "cairn_feed_lost_total",
+        "counter",
+        "Live events the feed missed because it fell behind.",
+        &one(state.hub.lost() as f64),
+    );
+    let uptime = std::time::SystemTime::now()
+        .duration_since(state.started)
+        .unwrap_or_default()
+        .as_secs_f64();
+    family(
+        &mut out,
+        "cairn_uptime_seconds",
+        "gauge",
+        "Seconds since the gateway started.",
+        &one(uptime),
+    );
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    )
+}

@@ -1,0 +1,288 @@
+//! The live feed on site (axum): the dashboard at `/`, the WebSocket push feed at `/ws`, the
+//! JSON API under `/api/`, Prometheus `/metrics` and `/healthz`.
+//!
+//! It reads the live bus ([`hub`]), the store's counters and the devices' status, and writes
+//! only its own chart history ([`history`]); it cannot block the pipeline or the uplink, and
+//! it serves whether or not the broker is reachable.
+
+mod api;
+mod assets;
+pub mod history;
+pub mod hub;
+mod metrics;
+mod ws;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::Router;
+use axum::extract::{FromRequestParts, Query, State, WebSocketUpgrade};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Deserialize;
+use tokio::sync::{Semaphore, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::backoff::Backoff;
+use crate::config::FeedConfig;
+use crate::live::LiveBus;
+use crate::store::StoreReader;
+use crate::supervisor::DeviceHandle;
+use crate::uplink::UplinkStatus;
+use crate::uplink::topics::DeviceMeta;
+use history::History;
+use hub::{Filter, Hub};
+
+/// What the feed reads from the rest of the gateway.
+pub struct FeedSources {
+    /// The gateway's id.
+    pub gateway: String,
+    /// Devices as announced upstream (units, writable values).
+    pub metas: Vec<DeviceMeta>,
+    /// The supervised devices (status, counters).
+    pub devices: Vec<DeviceHandle>,
+    /// The uplink's state.
+    pub uplink: watch::Receiver<UplinkStatus>,
+    /// The outbox's counters and oldest unsent reading.
+    pub store: StoreReader,
+    /// Every committed reading and status change.
+    pub live: LiveBus,
+}
+
+/// Everything a request handler may read.
+#[derive(Clone)]
+struct AppState {
+    gateway: Arc<str>,
+    token: Option<Arc<str>>,
+    hub: Hub,
+    history: Option<History>,
+    history_keep: Duration,
+    devices: Arc<[DeviceHandle]>,
+    uplink: watch::Receiver<UplinkStatus>,
+    store: StoreReader,
+    started: SystemTime,
+    rates: api::Rates,
+    clients: Arc<Semaphore>,
+    max_clients: usize,
+    cancel: CancellationToken,
+}
+
+/// Starts the feed in the background: its hub, its history, and the server, which keeps
+/// trying to bind its port (another program may hold it) without holding anything else up.
+pub async fn start(
+    config: &FeedConfig,
+    data_dir: &Path,
+    sources: FeedSources,
+    cancel: CancellationToken,
+    tasks: &mut tokio::task::JoinSet<()>,
+) {
+    let hub = Hub::new(&sources.metas, config.replay);
+    tasks.spawn(hub.clone().run(sources.live.subscribe(), cancel.clone()));
+    let history = if config.history.keep.is_zero() {
+        None
+    } else {
+        let path = data_dir.join("history.db");
+        match History::open(&path, &config.history).await {
+            Ok(history) => {
+                tasks.spawn(
+                    history
+                        .clone()
+                        .run(sources.live.subscribe(), cancel.clone()),
+                );
+                Some(history)
+            }
+            Err(e) => {
+                error!(path = %path.display(), error = %e, "Cannot open the chart history; charts start empty");
+                None
+            }
+        }
+    };
+    let rates = api::Rates::default();
+    tasks.spawn(rates.clone().run(sources.store.clone(), cancel.clone()));
+    let state = AppState {
+        gateway: Arc::from(sources.gateway.as_str()),
+        token: config.token.as_deref().map(Arc::from),
+        hub,
+        history,
+        history_keep: config.history.keep,
+        devices: Arc::from(sources.devices),
+        uplink: sources.uplink,
+        store: sources.store,
+        started: SystemTime::now(),
+        rates,
+        clients: Arc::new(Semaphore::new(config.max_clients)),
+        max_clients: config.max_clients,
+        cancel: cancel.clone(),
+    };
+    tasks.spawn(serve(config.listen, router(state), cancel));
+}
+
+fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(assets::index))
+        .route("/app.js", get(assets::script))
+        .route("/style.css", get(assets::style))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/ws", get(websocket))
+        .route("/metrics", get(metrics::metrics))
+        .route("/api/status", get(api::status))
+        .route("/api/devices", get(api::devices))
+        .route("/api/latest", get(api::latest))
+        .route("/api/history", get(api::history))
+        .with_state(state)
+}
+
+/// Binds `addr` (retrying with backoff while it is taken) and serves until `cancel` fires.
+async fn serve(addr: SocketAddr, app: Router, cancel: CancellationToken) {
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+    let listener = loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => break listener,
+            Err(e) => {
+                let retry_in = backoff.next_delay();
+                warn!(listen = %addr, error = %e, retry_in = %humantime::format_duration(retry_in), "Cannot listen for the dashboard; retrying");
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = tokio::time::sleep(retry_in) => {}
+                }
+            }
+        }
+    };
+    let local = listener.local_addr().map_or(addr, |a| a);
+    info!(listen = %local, "Dashboard and feed listening");
+    let shutdown = cancel.clone();
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+    {
+        error!(error = %e, "The dashboard server stopped");
+    }
+}
+
+/// Proof that a request carried the token, when one is configured: `Authorization: Bearer`,
+/// or `?token=` (browsers cannot set headers on a WebSocket upgrade).
+struct Authorized;
+
+impl FromRequestParts<AppState> for Authorized {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let Some(token) = &state.token else {
+            return Ok(Authorized);
+        };
+        let from_header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let from_query = parts.uri.query().and_then(|q| {
+            q.split('&')
+                .find_map(|pair| pair.strip_prefix("token="))
+                .map(percent_decode)
+        });
+        let given = from_header.map(str::to_string).or(from_query);
+        if given.is_some_and(|g| same(g.as_bytes(), token.as_bytes())) {
+            return Ok(Authorized);
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::WWW_AUTHENTICATE,
+            "Bearer"
+                .parse()
+                .map_err(|_| StatusCode::UNAUTHORIZED.into_response())?,
+        );
+        Err((
+            StatusCode::UNAUTHORIZED,
+            headers,
+            axum::Json(serde_json::json!({"error": "a valid token is required"})),
+        )
+            .into_response())
+    }
+}
+
+/// Compares in time independent of where the first difference is.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Decodes `%XX` escapes (a token in a URL); anything malformed is kept as it is.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `/ws` query: where to resume, and optional filters as comma-separated globs.
+#[derive(Deserialize)]
+struct WsQuery {
+    since: Option<u64>,
+    devices: Option<String>,
+    values: Option<String>,
+}
+
+fn globs(list: Option<String>) -> Vec<String> {
+    list.map(|l| l.split(',').map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+async fn websocket(
+    _: Authorized,
+    State(state): State<AppState>,
+    Query(query): Query<WsQuery>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let Ok(permit) = state.clients.clone().try_acquire_owned() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("at most {} clients at once", state.max_clients),
+        )
+            .into_response();
+    };
+    let filter = Filter {
+        devices: globs(query.devices),
+        values: globs(query.values),
+    };
+    upgrade
+        .max_message_size(ws::MAX_INCOMING)
+        .max_frame_size(ws::MAX_INCOMING)
+        .on_upgrade(move |socket| {
+            ws::serve(socket, state.hub, filter, query.since, state.cancel, permit)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_compare_whole_and_decode_from_urls() {
+        assert!(same(b"s3cret", b"s3cret"));
+        assert!(!same(b"s3cret", b"s3cre") && !same(b"s3cret", b"s3creT"));
+        assert_eq!(percent_decode("a%2Bb%3D%zz"), "a+b=%zz");
+    }
+}
