@@ -165,6 +165,17 @@ impl Hub {
         }
     }
 
+    /// Takes each device's status as it is now, for devices that changed before the hub
+    /// subscribed to the live bus (later events override it).
+    pub fn seed_status<'a>(&self, statuses: impl IntoIterator<Item = (&'a str, DeviceStatus)>) {
+        let mut state = self.lock();
+        for (device, status) in statuses {
+            if let Some(view) = state.devices.get_mut(device) {
+                (view.status, view.error) = status_name(&status);
+            }
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state
             .lock()

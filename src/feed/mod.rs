@@ -81,8 +81,16 @@ pub async fn start(
     cancel: CancellationToken,
     tasks: &mut tokio::task::JoinSet<()>,
 ) {
+    // Subscribed before the devices' current status is read, so that no change falls between.
+    let live = sources.live.subscribe();
     let hub = Hub::new(&sources.metas, config.replay);
-    tasks.spawn(hub.clone().run(sources.live.subscribe(), cancel.clone()));
+    hub.seed_status(
+        sources
+            .devices
+            .iter()
+            .map(|d| (&*d.name, d.status.borrow().clone())),
+    );
+    tasks.spawn(hub.clone().run(live, cancel.clone()));
     let history = if config.history.keep.is_zero() {
         None
     } else {

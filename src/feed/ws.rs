@@ -11,7 +11,7 @@ use serde::Deserialize;
 use tokio::sync::{OwnedSemaphorePermit, broadcast};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tracing::info;
 
 use super::hub::{Filter, Hub, Message, Start};
 
@@ -51,7 +51,7 @@ pub async fn serve(
     let (start, rx) = hub.join(since, &filter);
     let close = session(&mut socket, &hub, &mut filter, start, rx, &cancel).await;
     if let Some(Close(code, reason)) = close {
-        debug!(code, reason, "Closing a WebSocket client");
+        info!(reason, code, "WebSocket client closed");
         let frame = Frame::Close(Some(CloseFrame {
             code,
             reason: Utf8Bytes::from_static(reason),

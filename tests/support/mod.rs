@@ -2,6 +2,7 @@
 //! independent `mosquitto_sub` subscriber, and the `cairn` binary itself.
 #![allow(dead_code, missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod feed;
 pub mod modbus;
 pub mod proxy;
 pub mod serial;
@@ -337,10 +338,14 @@ pub fn cairn_bin() -> &'static str {
 }
 
 impl Cairn {
-    /// Writes `config` (where `{data}` stands for the data folder) and runs `cairn run`.
+    /// Writes `config` (where `{data}` stands for the data folder) and runs `cairn run`. A
+    /// config without a `feed:` section gets one on a free loopback port ([`Cairn::feed`]).
     pub fn start(config: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let config = config.replace("{data}", &dir.path().join("data").display().to_string());
+        let mut config = config.replace("{data}", &dir.path().join("data").display().to_string());
+        if !config.lines().any(|l| l.starts_with("feed:")) {
+            config.push_str("\nfeed: {listen: '127.0.0.1:0'}\n");
+        }
         std::fs::write(dir.path().join("cairn.yaml"), config).unwrap();
         let mut cairn = Self { dir, child: None };
         cairn.restart();
@@ -385,6 +390,20 @@ impl Cairn {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("cairn.log")).unwrap_or_default()
+    }
+
+    /// The address the feed listens on, once it does (from the log of the current run).
+    pub fn feed(&self) -> std::net::SocketAddr {
+        const LINE: &str = "Dashboard and feed listening listen=";
+        self.wait_log(LINE);
+        let log = self.log();
+        let at = log.rfind(LINE).unwrap() + LINE.len();
+        log[at..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
     }
 
     /// Waits until cairn's log contains `text`.
