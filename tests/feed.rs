@@ -250,3 +250,32 @@ fn the_api_answers_while_the_broker_is_unreachable() {
     }
     assert_eq!(http_get(addr, "/healthz", None), (200, "ok".to_string()));
 }
+
+#[test]
+fn an_independent_python_client_reads_the_same_feed() {
+    let broker = Broker::start();
+    let cairn = gateway(broker.port, 20, 0, "");
+    let url = format!("ws://{}/ws", cairn.feed());
+    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/ws_client.py");
+    let output = std::process::Command::new(python)
+        .args([script, &url, "10"])
+        .output()
+        .expect("the test venv exists (scripts/test creates it)");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["first"], "snapshot");
+    let feed_seqs: Vec<i64> = serde_json::from_value(report["feed_seqs"].clone()).unwrap();
+    assert!(
+        feed_seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "{feed_seqs:?}"
+    );
+    let seqs: Vec<i64> = serde_json::from_value(report["seqs"].clone()).unwrap();
+    assert!(seqs.windows(2).all(|w| w[1] > w[0]), "{seqs:?}");
+    // The client offered permessage-deflate; the server (tungstenite) declines it: see README.
+    assert_eq!(report["extensions"], serde_json::Value::Null);
+}

@@ -75,8 +75,7 @@ function metricRow(device, metric) {
     const unit = (state.devices[device] && state.devices[device].units || {})[metric] || "";
     row = el("div", { class: "metric", "data-metric": metric },
       el("span", { class: "name" }, metric),
-      el("span", {}, el("span", { class: "value", "data-device": device, "data-metric": metric }, "–"), el("span", { class: "unit" }, unit)),
-      el("canvas", { width: 300, height: 48 }));
+      el("span", {}, el("span", { class: "value", "data-device": device, "data-metric": metric }, "–"), el("span", { class: "unit" }, unit)));
     card.querySelector(".metrics").append(row);
   }
   return row;
@@ -85,7 +84,10 @@ function metricRow(device, metric) {
 function chart(device, metric) {
   const key = device + "\u0000" + metric;
   if (!state.charts[key]) {
-    state.charts[key] = { points: [], canvas: metricRow(device, metric).querySelector("canvas") };
+    // Only numbers get a chart; the canvas appears with the first one.
+    const canvas = el("canvas", { width: 300, height: 48 });
+    metricRow(device, metric).append(canvas);
+    state.charts[key] = { points: [], canvas };
     const since = encodeURIComponent("1h");
     api(`/api/history?device=${encodeURIComponent(device)}&metric=${encodeURIComponent(metric)}&since=${since}&limit=${KEEP}`)
       .then((history) => {
@@ -116,7 +118,9 @@ function draw(c) {
 }
 
 function showValue(device, metric, value, ts) {
-  metricRow(device, metric).querySelector(".value").textContent = format(value);
+  const shown = metricRow(device, metric).querySelector(".value");
+  shown.textContent = format(value);
+  shown.title = "read at " + ts;
   if (typeof value === "number") {
     const c = chart(device, metric);
     c.points.push([Date.parse(ts), value]);
@@ -172,7 +176,7 @@ async function refresh() {
     $("backlog").textContent = status.backlog.readings + " readings, " + (status.backlog.bytes / 1024).toFixed(1) + " KiB";
     $("oldest").textContent = status.backlog.oldest_unsent ? ago(status.backlog.oldest_unsent) : "none";
     $("rates").textContent = status.readings_per_s.toFixed(1) + " / " + status.published_per_s.toFixed(1) + " per s";
-    const dropped = Object.entries(status.dropped).map(([k, v]) => k + ": " + v).join(", ");
+    const dropped = Object.entries(status.dropped).filter(([, v]) => v > 0).map(([k, v]) => k + ": " + v).join(", ");
     $("dropped").textContent = dropped || "none";
     for (const device of await api("/api/devices")) {
       const errors = Object.entries(device.errors).map(([k, v]) => k + " " + v).join(", ");
