@@ -60,10 +60,11 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check(ConfigArg { config }) => match load(&config) {
             Ok(c) => {
+                let n = c.devices.len();
+                let devices = if n == 1 { "device" } else { "devices" };
                 println!(
-                    "{}: ok ({} devices, gateway `{}`)",
+                    "{}: ok ({n} {devices}, gateway `{}`)",
                     config.display(),
-                    c.devices.len(),
                     c.gateway.id
                 );
                 ExitCode::SUCCESS
