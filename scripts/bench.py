@@ -82,10 +82,12 @@ class Cairn:
     def __init__(self, port, rate, limit, extra=""):
         self.dir = tempfile.mkdtemp()
         self.config = os.path.join(self.dir, "cairn.yaml")
+        self.feed_port = free_port()
         with open(self.config, "w") as f:
             f.write(f"""gateway: {{id: bench, data_dir: {self.dir}/data}}
 mqtt: {{host: 127.0.0.1, port: {port}, reconnect_min: 100ms, reconnect_max: 1s, max_inflight: 1000}}
 buffer: {{max_bytes: 2GiB{extra}}}
+feed: {{listen: '127.0.0.1:{self.feed_port}'}}
 devices:
   - name: sim
     type: sim

@@ -3,7 +3,7 @@
 //! snapshot that new and lagging clients start from.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::SystemTime;
 
 use axum::extract::ws::Utf8Bytes;
@@ -21,17 +21,20 @@ use crate::uplink::topics::DeviceMeta;
 /// Messages a client may be behind before it lags and starts again from a snapshot.
 pub const CLIENT_QUEUE: usize = 1024;
 
-/// One feed message, serialized once for all clients.
+/// Live events taken in under one lock.
+const BATCH: usize = 256;
+
+/// One feed message, serialized once for all clients, when the first of them needs it (with
+/// no client connected, a reading costs the hub almost nothing).
 #[derive(Debug)]
 pub struct Message {
     /// The feed's own sequence number (not the outbox `seq`).
     pub seq: u64,
     /// The device it is about.
     pub device: Arc<str>,
-    /// The JSON text frame.
-    pub text: Utf8Bytes,
-    /// For readings: the record, so that a client filtering values can re-encode a subset.
+    /// For readings: the record the text is made from.
     pub record: Option<Arc<Record>>,
+    text: OnceLock<Utf8Bytes>,
 }
 
 /// The latest of one value.
@@ -61,6 +64,67 @@ pub struct DeviceView {
     pub units: serde_json::Map<String, serde_json::Value>,
     /// The latest value of each metric.
     pub values: BTreeMap<String, Latest>,
+}
+
+/// What the hub keeps of a device: for each value, the record that last carried it. Values
+/// are read out of those few records when someone asks, not out of every reading.
+#[derive(Debug)]
+struct DeviceState {
+    adapter: &'static str,
+    status: DeviceStatus,
+    units: serde_json::Map<String, serde_json::Value>,
+    latest: BTreeMap<String, Arc<Record>>,
+    last: Option<Arc<Record>>,
+}
+
+/// The parts of an outbox payload a view needs.
+#[derive(Deserialize)]
+struct Payload {
+    ts: String,
+    values: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Only the value names of a payload, borrowed: what the hub reads of every reading.
+#[derive(Deserialize)]
+struct Names<'a> {
+    #[serde(borrow)]
+    values: BTreeMap<std::borrow::Cow<'a, str>, serde::de::IgnoredAny>,
+}
+
+impl DeviceState {
+    /// The device as `filter` shows it.
+    fn view(&self, filter: &Filter) -> DeviceView {
+        let (status, error) = status_name(&self.status);
+        let mut parsed: BTreeMap<i64, Option<Payload>> = BTreeMap::new();
+        let mut values = BTreeMap::new();
+        for (name, record) in self.latest.iter().filter(|(name, _)| filter.value(name)) {
+            let payload = parsed
+                .entry(record.seq)
+                .or_insert_with(|| serde_json::from_slice(&record.payload).ok());
+            if let Some(payload) = payload {
+                let latest = Latest {
+                    value: payload.values.get(name).cloned().unwrap_or_default(),
+                    ts: payload.ts.clone(),
+                    seq: record.seq,
+                };
+                values.insert(name.clone(), latest);
+            }
+        }
+        let last_seen = self.last.as_ref().and_then(|record| {
+            let payload = parsed
+                .entry(record.seq)
+                .or_insert_with(|| serde_json::from_slice(&record.payload).ok());
+            payload.as_ref().map(|p| p.ts.clone())
+        });
+        DeviceView {
+            adapter: self.adapter,
+            status,
+            error,
+            last_seen,
+            units: self.units.clone(),
+            values,
+        }
+    }
 }
 
 /// Which devices and values a client wants; empty lists mean all. Globs use `*` and `?`.
@@ -108,7 +172,7 @@ struct State {
     last: u64,
     ring: VecDeque<Arc<Message>>,
     capacity: usize,
-    devices: BTreeMap<Arc<str>, DeviceView>,
+    devices: BTreeMap<Arc<str>, DeviceState>,
     lost: u64,
 }
 
@@ -117,13 +181,6 @@ struct State {
 pub struct Hub {
     state: Arc<Mutex<State>>,
     tx: broadcast::Sender<Arc<Message>>,
-}
-
-/// The outbox payload, as far as the hub reads it.
-#[derive(Deserialize)]
-struct Payload {
-    ts: String,
-    values: serde_json::Map<String, serde_json::Value>,
 }
 
 fn status_name(status: &DeviceStatus) -> (&'static str, Option<String>) {
@@ -141,15 +198,14 @@ impl Hub {
         let devices = devices
             .iter()
             .map(|d| {
-                let view = DeviceView {
+                let device = DeviceState {
                     adapter: d.adapter,
-                    status: "offline",
-                    error: None,
-                    last_seen: None,
+                    status: DeviceStatus::Offline,
                     units: d.units.clone(),
-                    values: BTreeMap::new(),
+                    latest: BTreeMap::new(),
+                    last: None,
                 };
-                (Arc::from(d.name.as_str()), view)
+                (Arc::from(d.name.as_str()), device)
             })
             .collect();
         let state = State {
@@ -171,7 +227,7 @@ impl Hub {
         let mut state = self.lock();
         for (device, status) in statuses {
             if let Some(view) = state.devices.get_mut(device) {
-                (view.status, view.error) = status_name(&status);
+                view.status = status;
             }
         }
     }
@@ -190,7 +246,17 @@ impl Hub {
                 event = live.recv() => event,
             };
             match event {
-                Ok(event) => self.accept(event),
+                Ok(event) => {
+                    // Whatever else is queued goes in under the same lock.
+                    let mut state = self.lock();
+                    self.accept(&mut state, event);
+                    for _ in 0..BATCH {
+                        match live.try_recv() {
+                            Ok(event) => self.accept(&mut state, event),
+                            Err(_) => break,
+                        }
+                    }
+                }
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     self.lock().lost += n;
                     warn!(
@@ -204,37 +270,35 @@ impl Hub {
     }
 
     /// Turns one live event into a feed message.
-    fn accept(&self, event: LiveEvent) {
-        let mut state = self.lock();
+    fn accept(&self, state: &mut State, event: LiveEvent) {
         let seq = state.last + 1;
         let message = match event {
             LiveEvent::Reading(record) => {
-                let Ok(payload) = serde_json::from_slice::<Payload>(&record.payload) else {
+                let Ok(names) = serde_json::from_slice::<Names>(&record.payload) else {
                     return;
                 };
-                if let Some(view) = state.devices.get_mut(&record.device) {
-                    for (name, value) in payload.values {
-                        let latest = Latest {
-                            value,
-                            ts: payload.ts.clone(),
-                            seq: record.seq,
-                        };
-                        view.values.insert(name, latest);
+                if let Some(device) = state.devices.get_mut(&record.device) {
+                    for name in names.values.into_keys() {
+                        match device.latest.get_mut(name.as_ref()) {
+                            Some(latest) => *latest = record.clone(),
+                            None => {
+                                device.latest.insert(name.into_owned(), record.clone());
+                            }
+                        }
                     }
-                    view.last_seen = Some(payload.ts);
+                    device.last = Some(record.clone());
                 }
                 Message {
                     seq,
                     device: record.device.clone(),
-                    text: reading_text(seq, &record),
                     record: Some(record),
+                    text: OnceLock::new(),
                 }
             }
             LiveEvent::Status { device, status } => {
                 let (name, error) = status_name(&status);
                 if let Some(view) = state.devices.get_mut(&device) {
-                    view.status = name;
-                    view.error.clone_from(&error);
+                    view.status = status;
                 }
                 let text = serde_json::json!({
                     "type": "status", "feed_seq": seq, "device": &*device, "status": name, "error": error,
@@ -242,8 +306,8 @@ impl Hub {
                 Message {
                     seq,
                     device,
-                    text: Utf8Bytes::from(text.to_string()),
                     record: None,
+                    text: OnceLock::from(Utf8Bytes::from(text.to_string())),
                 }
             }
         };
@@ -289,7 +353,12 @@ impl Hub {
 
     /// What the feed knows of every device.
     pub fn devices(&self) -> BTreeMap<Arc<str>, DeviceView> {
-        self.lock().devices.clone()
+        let all = Filter::default();
+        self.lock()
+            .devices
+            .iter()
+            .map(|(name, device)| (name.clone(), device.view(&all)))
+            .collect()
     }
 
     /// Live events the hub itself missed (it fell behind the live bus).
@@ -311,8 +380,16 @@ impl Message {
         }
         match &self.record {
             Some(record) if !filter.all_values() => filtered_reading(self.seq, record, filter),
-            _ => Some(self.text.clone()),
+            _ => Some(self.text().clone()),
         }
+    }
+
+    /// The text for a client that takes everything.
+    fn text(&self) -> &Utf8Bytes {
+        self.text.get_or_init(|| match &self.record {
+            Some(record) => reading_text(self.seq, record),
+            None => Utf8Bytes::from_static(""),
+        })
     }
 }
 
@@ -348,11 +425,7 @@ fn snapshot_text(state: &State, filter: &Filter) -> Utf8Bytes {
         .devices
         .iter()
         .filter(|(name, _)| filter.device(name))
-        .map(|(name, view)| {
-            let mut view = view.clone();
-            view.values.retain(|value, _| filter.value(value));
-            (&**name, view)
-        })
+        .map(|(name, device)| (&**name, device.view(filter)))
         .collect();
     let text = serde_json::json!({
         "type": "snapshot",
@@ -378,6 +451,13 @@ mod tests {
         }))
     }
 
+    impl Hub {
+        fn take(&self, event: LiveEvent) {
+            let mut state = self.lock();
+            self.accept(&mut state, event);
+        }
+    }
+
     fn hub(replay: usize) -> Hub {
         let meta = |name| DeviceMeta::new(name, "sim", None, &[]);
         Hub::new(&[meta("pump"), meta("tank")], replay)
@@ -390,23 +470,31 @@ mod tests {
     #[test]
     fn readings_are_spliced_numbered_and_folded_into_the_snapshot() {
         let hub = hub(10);
-        hub.accept(record(7, "pump", r#"{"rpm":1200,"on":true}"#));
-        hub.accept(LiveEvent::Status {
+        hub.take(record(7, "pump", r#"{"rpm":1200,"on":true}"#));
+        hub.take(record(8, "pump", r#"{"on":false}"#));
+        hub.take(LiveEvent::Status {
             device: Arc::from("tank"),
             status: DeviceStatus::Error("no port".into()),
         });
         let (Start::Snapshot(text, seq), _) = hub.join(None, &Filter::default()) else {
             panic!("a new client starts from a snapshot");
         };
-        assert_eq!(seq, 2);
+        assert_eq!(seq, 3);
         let snapshot = json(&text);
-        assert_eq!(snapshot["devices"]["pump"]["values"]["rpm"]["value"], 1200);
-        assert_eq!(snapshot["devices"]["pump"]["values"]["rpm"]["seq"], 7);
+        let pump = &snapshot["devices"]["pump"]["values"];
+        assert_eq!(
+            (&pump["rpm"]["value"], &pump["rpm"]["seq"]),
+            (&1200.into(), &7.into())
+        );
+        assert_eq!(
+            (&pump["on"]["value"], &pump["on"]["seq"]),
+            (&false.into(), &8.into())
+        );
         assert_eq!(snapshot["devices"]["tank"]["status"], "error");
         assert_eq!(snapshot["devices"]["tank"]["error"], "no port");
 
         let state = hub.lock();
-        let reading = json(&state.ring[0].text);
+        let reading = json(state.ring[0].text());
         assert_eq!(
             reading,
             serde_json::json!({"type": "reading", "feed_seq": 1, "device": "pump", "seq": 7,
@@ -427,7 +515,7 @@ mod tests {
     fn a_reconnecting_client_gets_what_it_missed_or_a_snapshot() {
         let hub = hub(3);
         for seq in 1..=5 {
-            hub.accept(record(seq, "pump", "{\"x\":1}"));
+            hub.take(record(seq, "pump", "{\"x\":1}"));
         }
         let replay = |since| match hub.join(Some(since), &Filter::default()).0 {
             Start::Replay(messages) => Some(messages.iter().map(|m| m.seq).collect::<Vec<_>>()),
