@@ -77,7 +77,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         &config.mqtt,
         &config.gateway.id,
         metas.clone(),
-        (reader.clone(), acker),
+        reader.clone(),
+        acker,
         commands,
     )
     .context("cannot set up the MQTT uplink")?;

@@ -147,10 +147,11 @@ async fn a_client_that_stops_reading_delays_no_one_and_is_closed() {
     }
     // So does the broker.
     assert_eq!(sub.expect_all_seqs(LIMIT).distinct, LIMIT as usize);
-    // The stuck client was closed: its stream ends after whatever was queued for it. The close
-    // frame with the reason cannot get through a full socket; the log says why.
-    while let Some(Ok(_)) = tokio::time::timeout(PATIENCE, stuck.next()).await.unwrap() {}
+    // The stuck client is closed once a send to it has waited 10 s; only then does it read
+    // again, to find its stream ended after whatever was queued for it. (The close frame with
+    // the reason cannot get through a full socket; the log says why.)
     cairn.wait_log(r#"WebSocket client closed reason="client too slow"#);
+    while let Some(Ok(_)) = tokio::time::timeout(PATIENCE, stuck.next()).await.unwrap() {}
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

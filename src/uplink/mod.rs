@@ -102,7 +102,8 @@ impl Uplink {
         config: &MqttConfig,
         gateway: &str,
         devices: Vec<DeviceMeta>,
-        (reader, acker): (StoreReader, Acker),
+        reader: StoreReader,
+        acker: Acker,
         commands: Option<UplinkEnd>,
     ) -> Result<Self, UplinkError> {
         let (requests, answers) = commands.map(|end| (end.requests, end.results)).unzip();
