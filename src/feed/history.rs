@@ -51,6 +51,8 @@ impl History {
             .journal_mode(SqliteJournalMode::Wal)
             // Losing the last seconds of chart history to a power cut is fine.
             .synchronous(SqliteSynchronous::Normal)
+            // Charts read a few recent points: a small page cache (256 KiB) spares the Pi's RAM.
+            .pragma("cache_size", "-256")
             .busy_timeout(Duration::from_secs(5));
         let pool = SqlitePoolOptions::new()
             .max_connections(2)
