@@ -106,39 +106,35 @@ async fn session(
     let mut heard = Instant::now();
     let mut lags: Vec<Instant> = Vec::new();
     loop {
-        tokio::select! {
+        // Each turn sends at most one text frame, for whichever event came first.
+        let text = tokio::select! {
             () = cancel.cancelled() => return Some(Close(close_code::AWAY, "gateway shutting down")),
             incoming = socket.recv() => {
                 heard = Instant::now();
-                match incoming {
-                    Some(Ok(Frame::Text(text))) => {
-                        let reply = match serde_json::from_str::<ClientMessage>(&text) {
-                            Ok(message) => {
-                                *filter = message.subscribe;
-                                let (snapshot, seq) = hub.snapshot(filter);
-                                seen = seen.max(seq);
-                                snapshot
-                            }
-                            Err(e) => Utf8Bytes::from(
-                                serde_json::json!({"type": "error", "message": e.to_string()}).to_string(),
-                            ),
-                        };
-                        if let Err(close) = send(socket, Frame::Text(reply)).await {
-                return close;
-            }
-                    }
+                let text = match incoming {
+                    Some(Ok(Frame::Text(text))) => text,
                     Some(Ok(Frame::Close(_))) | None | Some(Err(_)) => return None,
-                    Some(Ok(_)) => {} // pongs, pings (answered by the library), binary
+                    Some(Ok(_)) => continue, // pongs, pings (answered by the library), binary
+                };
+                match serde_json::from_str::<ClientMessage>(&text) {
+                    Ok(message) => {
+                        *filter = message.subscribe;
+                        let (snapshot, seq) = hub.snapshot(filter);
+                        seen = seen.max(seq);
+                        snapshot
+                    }
+                    Err(e) => Utf8Bytes::from(
+                        serde_json::json!({"type": "error", "message": e.to_string()}).to_string(),
+                    ),
                 }
             }
             message = rx.recv() => match message {
-                Ok(message) if message.seq <= seen => {}
+                Ok(message) if message.seq <= seen => continue,
                 Ok(message) => {
                     seen = message.seq;
-                    if let Some(text) = message.text_for(filter) {
-                        if let Err(close) = send(socket, Frame::Text(text)).await {
-                return close;
-            }
+                    match message.text_for(filter) {
+                        Some(text) => text,
+                        None => continue,
                     }
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => {
@@ -151,9 +147,7 @@ async fn session(
                     // Start again from the present; what is still queued is older than it.
                     let (snapshot, seq) = hub.snapshot(filter);
                     seen = seq;
-                    if let Err(close) = send(socket, Frame::Text(snapshot)).await {
-                return close;
-            }
+                    snapshot
                 }
                 Err(broadcast::error::RecvError::Closed) => {
                     return Some(Close(close_code::AWAY, "gateway shutting down"));
@@ -166,7 +160,11 @@ async fn session(
                 if let Err(close) = send(socket, Frame::Ping(Default::default())).await {
                     return close;
                 }
+                continue;
             }
+        };
+        if let Err(close) = send(socket, Frame::Text(text)).await {
+            return close;
         }
     }
 }
