@@ -20,12 +20,21 @@ use crate::store::StoreReader;
 /// Samples kept for rates: one a second over the last ten seconds.
 const RATE_SAMPLES: usize = 11;
 
-/// Readings in and published per second, over the last ten seconds.
+/// The outbox as sampled once a second: rates over the last ten seconds, and the oldest unsent
+/// reading. Sampled, so that however many clients ask, the feed queries the outbox once a
+/// second at most.
 #[derive(Clone, Default)]
-pub struct Rates(Arc<Mutex<VecDeque<(SystemTime, u64, u64)>>>);
+pub struct Rates(Arc<Mutex<Samples>>);
+
+#[derive(Default)]
+struct Samples {
+    /// (when, accepted, delivered)
+    counts: VecDeque<(SystemTime, u64, u64)>,
+    oldest_unsent_ms: Option<i64>,
+}
 
 impl Rates {
-    /// Samples the store's counters every second until `cancel` fires.
+    /// Samples the store every second until `cancel` fires.
     pub async fn run(self, store: StoreReader, cancel: CancellationToken) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
@@ -34,17 +43,30 @@ impl Rates {
                 _ = tick.tick() => {}
             }
             let stats = store.stats();
+            let oldest = store.oldest_unsent_ms().await.ok().flatten();
             let mut samples = self.0.lock().unwrap_or_else(|p| p.into_inner());
-            if samples.len() == RATE_SAMPLES {
-                samples.pop_front();
+            if samples.counts.len() == RATE_SAMPLES {
+                samples.counts.pop_front();
             }
-            samples.push_back((SystemTime::now(), stats.accepted, stats.delivered));
+            samples
+                .counts
+                .push_back((SystemTime::now(), stats.accepted, stats.delivered));
+            samples.oldest_unsent_ms = oldest;
         }
+    }
+
+    /// When the oldest unsent reading was taken, at the last sample.
+    pub fn oldest_unsent_ms(&self) -> Option<i64> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .oldest_unsent_ms
     }
 
     /// (readings in, readings published) per second.
     pub fn per_second(&self) -> (f64, f64) {
         let samples = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let samples = &samples.counts;
         let (Some(first), Some(last)) = (samples.front(), samples.back()) else {
             return (0.0, 0.0);
         };
@@ -72,7 +94,7 @@ fn from_millis(ms: i64) -> SystemTime {
 /// `/api/status`: the gateway, its uplink and its outbox.
 pub async fn status(_: Authorized, State(state): State<AppState>) -> Json<serde_json::Value> {
     let stats = state.store.stats();
-    let oldest = state.store.oldest_unsent_ms().await.ok().flatten();
+    let oldest = state.rates.oldest_unsent_ms();
     let uplink = state.uplink.borrow().clone();
     let now = SystemTime::now();
     let (readings_per_s, published_per_s) = state.rates.per_second();
