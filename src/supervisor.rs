@@ -17,9 +17,11 @@ use crate::backoff::Backoff;
 use crate::config::DeviceConfig;
 use crate::live::{LiveBus, LiveEvent};
 
-/// First and longest wait before restarting a failed adapter.
+/// First and longest wait before restarting a failed adapter. A minute at most: a sensor
+/// plugged back in after a long absence should not wait minutes to be read again, and a
+/// retry a minute costs a port open or one timed-out request.
 const RESTART_MIN: Duration = Duration::from_secs(1);
-const RESTART_MAX: Duration = Duration::from_secs(300);
+const RESTART_MAX: Duration = Duration::from_secs(60);
 
 /// An adapter that ran this long before failing is considered to have worked: the next
 /// restart starts from the shortest delay again.
