@@ -207,24 +207,12 @@ impl Point {
             };
         }
         let bytes = match kind {
-            PointType::U16 => in_range::<u16>(self.integer(value)?)?
-                .to_be_bytes()
-                .to_vec(),
-            PointType::I16 => in_range::<i16>(self.integer(value)?)?
-                .to_be_bytes()
-                .to_vec(),
-            PointType::U32 => in_range::<u32>(self.integer(value)?)?
-                .to_be_bytes()
-                .to_vec(),
-            PointType::I32 => in_range::<i32>(self.integer(value)?)?
-                .to_be_bytes()
-                .to_vec(),
-            PointType::U64 => in_range::<u64>(self.integer(value)?)?
-                .to_be_bytes()
-                .to_vec(),
-            PointType::I64 => in_range::<i64>(self.integer(value)?)?
-                .to_be_bytes()
-                .to_vec(),
+            PointType::U16
+            | PointType::I16
+            | PointType::U32
+            | PointType::I32
+            | PointType::U64
+            | PointType::I64 => self.integer_bytes(kind, value)?,
             PointType::F32 => {
                 let raw = self.unscaled(value)?;
                 if raw.abs() > f64::from(f32::MAX) {
@@ -263,6 +251,25 @@ impl Point {
         } else {
             Err(format!("{number} cannot be written"))
         }
+    }
+
+    /// The big-endian bytes of an integer point: exact when nothing is scaled, else rounded,
+    /// and refused when out of the type's range. In range, the low bytes of the two's
+    /// complement are the value's bytes, signed or not.
+    fn integer_bytes(&self, kind: PointType, value: &Value) -> Result<Vec<u8>, String> {
+        let (name, min, max, width): (&str, i128, i128, usize) = match kind {
+            PointType::U16 => ("u16", 0, u16::MAX.into(), 2),
+            PointType::I16 => ("i16", i16::MIN.into(), i16::MAX.into(), 2),
+            PointType::U32 => ("u32", 0, u32::MAX.into(), 4),
+            PointType::I32 => ("i32", i32::MIN.into(), i32::MAX.into(), 4),
+            PointType::U64 => ("u64", 0, u64::MAX.into(), 8),
+            _ => ("i64", i64::MIN.into(), i64::MAX.into(), 8),
+        };
+        let raw = self.integer(value)?;
+        if !(min..=max).contains(&raw) {
+            return Err(format!("{raw} is out of range for {name}"));
+        }
+        Ok(raw.to_be_bytes()[16 - width..].to_vec())
     }
 
     /// The raw integer for `value`: exact when nothing is scaled, else rounded.
@@ -342,12 +349,6 @@ impl Point {
             writable: false,
         }
     }
-}
-
-/// `raw` as a `T`, or why it does not fit.
-fn in_range<T: TryFrom<i128>>(raw: i128) -> Result<T, String> {
-    T::try_from(raw)
-        .map_err(|_| format!("{raw} is out of range for {}", std::any::type_name::<T>()))
 }
 
 /// An f32 as the shortest decimal that reads back to it (230.1, not 230.10000610351562).
