@@ -2,6 +2,7 @@
 //! adapters first, then the uplink, then the store once it has committed the last reading.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
 use cairn_adapters::Shared;
@@ -27,6 +28,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let (reader, acker, writer) = store::open(&path, &config.buffer)
         .await
         .with_context(|| format!("cannot open the outbox at {}", path.display()))?;
+    let state = store::DeviceState::open(&path, &config.buffer)
+        .await
+        .with_context(|| format!("cannot open the device state in {}", path.display()))?;
     let stats = reader.stats();
     info!(
         gateway = %config.gateway.id,
@@ -54,7 +58,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
     let stop_adapters = CancellationToken::new();
     let mut adapters = JoinSet::new();
-    let shared = Shared::default();
+    let shared = Shared::new(Arc::new(state));
     let devices: Vec<DeviceHandle> = config
         .devices()
         .map(|d| {

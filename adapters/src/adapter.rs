@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::command::Command;
 use crate::reading::Reading;
+use crate::state::{MemoryState, StateStore};
 
 /// Commands that may wait for a device's adapter; more are refused as busy.
 const COMMAND_QUEUE: usize = 16;
@@ -178,11 +179,32 @@ impl AdapterContext {
     }
 }
 
-/// What the adapters of one gateway share: the RS-485 buses several Modbus devices hang off.
+/// What the adapters of one gateway share: the RS-485 buses several Modbus devices hang off,
+/// the routes from LoRa packet forwarders to end devices, and the durable state store.
 /// The gateway makes one and hands it to every build; there is no global state.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Shared {
     pub(crate) buses: crate::modbus::SharedBuses,
+    pub(crate) radios: crate::lora::Radios,
+    pub(crate) state: Arc<dyn StateStore>,
+}
+
+impl Shared {
+    /// Shared parts whose durable state lives in `state`.
+    pub fn new(state: Arc<dyn StateStore>) -> Self {
+        Self {
+            buses: Default::default(),
+            radios: Default::default(),
+            state,
+        }
+    }
+}
+
+/// State in memory only: for tests and tools; the gateway uses [`Shared::new`].
+impl Default for Shared {
+    fn default() -> Self {
+        Self::new(Arc::new(MemoryState::default()))
+    }
 }
 
 /// One physical or logical link that turns bytes into readings.

@@ -7,6 +7,7 @@ use serde::de::{self, DeserializeSeed, IntoDeserializer, MapAccess};
 use serde::{Deserialize, Deserializer};
 
 use crate::adapter::{Adapter, Shared};
+use crate::lora::LoraConfig;
 use crate::modbus::ModbusConfig;
 use crate::sim::SimConfig;
 use crate::uart::UartConfig;
@@ -21,6 +22,8 @@ pub enum AdapterKind {
     Uart,
     /// Modbus devices polled from a register map.
     Modbus,
+    /// LoRa radios: packet forwarders, LoRaWAN end devices, serial modules.
+    Lora,
 }
 
 impl AdapterKind {
@@ -30,6 +33,7 @@ impl AdapterKind {
             AdapterKind::Sim => "sim",
             AdapterKind::Uart => "uart",
             AdapterKind::Modbus => "modbus",
+            AdapterKind::Lora => "lora",
         }
     }
 }
@@ -49,6 +53,8 @@ pub enum AdapterConfig {
     Uart(Box<UartConfig>),
     /// `type: modbus`
     Modbus(Box<ModbusConfig>),
+    /// `type: lora`
+    Lora(Box<LoraConfig>),
 }
 
 /// A value a device produces, as announced in its metadata.
@@ -77,6 +83,7 @@ impl AdapterConfig {
             AdapterKind::Modbus => {
                 AdapterConfig::Modbus(Box::new(ModbusConfig::deserialize(settings)?))
             }
+            AdapterKind::Lora => AdapterConfig::Lora(Box::new(LoraConfig::deserialize(settings)?)),
         })
     }
 
@@ -86,6 +93,7 @@ impl AdapterConfig {
             AdapterConfig::Sim(_) => AdapterKind::Sim,
             AdapterConfig::Uart(_) => AdapterKind::Uart,
             AdapterConfig::Modbus(_) => AdapterKind::Modbus,
+            AdapterConfig::Lora(_) => AdapterKind::Lora,
         }
     }
 
@@ -96,6 +104,7 @@ impl AdapterConfig {
             AdapterConfig::Sim(c) => c.problems(),
             AdapterConfig::Uart(c) => c.problems(),
             AdapterConfig::Modbus(c) => c.problems(),
+            AdapterConfig::Lora(c) => c.problems(),
         }
     }
 
@@ -104,6 +113,7 @@ impl AdapterConfig {
         match self {
             AdapterConfig::Sim(_) => None,
             AdapterConfig::Uart(c) => Some((c.port.as_path(), "a uart device".into())),
+            AdapterConfig::Lora(c) => c.serial_port().map(|port| (port, "a LoRa module".into())),
             AdapterConfig::Modbus(c) => c.rtu.as_ref().map(|r| {
                 (
                     r.port.as_path(),
@@ -116,24 +126,33 @@ impl AdapterConfig {
         }
     }
 
-    /// Problems between devices: two that cannot share a serial port. Returns the index of the
-    /// later device of each pair, a field path and a message.
-    pub fn conflicts(devices: &[&AdapterConfig]) -> Vec<(usize, String, String)> {
-        let mut problems = Vec::new();
+    /// Problems between devices, given by name: two that cannot share a serial port, LoRa end
+    /// devices and their forwarders. Returns the index of the device at fault, a field path
+    /// and a message.
+    pub fn conflicts(named: &[(&str, &AdapterConfig)]) -> Vec<(usize, String, String)> {
+        let devices: Vec<&AdapterConfig> = named.iter().map(|(_, d)| *d).collect();
+        let lora: Vec<(&str, Option<&LoraConfig>)> = named
+            .iter()
+            .map(|(name, d)| match d {
+                AdapterConfig::Lora(c) => (*name, Some(&**c)),
+                _ => (*name, None),
+            })
+            .collect();
+        let mut problems = LoraConfig::conflicts(&lora);
         for (i, device) in devices.iter().enumerate() {
             let Some((port, use_i)) = device.serial_port() else {
                 continue;
             };
             let earlier = devices[..i].iter().enumerate().find_map(|(j, other)| {
                 let (other_port, use_j) = other.serial_port()?;
-                (other_port == port && (use_i != use_j || device.kind() == AdapterKind::Uart))
+                (other_port == port && (use_i != use_j || device.kind() != AdapterKind::Modbus))
                     .then_some((j, use_j))
             });
             if let Some((j, use_j)) = earlier {
-                let field = if device.kind() == AdapterKind::Modbus {
-                    "rtu.port"
-                } else {
-                    "port"
+                let field = match device.kind() {
+                    AdapterKind::Modbus => "rtu.port",
+                    AdapterKind::Lora => "module.port",
+                    _ => "port",
                 };
                 problems.push((
                     i,
@@ -151,6 +170,7 @@ impl AdapterConfig {
             AdapterConfig::Sim(c) => c.values(),
             AdapterConfig::Uart(c) => c.values(),
             AdapterConfig::Modbus(c) => c.values(),
+            AdapterConfig::Lora(c) => c.values(),
         }
     }
 
@@ -160,6 +180,7 @@ impl AdapterConfig {
             AdapterConfig::Sim(c) => Box::new(c.build()),
             AdapterConfig::Uart(c) => Box::new(c.build()),
             AdapterConfig::Modbus(c) => Box::new(c.build(&shared.buses)),
+            AdapterConfig::Lora(c) => c.build(&shared.radios, &shared.state),
         }
     }
 }

@@ -5,16 +5,21 @@
 //! their link's status through an [`AdapterContext`].
 
 pub mod adapter;
+pub mod codec;
 pub mod command;
 pub mod config;
+pub mod fields;
+pub mod lora;
 pub mod modbus;
 pub mod profiles;
 pub mod reading;
 pub mod serial;
 pub mod sim;
+pub mod state;
 pub mod uart;
 
 pub use adapter::{Adapter, AdapterContext, AdapterError, DeviceCounters, DeviceStatus, Shared};
 pub use command::{Command, CommandResult};
 pub use config::{AdapterConfig, AdapterKind, ValueInfo};
 pub use reading::{LinkMeta, Reading, Value};
+pub use state::{MemoryState, StateStore};

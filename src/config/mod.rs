@@ -540,7 +540,10 @@ impl Config {
                 }
             }
         }
-        let adapters: Vec<&AdapterConfig> = self.devices().map(|d| &d.adapter).collect();
+        let adapters: Vec<(&str, &AdapterConfig)> = self
+            .devices()
+            .map(|d| (d.name.as_str(), &d.adapter))
+            .collect();
         for (i, path, message) in AdapterConfig::conflicts(&adapters) {
             problems.push(Problem::new(
                 location(&self.devices[i]),

@@ -7,6 +7,7 @@
 
 mod retention;
 mod schema;
+mod state;
 mod writer;
 
 use std::collections::BTreeMap;
@@ -21,6 +22,7 @@ use sqlx::{Connection, Row, SqliteConnection};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::{BufferConfig, Synchronous};
+pub use state::DeviceState;
 pub use writer::Writer;
 
 /// A committed reading as the outbox holds it.

@@ -7,7 +7,7 @@ use sqlx::{Row, SqliteConnection};
 use super::{DropReason, ROW_OVERHEAD};
 
 /// Bumped with every change to the tables; `PRAGMA user_version` holds it.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// What the writer needs to carry on where the last run stopped.
 #[derive(Debug, Clone)]
@@ -23,7 +23,7 @@ pub async fn migrate(conn: &mut SqliteConnection) -> Result<State, sqlx::Error> 
     let version: i64 = sqlx::query_scalar("PRAGMA user_version")
         .fetch_one(&mut *conn)
         .await?;
-    if version < SCHEMA_VERSION {
+    if version < 1 {
         // `seq` is assigned by the writer, not by SQLite: an INTEGER PRIMARY KEY would hand out
         // an acknowledged-and-deleted number again after a restart.
         sqlx::raw_sql(
@@ -39,6 +39,22 @@ pub async fn migrate(conn: &mut SqliteConnection) -> Result<State, sqlx::Error> 
                  value INTEGER NOT NULL
              ) WITHOUT ROWID;
              PRAGMA user_version = 1;
+             COMMIT;",
+        )
+        .execute(&mut *conn)
+        .await?;
+    }
+    if version < SCHEMA_VERSION {
+        // Version 2: what adapters keep across restarts (see `state.rs`).
+        sqlx::raw_sql(
+            "BEGIN;
+             CREATE TABLE IF NOT EXISTS device_state (
+                 device TEXT NOT NULL,
+                 key    TEXT NOT NULL,
+                 value  TEXT NOT NULL,
+                 PRIMARY KEY (device, key)
+             ) WITHOUT ROWID;
+             PRAGMA user_version = 2;
              COMMIT;",
         )
         .execute(&mut *conn)

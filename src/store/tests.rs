@@ -208,3 +208,31 @@ async fn max_age_drops_old_readings_and_counts_them() {
     let (stats, _) = inspect(&dir.path().join("o.db")).await.unwrap();
     assert_eq!(stats.dropped[&DropReason::MaxAge], 1, "drop counts persist");
 }
+
+#[tokio::test]
+async fn device_state_survives_a_restart_beside_the_outbox() {
+    use cairn_adapters::StateStore;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("outbox.db");
+    let config = BufferConfig::default();
+    let store = start(&path, &config).await;
+    let state = DeviceState::open(&path, &config).await.unwrap();
+    assert_eq!(state.load("node", "fcnt").await.unwrap(), None);
+    state.save("node", "fcnt", "41").await.unwrap();
+    state.save("node", "fcnt", "42").await.unwrap();
+    state.save("other", "fcnt", "7").await.unwrap();
+    drop(state);
+    store.stop().await;
+
+    let store = start(&path, &config).await;
+    let state = DeviceState::open(&path, &config).await.unwrap();
+    assert_eq!(
+        state.load("node", "fcnt").await.unwrap().as_deref(),
+        Some("42")
+    );
+    assert_eq!(
+        state.load("other", "fcnt").await.unwrap().as_deref(),
+        Some("7")
+    );
+    store.stop().await;
+}

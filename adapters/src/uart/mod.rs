@@ -20,6 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::adapter::{Adapter, AdapterContext, AdapterError, DeviceStatus};
 use crate::config::ValueInfo;
+use crate::fields::{self, ValueSpec};
 use crate::reading::{Reading, Value};
 pub use crate::serial::{FlowControl, Parity};
 pub use frames::{
@@ -60,7 +61,7 @@ pub struct UartConfig {
     pub poll: Option<PollConfig>,
     /// The values to take from each line or frame.
     #[serde(default)]
-    pub values: Vec<UartValue>,
+    pub values: Vec<ValueSpec>,
 }
 
 /// What a device profile may supply.
@@ -70,7 +71,7 @@ struct Profile {
     baud: Option<u32>,
     lines: Option<LinesConfig>,
     frames: Option<FramesConfig>,
-    values: Vec<UartValue>,
+    values: Vec<ValueSpec>,
 }
 
 /// `lines:` — text lines and their format.
@@ -111,46 +112,13 @@ impl PollConfig {
     pub fn request(&self) -> Result<Vec<u8>, String> {
         match (&self.send, &self.send_hex) {
             (Some(text), None) => Ok(text.as_bytes().to_vec()),
-            (None, Some(hex)) => {
-                let digits: String = hex.chars().filter(|c| !c.is_whitespace()).collect();
-                if digits.len() % 2 != 0 || digits.is_empty() {
-                    return Err("needs pairs of hex digits".into());
-                }
-                (0..digits.len())
-                    .step_by(2)
-                    .map(|i| {
-                        u8::from_str_radix(&digits[i..i + 2], 16)
-                            .map_err(|_| format!("`{}` is not hex", &digits[i..i + 2]))
-                    })
-                    .collect()
-            }
+            (None, Some(hex)) => match crate::codec::unhex(hex)? {
+                bytes if bytes.is_empty() => Err("needs pairs of hex digits".into()),
+                bytes => Ok(bytes),
+            },
             _ => Err("give either `send` (text) or `send_hex` (bytes)".into()),
         }
     }
-}
-
-/// One value taken from a line.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UartValue {
-    /// Name in readings.
-    pub name: String,
-    /// Unit announced in the metadata.
-    pub unit: Option<String>,
-    /// The field in the line (JSON key, key, column or group name); default: `name`.
-    pub field: Option<String>,
-    /// Frames: the field's byte position.
-    pub at: Option<usize>,
-    /// Frames: the field's type.
-    #[serde(rename = "type")]
-    pub kind: Option<FieldType>,
-    /// Frames: the field's byte order (default big).
-    #[serde(default)]
-    pub endian: Endian,
-    /// Multiplies a numeric field (default 1).
-    pub scale: Option<f64>,
-    /// Added after scaling (default 0).
-    pub offset: Option<f64>,
 }
 
 fn default_data_bits() -> u8 {
@@ -259,12 +227,6 @@ impl FramesConfig {
     }
 }
 
-impl UartValue {
-    fn field(&self) -> &str {
-        self.field.as_deref().unwrap_or(&self.name)
-    }
-}
-
 impl UartConfig {
     /// These settings completed by their profile, if any.
     pub(crate) fn resolved(&self) -> Result<UartConfig, String> {
@@ -316,23 +278,6 @@ impl UartConfig {
             (Some(lines), None) => lines.problems(&mut push),
             (None, Some(frames)) => {
                 frames.problems(&mut push);
-                for (i, value) in self.values.iter().enumerate() {
-                    let (Some(at), Some(kind)) = (value.at, value.kind) else {
-                        push(
-                            &format!("values[{i}]"),
-                            "a frame value needs `at` and `type`".into(),
-                        );
-                        continue;
-                    };
-                    if let Some(length) = frames.length
-                        && at + kind.size() > length
-                    {
-                        push(
-                            &format!("values[{i}].at"),
-                            format!("ends past the {length}-byte frame"),
-                        );
-                    }
-                }
                 None
             }
             _ => {
@@ -357,13 +302,13 @@ impl UartConfig {
                 "name at least one value to take from the lines".into(),
             );
         }
+        fields::problems(
+            &self.values,
+            self.frames.is_some(),
+            self.frames.as_ref().and_then(|f| f.length),
+            &mut push,
+        );
         for (i, value) in self.values.iter().enumerate() {
-            if self.values[..i].iter().any(|v| v.name == value.name) {
-                push(
-                    &format!("values[{i}].name"),
-                    format!("`{}` appears twice", value.name),
-                );
-            }
             if let Some(known) = &known
                 && !known.iter().any(|k| k == value.field())
             {
@@ -396,11 +341,7 @@ impl UartConfig {
     pub(crate) fn build(&self) -> UartAdapter {
         // Validation resolved the profile already; it cannot fail differently now.
         let config = self.resolved().unwrap_or_else(|_| self.clone());
-        let names = config
-            .values
-            .iter()
-            .map(|v| Arc::from(v.name.as_str()))
-            .collect();
+        let names = fields::names(&config.values);
         UartAdapter { config, names }
     }
 
@@ -427,24 +368,7 @@ pub struct UartAdapter {
 impl UartAdapter {
     /// The reading for one parsed line, or `None` when it holds none of the configured values.
     fn reading(&self, device: &Arc<str>, fields: &mut HashMap<String, Value>) -> Option<Reading> {
-        let values: Vec<(Arc<str>, Value)> = self
-            .config
-            .values
-            .iter()
-            .zip(&self.names)
-            .filter_map(|(spec, name)| {
-                let value = fields.remove(spec.field())?;
-                let (scale, offset) = (spec.scale.unwrap_or(1.0), spec.offset.unwrap_or(0.0));
-                let value = match value {
-                    Value::Int(i) if spec.scale.is_some() || spec.offset.is_some() => {
-                        Value::Float(i as f64 * scale + offset)
-                    }
-                    Value::Float(f) => Value::Float(f * scale + offset),
-                    other => other,
-                };
-                Some((name.clone(), value))
-            })
-            .collect();
+        let values = fields::take(&self.config.values, &self.names, |f| fields.remove(f));
         (!values.is_empty()).then(|| Reading::now(device.clone(), values))
     }
 }
@@ -475,7 +399,7 @@ impl Decoder {
     fn feed(
         &mut self,
         bytes: &[u8],
-        values: &[UartValue],
+        values: &[ValueSpec],
         out: &mut Vec<HashMap<String, Value>>,
         errors: &mut Vec<&'static str>,
     ) {
@@ -501,14 +425,9 @@ impl Decoder {
                     bytes,
                     |frame| {
                         out.push(
-                            values
-                                .iter()
-                                .filter_map(|v| {
-                                    Some((
-                                        v.field().to_string(),
-                                        v.kind?.decode(frame, v.at?, v.endian)?,
-                                    ))
-                                })
+                            fields::layout(values, frame)
+                                .into_iter()
+                                .map(|(field, value)| (field.to_string(), value))
                                 .collect(),
                         )
                     },
@@ -580,19 +499,7 @@ mod tests {
             lines: Some(lines),
             frames: None,
             poll: None,
-            values: fields
-                .iter()
-                .map(|f| UartValue {
-                    name: f.to_string(),
-                    unit: None,
-                    field: None,
-                    at: None,
-                    kind: None,
-                    endian: Endian::Big,
-                    scale: None,
-                    offset: None,
-                })
-                .collect(),
+            values: fields.iter().map(|f| ValueSpec::named(f)).collect(),
         }
     }
 

@@ -1,0 +1,312 @@
+//! The packet-forwarder endpoint: a UDP socket that acknowledges what gateways send, routes
+//! each LoRaWAN frame to the end device that owns its DevAddr, and turns gateway statistics
+//! into readings. Every datagram or packet it cannot use is counted by reason; none stops it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use base64::Engine as _;
+use tokio::net::UdpSocket;
+
+use super::gwmp::{self, PushData, RxPk, Stat};
+use super::lorawan::{self, FrameKind};
+use super::{ForwarderConfig, Heard, Radio, Radios, Route, UnknownDevices, parse_eui};
+use crate::adapter::{Adapter, AdapterContext, AdapterError, DeviceStatus};
+use crate::codec::hex;
+use crate::reading::{Reading, Value};
+
+/// The readings of gateway statistics, with units.
+pub(super) const STAT_VALUES: [(&str, Option<&str>); 10] = [
+    ("rx_packets", None),
+    ("rx_ok", None),
+    ("rx_forwarded", None),
+    ("ack_ratio", Some("%")),
+    ("downlinks", None),
+    ("tx_packets", None),
+    ("latitude", Some("°")),
+    ("longitude", Some("°")),
+    ("altitude", Some("m")),
+    ("temperature", Some("°C")),
+];
+
+/// The values of a frame from an unknown DevAddr, when they are published.
+pub(super) const UNKNOWN_VALUES: [&str; 4] = ["dev_addr", "fcnt", "fport", "payload"];
+
+/// Payloads are base64, padded by the specification but not by every forwarder (nor by the
+/// specification's own examples).
+const BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new()
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+);
+
+/// A running packet-forwarder endpoint.
+pub(super) struct Forwarder {
+    config: ForwarderConfig,
+    radio: bool,
+    radios: Radios,
+    allowed: Vec<u64>,
+}
+
+impl Forwarder {
+    pub(super) fn new(config: ForwarderConfig, radio: bool, radios: Radios) -> Self {
+        let allowed = config
+            .gateways
+            .iter()
+            .filter_map(|g| parse_eui(g))
+            .collect();
+        Self {
+            config,
+            radio,
+            radios,
+            allowed,
+        }
+    }
+
+    /// Handles one datagram from `peer`.
+    async fn datagram(
+        &self,
+        ctx: &AdapterContext,
+        socket: &UdpSocket,
+        datagram: &[u8],
+        peer: SocketAddr,
+    ) -> Result<(), AdapterError> {
+        let counters = ctx.counters();
+        if datagram.len() > self.config.max_datagram {
+            counters.count_error("oversize");
+            return Ok(());
+        }
+        let packet = match gwmp::parse(datagram) {
+            Ok(packet) => packet,
+            Err(e) => {
+                tracing::debug!(device = %ctx.device(), peer = %peer, error = %e, "Datagram dropped");
+                counters.count_error(e.counter());
+                return Ok(());
+            }
+        };
+        if !self.allowed.is_empty() && !self.allowed.contains(&packet.gateway) {
+            tracing::debug!(device = %ctx.device(), gateway = %super::eui(packet.gateway), "Datagram from a gateway not in `gateways`");
+            counters.count_error("unknown_gateway");
+            return Ok(());
+        }
+        if let Some(ack) = gwmp::ack(&packet)
+            && let Err(e) = socket.send_to(&ack, peer).await
+        {
+            tracing::debug!(device = %ctx.device(), peer = %peer, error = %e, "Acknowledgement not sent");
+        }
+        if packet.kind != gwmp::PUSH_DATA {
+            return Ok(());
+        }
+        let push: PushData = match serde_json::from_slice(packet.body) {
+            Ok(push) => push,
+            Err(e) => {
+                tracing::debug!(device = %ctx.device(), error = %e, "PUSH_DATA with malformed JSON");
+                counters.count_error("bad_json");
+                return Ok(());
+            }
+        };
+        for rxpk in &push.rxpk {
+            self.packet(ctx, rxpk, packet.gateway).await?;
+        }
+        if let Some(stat) = &push.stat {
+            ctx.emit(self.stat_reading(ctx, stat, packet.gateway))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Routes one received packet to its end device.
+    async fn packet(
+        &self,
+        ctx: &AdapterContext,
+        rxpk: &RxPk,
+        gateway: u64,
+    ) -> Result<(), AdapterError> {
+        let counters = ctx.counters();
+        let (phy, dev_addr) = match data_frame(rxpk) {
+            Ok(frame) => frame,
+            Err(reason) => {
+                counters.count_error(reason);
+                return Ok(());
+            }
+        };
+        let radio = Radio {
+            rssi: rxpk.rssi(),
+            snr: rxpk.snr(),
+            frequency: Some(rxpk.freq),
+            data_rate: Some(rxpk.datr.to_string()),
+            gateway: Some(gateway),
+        };
+        let unknown = match self.radios.route(
+            ctx.device(),
+            dev_addr,
+            Heard {
+                phy: phy.clone(),
+                radio: radio.clone(),
+            },
+        ) {
+            Route::Delivered => return Ok(()),
+            Route::Busy => {
+                counters.count_error("device_busy");
+                return Ok(());
+            }
+            Route::Unknown => unknown_frame(&phy, dev_addr),
+        };
+        counters.count_error("unknown_device");
+        tracing::debug!(device = %ctx.device(), dev_addr = %format!("{dev_addr:08X}"), "Frame from a DevAddr no device claims");
+        if self.config.unknown_devices == UnknownDevices::Publish {
+            let mut values = unknown;
+            if self.radio {
+                radio.push_values(&mut values);
+            }
+            ctx.emit(Reading::now(ctx.device().clone(), values)).await?;
+        }
+        Ok(())
+    }
+
+    fn stat_reading(&self, ctx: &AdapterContext, stat: &Stat, gateway: u64) -> Reading {
+        let int = |n: Option<u64>| n.map(|n| Value::Int(n as i64));
+        let float = |f: Option<f64>| f.map(Value::Float);
+        let fields = [
+            int(stat.rxnb),
+            int(stat.rxok),
+            int(stat.rxfw),
+            float(stat.ackr),
+            int(stat.dwnb),
+            int(stat.txnb),
+            float(stat.lati),
+            float(stat.long),
+            float(stat.alti),
+            float(stat.temp),
+        ];
+        let mut values: Vec<(Arc<str>, Value)> = STAT_VALUES
+            .iter()
+            .zip(fields)
+            .filter_map(|((name, _), value)| Some((Arc::from(*name), value?)))
+            .collect();
+        if self.radio {
+            Radio {
+                gateway: Some(gateway),
+                ..Radio::default()
+            }
+            .push_values(&mut values);
+        }
+        Reading::now(ctx.device().clone(), values)
+    }
+}
+
+/// The PHYPayload of a LoRaWAN data uplink and its DevAddr, or the counter of why the packet
+/// is dropped.
+fn data_frame(rxpk: &RxPk) -> Result<(Vec<u8>, u32), &'static str> {
+    match rxpk.stat {
+        1 => {}
+        0 => return Err("no_crc"),
+        _ => return Err("bad_crc"),
+    }
+    let phy = BASE64.decode(&rxpk.data).map_err(|_| "bad_base64")?;
+    if rxpk.size.is_some_and(|size| size != phy.len()) {
+        return Err("bad_size");
+    }
+    match lorawan::peek(&phy) {
+        Some((FrameKind::DataUp, Some(dev_addr))) => Ok((phy, dev_addr)),
+        Some((FrameKind::JoinRequest, _)) => Err("join_request"),
+        Some(_) => Err("not_uplink"),
+        None => Err("not_lorawan"),
+    }
+}
+
+/// What can be read of a frame without its keys.
+fn unknown_frame(phy: &[u8], dev_addr: u32) -> Vec<(Arc<str>, Value)> {
+    let [dev_addr_name, fcnt, fport, payload] = UNKNOWN_VALUES;
+    let mut values = vec![(
+        Arc::from(dev_addr_name),
+        Value::Text(format!("{dev_addr:08X}")),
+    )];
+    if let Some(count) = phy.get(6..8) {
+        values.push((
+            Arc::from(fcnt),
+            Value::Int(i64::from(u16::from_le_bytes([count[0], count[1]]))),
+        ));
+    }
+    // MHDR, DevAddr, FCtrl, FCnt and FOpts (length in FCtrl), then FPort and the payload,
+    // then the MIC.
+    let port_at = 8 + usize::from(phy[5] & 0x0F);
+    if phy.len() > port_at + 4 {
+        values.push((Arc::from(fport), Value::Int(phy[port_at].into())));
+        values.push((
+            Arc::from(payload),
+            Value::Text(hex(&phy[port_at + 1..phy.len() - 4])),
+        ));
+    }
+    values
+}
+
+#[async_trait]
+impl Adapter for Forwarder {
+    async fn run(&mut self, ctx: &AdapterContext) -> Result<(), AdapterError> {
+        let listen = self.config.listen;
+        let socket = UdpSocket::bind(listen)
+            .await
+            .map_err(|e| AdapterError::Transport(format!("cannot listen on {listen}: {e}")))?;
+        let local = socket
+            .local_addr()
+            .map_err(|e| AdapterError::Transport(e.to_string()))?;
+        tracing::info!(device = %ctx.device(), listen = %local, "Listening for LoRa packet forwarders");
+        ctx.set_status(DeviceStatus::Online);
+        // One byte more than allowed, so that an oversize datagram is seen as such.
+        let mut buf = vec![0u8; self.config.max_datagram + 1];
+        loop {
+            tokio::select! {
+                () = ctx.cancelled().cancelled() => return Ok(()),
+                received = socket.recv_from(&mut buf) => {
+                    let (n, peer) = received.map_err(|e| AdapterError::Transport(format!("receive failed: {e}")))?;
+                    self.datagram(ctx, &socket, &buf[..n], peer).await?;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_frames_show_what_needs_no_key() {
+        let phy = [
+            0x40, 0xF1, 0x7D, 0xBE, 0x49, 0x00, 0x02, 0x00, 0x01, 0x95, 0x43, 0x78, 0x76, 0x2B,
+            0x11, 0xFF, 0x0D,
+        ];
+        let values = unknown_frame(&phy, 0x49BE7DF1);
+        let shown: Vec<String> = values.iter().map(|(n, v)| format!("{n}={v:?}")).collect();
+        assert_eq!(
+            shown,
+            [
+                "dev_addr=Text(\"49BE7DF1\")",
+                "fcnt=Int(2)",
+                "fport=Int(1)",
+                "payload=Text(\"95437876\")"
+            ]
+        );
+        // Without payload: no port.
+        assert_eq!(unknown_frame(&phy[..12], 1).len(), 2);
+    }
+
+    #[test]
+    fn unpadded_base64_is_accepted() {
+        // From the examples of PROTOCOL.TXT: 32 bytes without padding.
+        assert_eq!(
+            BASE64
+                .decode("ysgRl452xNLep9S1NTIg2lomKDxUgn3DJ7DE+b00Ass")
+                .unwrap()
+                .len(),
+            32
+        );
+        assert!(
+            BASE64
+                .decode("-DS4CGaDCdG+48eJNM3Vai-zDpsR71Pn9CPA9uCON84")
+                .is_err()
+        );
+    }
+}

@@ -1,0 +1,243 @@
+//! The Semtech UDP packet-forwarder protocol (GWMP, Lora-net `packet_forwarder` PROTOCOL.TXT):
+//! a 4-byte header (version, token, identifier), the gateway's 8-byte EUI, then JSON.
+//!
+//! Written here rather than taken from the `semtech-udp` crate: that crate rejects protocol
+//! version 1, and its `rxpk` requires `lsnr` and `codr`, so one FSK packet (which has neither)
+//! fails a whole datagram.
+
+use serde::Deserialize;
+
+/// PUSH_DATA: the gateway forwards received packets and its statistics.
+pub const PUSH_DATA: u8 = 0;
+/// PUSH_ACK: the server's answer to PUSH_DATA.
+pub const PUSH_ACK: u8 = 1;
+/// PULL_DATA: the gateway's keepalive, opening the downlink path.
+pub const PULL_DATA: u8 = 2;
+/// PULL_ACK: the server's answer to PULL_DATA.
+pub const PULL_ACK: u8 = 4;
+/// TX_ACK: the gateway's report on a downlink.
+pub const TX_ACK: u8 = 5;
+
+/// One datagram from a gateway.
+#[derive(Debug, PartialEq)]
+pub struct Datagram<'a> {
+    /// Protocol version (1 or 2), echoed in the acknowledgement.
+    pub version: u8,
+    /// The random token the acknowledgement must carry.
+    pub token: [u8; 2],
+    /// `PUSH_DATA`, `PULL_DATA` or `TX_ACK`.
+    pub kind: u8,
+    /// The gateway's EUI.
+    pub gateway: u64,
+    /// The JSON body (PUSH_DATA, TX_ACK), without a trailing NUL.
+    pub body: &'a [u8],
+}
+
+/// Why a datagram was dropped; each is counted under [`GwmpError::counter`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GwmpError {
+    /// Shorter than the header.
+    #[error("{0} bytes is too short for a datagram")]
+    Truncated(usize),
+    /// Not protocol version 1 or 2.
+    #[error("protocol version {0} is not 1 or 2")]
+    Version(u8),
+    /// An identifier a gateway does not send.
+    #[error("identifier {0:#04x} is not an upstream message")]
+    Kind(u8),
+}
+
+impl GwmpError {
+    /// The name of the device error counter.
+    pub fn counter(&self) -> &'static str {
+        match self {
+            GwmpError::Truncated(_) => "truncated",
+            GwmpError::Version(_) => "bad_version",
+            GwmpError::Kind(_) => "bad_identifier",
+        }
+    }
+}
+
+/// Parses the header of a datagram from a gateway.
+pub fn parse(datagram: &[u8]) -> Result<Datagram<'_>, GwmpError> {
+    let [version, t0, t1, kind, rest @ ..] = datagram else {
+        return Err(GwmpError::Truncated(datagram.len()));
+    };
+    if !matches!(version, 1 | 2) {
+        return Err(GwmpError::Version(*version));
+    }
+    if !matches!(*kind, PUSH_DATA | PULL_DATA | TX_ACK) {
+        return Err(GwmpError::Kind(*kind));
+    }
+    let Some((eui, body)) = rest.split_first_chunk::<8>() else {
+        return Err(GwmpError::Truncated(datagram.len()));
+    };
+    Ok(Datagram {
+        version: *version,
+        token: [*t0, *t1],
+        kind: *kind,
+        gateway: u64::from_be_bytes(*eui),
+        body: body.strip_suffix(&[0]).unwrap_or(body),
+    })
+}
+
+/// The acknowledgement of `datagram`, or `None` for messages that take none (TX_ACK).
+pub fn ack(datagram: &Datagram<'_>) -> Option<[u8; 4]> {
+    let kind = match datagram.kind {
+        PUSH_DATA => PUSH_ACK,
+        PULL_DATA => PULL_ACK,
+        _ => return None,
+    };
+    Some([datagram.version, datagram.token[0], datagram.token[1], kind])
+}
+
+/// The JSON of a PUSH_DATA.
+#[derive(Debug, Deserialize)]
+pub struct PushData {
+    /// Received packets.
+    #[serde(default)]
+    pub rxpk: Vec<RxPk>,
+    /// The gateway's statistics.
+    pub stat: Option<Stat>,
+}
+
+/// One received packet. Only what Cairn uses is required; the rest varies between forwarders.
+#[derive(Debug, Deserialize)]
+pub struct RxPk {
+    /// Centre frequency in MHz.
+    pub freq: f64,
+    /// CRC status: 1 good, -1 bad, 0 none.
+    pub stat: i8,
+    /// "LORA" or "FSK".
+    pub modu: String,
+    /// "SF7BW125" for LoRa, bits per second for FSK.
+    pub datr: DataRate,
+    /// RSSI in dBm (absent from version 2 `rsig` packets).
+    pub rssi: Option<f64>,
+    /// LoRa SNR in dB.
+    pub lsnr: Option<f64>,
+    /// Per-antenna signal of SX1302 forwarders (JSON version 2).
+    #[serde(default)]
+    pub rsig: Vec<RSig>,
+    /// Payload size in bytes.
+    pub size: Option<usize>,
+    /// Payload, base64.
+    pub data: String,
+}
+
+/// A data rate as the forwarder writes it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum DataRate {
+    /// LoRa: "SF7BW125".
+    Lora(String),
+    /// FSK: bits per second.
+    Fsk(u32),
+}
+
+impl std::fmt::Display for DataRate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DataRate::Lora(s) => f.write_str(s),
+            DataRate::Fsk(bps) => write!(f, "FSK{bps}"),
+        }
+    }
+}
+
+/// The signal on one antenna (JSON version 2).
+#[derive(Debug, Deserialize)]
+pub struct RSig {
+    /// Channel RSSI in dBm.
+    pub rssic: Option<f64>,
+    /// SNR in dB.
+    pub lsnr: Option<f64>,
+}
+
+impl RxPk {
+    /// RSSI, from the packet or its best antenna.
+    pub fn rssi(&self) -> Option<f64> {
+        self.rssi
+            .or_else(|| self.rsig.iter().filter_map(|r| r.rssic).reduce(f64::max))
+    }
+
+    /// SNR, from the packet or its best antenna.
+    pub fn snr(&self) -> Option<f64> {
+        self.lsnr
+            .or_else(|| self.rsig.iter().filter_map(|r| r.lsnr).reduce(f64::max))
+    }
+}
+
+/// A gateway's statistics since its last report.
+#[derive(Debug, Default, Deserialize)]
+pub struct Stat {
+    /// Latitude, degrees.
+    pub lati: Option<f64>,
+    /// Longitude, degrees.
+    pub long: Option<f64>,
+    /// Altitude, metres.
+    pub alti: Option<f64>,
+    /// Packets received.
+    pub rxnb: Option<u64>,
+    /// Packets received with a good CRC.
+    pub rxok: Option<u64>,
+    /// Packets forwarded.
+    pub rxfw: Option<u64>,
+    /// Percentage of upstream datagrams acknowledged.
+    pub ackr: Option<f64>,
+    /// Downlink datagrams received.
+    pub dwnb: Option<u64>,
+    /// Packets emitted.
+    pub txnb: Option<u64>,
+    /// Board temperature, °C (some forwarders).
+    pub temp: Option<f64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_and_acknowledgements() {
+        let mut push = vec![2, 0xAB, 0xCD, PUSH_DATA, 0xAA, 0x55, 0x5A, 0, 0, 0, 0, 1];
+        push.extend_from_slice(b"{\"stat\":{}}\0");
+        let datagram = parse(&push).unwrap();
+        assert_eq!(datagram.gateway, 0xAA555A0000000001);
+        assert_eq!(datagram.body, b"{\"stat\":{}}");
+        assert_eq!(ack(&datagram), Some([2, 0xAB, 0xCD, PUSH_ACK]));
+        let pull = parse(&[1, 0, 7, PULL_DATA, 1, 2, 3, 4, 5, 6, 7, 8]).unwrap();
+        assert_eq!(ack(&pull), Some([1, 0, 7, PULL_ACK]));
+        let tx_ack = parse(&[2, 0, 7, TX_ACK, 1, 2, 3, 4, 5, 6, 7, 8]).unwrap();
+        assert_eq!(ack(&tx_ack), None);
+    }
+
+    #[test]
+    fn bad_headers_are_named() {
+        assert_eq!(parse(&[2, 0]), Err(GwmpError::Truncated(2)));
+        assert_eq!(
+            parse(&[2, 0, 0, PUSH_DATA, 1, 2]),
+            Err(GwmpError::Truncated(6))
+        );
+        assert_eq!(
+            parse(&[3, 0, 0, PUSH_DATA, 0, 0, 0, 0, 0, 0, 0, 0]),
+            Err(GwmpError::Version(3))
+        );
+        assert_eq!(
+            parse(&[2, 0, 0, PUSH_ACK, 0, 0, 0, 0, 0, 0, 0, 0]),
+            Err(GwmpError::Kind(PUSH_ACK))
+        );
+    }
+
+    #[test]
+    fn fsk_and_version_2_packets_parse() {
+        let json = br#"{"rxpk":[
+            {"tmst":1,"chan":9,"rfch":1,"freq":869.1,"stat":1,"modu":"FSK","datr":50000,"rssi":-75,"size":16,"data":"VEVTVF9QQUNLRVRfMTIzNA=="},
+            {"jver":2,"tmst":2,"chan":0,"rfch":0,"freq":868.1,"stat":1,"modu":"LORA","datr":"SF7BW125","codr":"4/5","size":1,"data":"AA==",
+             "rsig":[{"ant":0,"chan":0,"rssic":-80,"lsnr":7.5},{"ant":1,"chan":0,"rssic":-70,"lsnr":9.0}]}
+        ]}"#;
+        let push: PushData = serde_json::from_slice(json).unwrap();
+        assert_eq!(push.rxpk[0].datr.to_string(), "FSK50000");
+        assert_eq!(push.rxpk[0].snr(), None);
+        assert_eq!(push.rxpk[1].rssi(), Some(-70.0));
+        assert_eq!(push.rxpk[1].snr(), Some(9.0));
+    }
+}

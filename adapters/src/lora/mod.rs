@@ -1,0 +1,514 @@
+//! LoRa radios, the two ways a Raspberry Pi meets them:
+//!
+//! - a **packet forwarder** (an SX1301/SX1302 concentrator HAT or a LoRaWAN gateway on the LAN)
+//!   sends what it hears over the Semtech UDP protocol. One device with `forwarder:` listens;
+//!   each LoRaWAN end device is a device of its own with `lorawan:` (ABP keys) and `via:` naming
+//!   the forwarder device. The forwarder routes frames by DevAddr to them.
+//! - a **serial LoRa module** (RN2483/RN2903, RAK3172) in point-to-point mode: `module:`.
+//!
+//! Either way a payload is decoded by a codec (`payload:`, or per FPort `ports:`), and radio
+//! metadata (RSSI, SNR, frequency, data rate, gateway) is added to each reading.
+
+mod forwarder;
+pub mod gwmp;
+pub mod lorawan;
+mod module;
+mod node;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use crate::codec::PayloadConfig;
+use crate::config::ValueInfo;
+use crate::reading::Value;
+use crate::state::StateStore;
+
+/// Frames waiting for one end device's adapter; more are dropped and counted.
+const NODE_QUEUE: usize = 64;
+
+/// Settings of a LoRa device (`type: lora`): exactly one of `forwarder`, `lorawan`, `module`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoraConfig {
+    /// This device is a packet-forwarder endpoint (its readings: gateway statistics).
+    pub forwarder: Option<ForwarderConfig>,
+    /// This device is a LoRaWAN end device activated by personalisation.
+    pub lorawan: Option<LorawanConfig>,
+    /// This device is a serial LoRa module in point-to-point mode.
+    pub module: Option<ModuleConfig>,
+    /// How payloads are decoded (default `raw`).
+    #[serde(default)]
+    pub payload: PayloadConfig,
+    /// LoRaWAN: codecs by FPort, overriding `payload`.
+    #[serde(default)]
+    pub ports: BTreeMap<u8, PayloadConfig>,
+    /// Add RSSI, SNR, frequency, data rate and gateway to each reading (default true).
+    #[serde(default = "default_true")]
+    pub radio: bool,
+}
+
+/// `forwarder:` — where packet forwarders send, and whom to believe.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwarderConfig {
+    /// UDP address to listen on (default `0.0.0.0:1700`, the forwarders' default).
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Gateway EUIs to accept (16 hex digits); empty accepts every gateway.
+    #[serde(default)]
+    pub gateways: Vec<String>,
+    /// Frames from DevAddrs no device claims: `count` (default) or `publish` them raw as
+    /// readings of this device.
+    #[serde(default)]
+    pub unknown_devices: UnknownDevices,
+    /// Larger datagrams are dropped and counted (default 16384 bytes).
+    #[serde(default = "default_max_datagram")]
+    pub max_datagram: usize,
+}
+
+/// What to do with frames from DevAddrs that no device claims.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnknownDevices {
+    /// Count them (`unknown_device`).
+    #[default]
+    Count,
+    /// Count them and publish DevAddr, FCnt, FPort and the encrypted payload.
+    Publish,
+}
+
+/// `lorawan:` — an end device activated by personalisation (ABP).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LorawanConfig {
+    /// The device (with `forwarder:`) whose gateways hear this one.
+    pub via: String,
+    /// DevAddr, 8 hex digits as the network console shows it (`26011BDA`).
+    pub dev_addr: String,
+    /// Network session key, 32 hex digits (or `nwk_s_key_file`).
+    pub nwk_s_key: Option<String>,
+    /// A file holding the network session key.
+    pub nwk_s_key_file: Option<PathBuf>,
+    /// Application session key, 32 hex digits (or `app_s_key_file`).
+    pub app_s_key: Option<String>,
+    /// A file holding the application session key.
+    pub app_s_key_file: Option<PathBuf>,
+    /// Accept a frame counter that restarts from 0 (devices that lose it when they reboot).
+    /// Weakens replay protection; default false.
+    #[serde(default)]
+    pub allow_fcnt_reset: bool,
+    /// Show the device offline after this long without a frame (e.g. `1h`); default never.
+    #[serde(default, with = "humantime_serde")]
+    pub silence: Option<Duration>,
+}
+
+/// `module:` — a serial LoRa module listening in point-to-point mode.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModuleConfig {
+    /// `rn2483`, `rn2903` or `rak3172`.
+    pub kind: ModuleKind,
+    /// The serial port.
+    pub port: PathBuf,
+    /// Bits per second (default 57600 for RN2xx3, 115200 for RAK3172).
+    pub baud: Option<u32>,
+    /// Radio frequency in Hz; with `spreading_factor` and `bandwidth` it sets the radio,
+    /// without them the module keeps its own settings.
+    pub frequency: Option<u32>,
+    /// 7 to 12.
+    pub spreading_factor: Option<u8>,
+    /// 125, 250 or 500 kHz.
+    pub bandwidth: Option<u32>,
+}
+
+/// The serial LoRa modules Cairn drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModuleKind {
+    /// Microchip RN2483 (433/868 MHz).
+    Rn2483,
+    /// Microchip RN2903 (915 MHz); same commands as the RN2483.
+    Rn2903,
+    /// RAKwireless RAK3172 with RUI3 firmware.
+    Rak3172,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 1700))
+}
+fn default_max_datagram() -> usize {
+    16 * 1024
+}
+
+/// What a radio says about one frame.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Radio {
+    rssi: Option<f64>,
+    snr: Option<f64>,
+    frequency: Option<f64>,
+    data_rate: Option<String>,
+    gateway: Option<u64>,
+}
+
+/// The radio values and their units, in reading order.
+const RADIO_VALUES: [(&str, Option<&str>); 5] = [
+    ("rssi", Some("dBm")),
+    ("snr", Some("dB")),
+    ("frequency", Some("MHz")),
+    ("data_rate", None),
+    ("gateway", None),
+];
+
+impl Radio {
+    /// The radio values, appended to a reading's values.
+    fn push_values(&self, values: &mut Vec<(Arc<str>, Value)>) {
+        let [rssi, snr, frequency, data_rate, gateway] = RADIO_VALUES.map(|(name, _)| name);
+        let mut push = |name: &str, value: Option<Value>| {
+            if let Some(value) = value {
+                values.push((Arc::from(name), value));
+            }
+        };
+        push(rssi, self.rssi.map(Value::Float));
+        push(snr, self.snr.map(Value::Float));
+        push(frequency, self.frequency.map(Value::Float));
+        push(data_rate, self.data_rate.clone().map(Value::Text));
+        push(gateway, self.gateway.map(|g| Value::Text(eui(g))));
+    }
+}
+
+/// An EUI as 16 uppercase hex digits.
+fn eui(eui: u64) -> String {
+    format!("{eui:016X}")
+}
+
+/// A frame a forwarder heard, on its way to the end device's adapter.
+#[derive(Debug)]
+pub(crate) struct Heard {
+    phy: Vec<u8>,
+    radio: Radio,
+}
+
+/// What became of a frame handed to [`Radios::route`].
+#[derive(Debug, PartialEq, Eq)]
+enum Route {
+    Delivered,
+    /// No device claims the DevAddr, or its adapter is not running.
+    Unknown,
+    /// Its adapter is not keeping up.
+    Busy,
+}
+
+/// Which end device's adapter listens for which DevAddr behind which forwarder device. Shared
+/// by the adapters of one gateway (see [`crate::Shared`]).
+#[derive(Debug, Clone, Default)]
+pub struct Radios(Arc<Mutex<HashMap<Listener, mpsc::Sender<Heard>>>>);
+
+/// A forwarder device's name and a DevAddr.
+type Listener = (String, u32);
+
+impl Radios {
+    /// Frames for `dev_addr` heard by `forwarder`, from now on (replacing an earlier listener).
+    fn listen(&self, forwarder: &str, dev_addr: u32) -> mpsc::Receiver<Heard> {
+        let (tx, rx) = mpsc::channel(NODE_QUEUE);
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.insert((forwarder.to_string(), dev_addr), tx);
+        rx
+    }
+
+    /// Hands a frame to the adapter listening for `dev_addr` behind `forwarder`.
+    fn route(&self, forwarder: &str, dev_addr: u32, heard: Heard) -> Route {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(tx) = map.get(&(forwarder.to_string(), dev_addr)) else {
+            return Route::Unknown;
+        };
+        match tx.try_send(heard) {
+            Ok(()) => Route::Delivered,
+            Err(mpsc::error::TrySendError::Full(_)) => Route::Busy,
+            Err(mpsc::error::TrySendError::Closed(_)) => Route::Unknown,
+        }
+    }
+}
+
+/// A DevAddr, its network session key and its application session key.
+type AbpSession = (u32, [u8; 16], [u8; 16]);
+
+impl LorawanConfig {
+    /// The DevAddr, and both session keys, read from the config or their files; or the field
+    /// at fault and why.
+    fn session(&self) -> Result<AbpSession, (String, String)> {
+        let dev_addr = lorawan::parse_dev_addr(&self.dev_addr)
+            .map_err(|e| ("lorawan.dev_addr".to_string(), e))?;
+        let key = |name: &str, inline: &Option<String>, file: &Option<PathBuf>| {
+            let text = match (inline, file) {
+                (Some(key), None) => key.clone(),
+                (None, Some(path)) => std::fs::read_to_string(path).map_err(|e| {
+                    (
+                        format!("lorawan.{name}_file"),
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?,
+                _ => {
+                    return Err((
+                        format!("lorawan.{name}"),
+                        format!("give either `{name}` or `{name}_file`"),
+                    ));
+                }
+            };
+            lorawan::parse_key(text.trim()).map_err(|e| (format!("lorawan.{name}"), e))
+        };
+        Ok((
+            dev_addr,
+            key("nwk_s_key", &self.nwk_s_key, &self.nwk_s_key_file)?,
+            key("app_s_key", &self.app_s_key, &self.app_s_key_file)?,
+        ))
+    }
+}
+
+impl LoraConfig {
+    pub(crate) fn problems(&self) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        let mut push = |path: &str, message: String| problems.push((path.to_string(), message));
+        let roles = [
+            self.forwarder.is_some(),
+            self.lorawan.is_some(),
+            self.module.is_some(),
+        ];
+        if roles.iter().filter(|r| **r).count() != 1 {
+            push(
+                "forwarder",
+                "give exactly one of `forwarder` (a packet-forwarder endpoint), `lorawan` (an end device) or `module` (a serial LoRa module)".into(),
+            );
+        }
+        if let Some(forwarder) = &self.forwarder {
+            for (i, gateway) in forwarder.gateways.iter().enumerate() {
+                if parse_eui(gateway).is_none() {
+                    push(
+                        &format!("forwarder.gateways[{i}]"),
+                        format!("`{gateway}` is not an EUI of 16 hex digits"),
+                    );
+                }
+            }
+            if !(12..=65_507).contains(&forwarder.max_datagram) {
+                push(
+                    "forwarder.max_datagram",
+                    "must be between 12 and 65507 bytes".into(),
+                );
+            }
+            if self.payload != PayloadConfig::default() || !self.ports.is_empty() {
+                push(
+                    "payload",
+                    "a forwarder decodes no payloads; give `payload` and `ports` to its end devices".into(),
+                );
+            }
+        }
+        if let Some(lorawan) = &self.lorawan
+            && let Err((path, message)) = lorawan.session()
+        {
+            push(&path, message);
+        }
+        if let Some(module) = &self.module {
+            let radio = [
+                module.frequency.is_some(),
+                module.spreading_factor.is_some(),
+                module.bandwidth.is_some(),
+            ];
+            if radio.contains(&true) && radio.contains(&false) {
+                push(
+                    "module",
+                    "give `frequency`, `spreading_factor` and `bandwidth` together, or none".into(),
+                );
+            }
+            if module
+                .spreading_factor
+                .is_some_and(|sf| !(7..=12).contains(&sf))
+            {
+                push("module.spreading_factor", "must be 7 to 12".into());
+            }
+            if module
+                .bandwidth
+                .is_some_and(|bw| ![125, 250, 500].contains(&bw))
+            {
+                push("module.bandwidth", "must be 125, 250 or 500 (kHz)".into());
+            }
+            if !self.ports.is_empty() {
+                push(
+                    "ports",
+                    "point-to-point frames have no FPort; use `payload`".into(),
+                );
+            }
+        }
+        self.payload.problems("payload", &mut push);
+        for (port, payload) in &self.ports {
+            if *port == 0 || *port > 223 {
+                push(
+                    &format!("ports.{port}"),
+                    "application ports are 1 to 223".into(),
+                );
+            }
+            payload.problems(&format!("ports.{port}"), &mut push);
+        }
+        problems
+    }
+
+    pub(crate) fn values(&self) -> Vec<ValueInfo> {
+        let info = |name: &str, unit: Option<&str>| ValueInfo {
+            name: name.into(),
+            unit: unit.map(Into::into),
+            writable: false,
+        };
+        let mut values: Vec<ValueInfo> = Vec::new();
+        if let Some(forwarder) = &self.forwarder {
+            values.extend(forwarder::STAT_VALUES.iter().map(|(n, u)| info(n, *u)));
+            if forwarder.unknown_devices == UnknownDevices::Publish {
+                values.extend(forwarder::UNKNOWN_VALUES.iter().map(|n| info(n, None)));
+            }
+        } else {
+            let decoded = std::iter::once(&self.payload).chain(self.ports.values());
+            for value in decoded.flat_map(PayloadConfig::values) {
+                if !values.iter().any(|v| v.name == value.name) {
+                    values.push(value);
+                }
+            }
+            if self.lorawan.is_some() {
+                values.extend(node::FRAME_VALUES.iter().map(|n| info(n, None)));
+            }
+        }
+        if self.radio {
+            values.extend(RADIO_VALUES.iter().map(|(n, u)| info(n, *u)));
+        }
+        values
+    }
+
+    pub(crate) fn build(
+        &self,
+        radios: &Radios,
+        state: &Arc<dyn StateStore>,
+    ) -> Box<dyn crate::adapter::Adapter> {
+        match (&self.forwarder, &self.lorawan, &self.module) {
+            (Some(forwarder), _, _) => Box::new(forwarder::Forwarder::new(
+                forwarder.clone(),
+                self.radio,
+                radios.clone(),
+            )),
+            (None, Some(lorawan), _) => Box::new(node::Node::new(
+                self.clone(),
+                lorawan.clone(),
+                radios.clone(),
+                state.clone(),
+            )),
+            (None, None, Some(module)) => Box::new(module::Module::new(
+                module.clone(),
+                self.payload.decoder(),
+                self.radio,
+            )),
+            (None, None, None) => Box::new(Unconfigured),
+        }
+    }
+
+    /// The serial port of a module, for checks across devices.
+    pub(crate) fn serial_port(&self) -> Option<&std::path::Path> {
+        self.module.as_ref().map(|m| m.port.as_path())
+    }
+
+    /// Problems between LoRa devices: `via` naming no forwarder, two end devices with one
+    /// DevAddr behind one forwarder, two forwarders on one address. Returns the index of the
+    /// device at fault, a field path and a message.
+    pub(crate) fn conflicts(
+        devices: &[(&str, Option<&LoraConfig>)],
+    ) -> Vec<(usize, String, String)> {
+        let mut problems = Vec::new();
+        let forwarders: Vec<(usize, &str, &ForwarderConfig)> = devices
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (name, c))| Some((i, *name, c.as_ref()?.forwarder.as_ref()?)))
+            .collect();
+        for (n, (i, _, forwarder)) in forwarders.iter().enumerate() {
+            if let Some((j, _, _)) = forwarders[..n]
+                .iter()
+                .find(|(_, _, f)| f.listen == forwarder.listen)
+            {
+                problems.push((
+                    *i,
+                    "forwarder.listen".into(),
+                    format!(
+                        "{} is already the address of devices[{j}]",
+                        forwarder.listen
+                    ),
+                ));
+            }
+        }
+        let mut addresses: Vec<(usize, &str, u32)> = Vec::new();
+        for (i, (_, config)) in devices.iter().enumerate() {
+            let Some(lorawan) = config.and_then(|c| c.lorawan.as_ref()) else {
+                continue;
+            };
+            if !forwarders.iter().any(|(_, name, _)| *name == lorawan.via) {
+                let names: Vec<&str> = forwarders.iter().map(|(_, n, _)| *n).collect();
+                problems.push((
+                    i,
+                    "lorawan.via".into(),
+                    if names.is_empty() {
+                        format!(
+                            "`{}` is not a device with `forwarder:`; there is none",
+                            lorawan.via
+                        )
+                    } else {
+                        format!(
+                            "`{}` is not a device with `forwarder:`; there are: {}",
+                            lorawan.via,
+                            names.join(", ")
+                        )
+                    },
+                ));
+            }
+            let Ok(dev_addr) = lorawan::parse_dev_addr(&lorawan.dev_addr) else {
+                continue;
+            };
+            if let Some((j, _, _)) = addresses
+                .iter()
+                .find(|(_, via, a)| *via == lorawan.via && *a == dev_addr)
+            {
+                problems.push((
+                    i,
+                    "lorawan.dev_addr".into(),
+                    format!("devices[{j}] has the same DevAddr behind `{}`", lorawan.via),
+                ));
+            }
+            addresses.push((i, &lorawan.via, dev_addr));
+        }
+        problems
+    }
+}
+
+/// Parses a gateway EUI.
+fn parse_eui(text: &str) -> Option<u64> {
+    let digits: String = text
+        .chars()
+        .filter(|c| !matches!(c, ':' | '-' | ' '))
+        .collect();
+    (digits.len() == 16).then(|| u64::from_str_radix(&digits, 16).ok())?
+}
+
+/// Stands for a device whose settings name no role; validation refuses it first.
+struct Unconfigured;
+
+#[async_trait::async_trait]
+impl crate::adapter::Adapter for Unconfigured {
+    async fn run(
+        &mut self,
+        _: &crate::adapter::AdapterContext,
+    ) -> Result<(), crate::adapter::AdapterError> {
+        Err(crate::adapter::AdapterError::Config(
+            "give one of `forwarder`, `lorawan` or `module`".into(),
+        ))
+    }
+}
