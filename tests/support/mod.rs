@@ -3,6 +3,7 @@
 #![allow(dead_code, missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod feed;
+pub mod lora;
 pub mod modbus;
 pub mod proxy;
 pub mod serial;
@@ -331,6 +332,8 @@ pub struct SeqReport {
 pub struct Cairn {
     pub dir: tempfile::TempDir,
     child: Option<Child>,
+    /// Runs started so far, each of which appended to the log.
+    runs: usize,
 }
 
 pub fn cairn_bin() -> &'static str {
@@ -347,7 +350,11 @@ impl Cairn {
             config.push_str("\nfeed: {listen: '127.0.0.1:0'}\n");
         }
         std::fs::write(dir.path().join("cairn.yaml"), config).unwrap();
-        let mut cairn = Self { dir, child: None };
+        let mut cairn = Self {
+            dir,
+            child: None,
+            runs: 0,
+        };
         cairn.restart();
         cairn
     }
@@ -372,6 +379,7 @@ impl Cairn {
             .spawn()
             .unwrap();
         self.child = Some(child);
+        self.runs += 1;
     }
 
     /// SIGKILL: no flush, no goodbye, like a power cut for everything not yet fsynced.
@@ -394,16 +402,33 @@ impl Cairn {
 
     /// The address the feed listens on, once it does (from the log of the current run).
     pub fn feed(&self) -> std::net::SocketAddr {
-        const LINE: &str = "Dashboard and feed listening listen=";
-        self.wait_log(LINE);
+        self.logged_addr("Dashboard and feed listening listen=")
+    }
+
+    /// The address logged right after `line`, once it is (from the log of the current run).
+    pub fn logged_addr(&self, line: &str) -> std::net::SocketAddr {
+        self.wait_log_count(line, self.runs);
         let log = self.log();
-        let at = log.rfind(LINE).unwrap() + LINE.len();
+        let at = log.rfind(line).unwrap() + line.len();
         log[at..]
             .split_whitespace()
             .next()
             .unwrap()
             .parse()
             .unwrap()
+    }
+
+    /// Waits until cairn's log contains `text` at least `n` times.
+    pub fn wait_log_count(&self, text: &str, n: usize) {
+        let deadline = Instant::now() + PATIENCE;
+        while self.log().matches(text).count() < n {
+            assert!(
+                Instant::now() < deadline,
+                "`{text}` not logged {n} times:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Waits until cairn's log contains `text`.

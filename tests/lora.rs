@@ -1,0 +1,418 @@
+//! The lora adapter end to end, checked at a real mosquitto subscriber: the test plays a
+//! packet forwarder replaying public traffic (PROTOCOL.TXT's examples, lora-packet's LoRaWAN
+//! vectors), frames built by an independent encoder, Cayenne LPP cross-checked against
+//! pycayennelpp, bad datagrams of every kind, and serial modules over socat ptys.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::feed::api;
+use support::lora::{LoraModule, PacketForwarder, build_frames, push_data, rxpk, unhex};
+use support::serial::SerialPair;
+use support::{Broker, Cairn, PATIENCE, Subscriber};
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/lora");
+const LISTENING: &str = "Listening for LoRa packet forwarders device=gw listen=";
+
+fn fixture(name: &str) -> String {
+    std::fs::read_to_string(format!("{FIXTURES}/{name}")).unwrap()
+}
+
+fn vectors() -> Value {
+    serde_json::from_str(&fixture("lorawan_vectors.json")).unwrap()
+}
+
+fn config(broker: u16, devices: &str) -> String {
+    format!(
+        "gateway: {{id: test, data_dir: '{{data}}'}}\n\
+         mqtt: {{host: 127.0.0.1, port: {broker}, reconnect_min: 100ms, reconnect_max: 1s}}\n\
+         devices:\n{devices}"
+    )
+}
+
+/// The packet-forwarder device `gw` on a free loopback port, with extra `forwarder:` settings.
+fn forwarder(extra: &str) -> String {
+    format!("  - name: gw\n    type: lora\n    forwarder: {{listen: '127.0.0.1:0'{extra}}}\n")
+}
+
+/// An end device behind `gw` with the public vectors' keys.
+fn node(name: &str, dev_addr: &str, payload: &str) -> String {
+    let v = vectors();
+    format!(
+        "  - name: {name}\n    type: lora\n    lorawan: {{via: gw, dev_addr: '{dev_addr}', nwk_s_key: {}, app_s_key: {}}}\n    payload: {payload}\n",
+        v["nwk_s_key"].as_str().unwrap(),
+        v["app_s_key"].as_str().unwrap()
+    )
+}
+
+/// Starts cairn and a packet forwarder talking to its endpoint.
+fn start(broker: &Broker, devices: &str) -> (Cairn, PacketForwarder) {
+    let cairn = Cairn::start(&config(broker.port, devices));
+    let server: SocketAddr = cairn.logged_addr(LISTENING);
+    (cairn, PacketForwarder::new(server))
+}
+
+/// The `values` of every data message from `device`, in order.
+fn readings(sub: &Subscriber, device: &str) -> Vec<Value> {
+    let topic = format!("cairn/test/{device}");
+    sub.with(|r| {
+        r.data()
+            .filter(|(t, _)| *t == topic)
+            .map(|(_, v)| v["values"].clone())
+            .collect()
+    })
+}
+
+fn wait_readings(sub: &Subscriber, device: &str, n: usize) -> Vec<Value> {
+    let topic = format!("cairn/test/{device}");
+    assert!(
+        sub.wait_until(PATIENCE, |r| r.data().filter(|(t, _)| *t == topic).count()
+            >= n),
+        "{n} readings of {device} never arrived: {:?}",
+        readings(sub, device)
+    );
+    readings(sub, device)
+}
+
+/// The error counters of `device` once `done` holds for them (polled from `/api/devices`).
+fn wait_errors(cairn: &Cairn, device: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let feed = cairn.feed();
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let devices = api(feed, "/api/devices");
+        let errors = devices
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["name"] == device)
+            .unwrap()["errors"]
+            .clone();
+        if done(&errors) {
+            return errors;
+        }
+        assert!(Instant::now() < deadline, "{device}: {errors}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn public_forwarder_traffic_and_lorawan_vectors_reach_the_broker() {
+    let broker = Broker::start();
+    let sub = Subscriber::start(&broker, "cairn/test/#");
+    let devices =
+        forwarder(", unknown_devices: publish") + &node("mote", "49BE7DF1", "{codec: raw}");
+    let (cairn, mut gateway) = start(&broker, &devices);
+    gateway.pull();
+
+    // PROTOCOL.TXT's rxpk example: none of its three packets is a usable uplink; each is
+    // counted by its reason, and the datagram is still acknowledged.
+    gateway.push(&fixture("protocol_txt_rxpk.json"));
+    let errors = wait_errors(&cairn, "gw", |e| {
+        e["bad_base64"] == 1 && e["not_uplink"] == 1
+    });
+    assert_eq!(
+        errors["unknown_device"], 1,
+        "the FSK test packet parses as a frame of nobody: {errors}"
+    );
+    // Its stat example becomes a reading of the forwarder device.
+    gateway.push(&fixture("protocol_txt_stat.json"));
+    let stats = &wait_readings(&sub, "gw", 2)[1];
+    assert_eq!(stats["rx_packets"], 2);
+    assert_eq!(stats["ack_ratio"], 100.0);
+    assert_eq!(stats["latitude"], 46.24);
+    assert_eq!(stats["altitude"], 145.0);
+    assert_eq!(stats["gateway"], "AA555A0000000001");
+
+    // lora-packet's vectors: MIC checked, counter tracked, payload decrypted.
+    let v = vectors();
+    let frames: Vec<Value> = v["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| rxpk(&unhex(f["phy"].as_str().unwrap()), -57, 9.5))
+        .collect();
+    gateway.push(&push_data(&frames));
+    let got = wait_readings(&sub, "mote", 3);
+    for (reading, frame) in got.iter().zip(v["frames"].as_array().unwrap()) {
+        assert_eq!(reading["fcnt"], frame["fcnt"]);
+        let plaintext = frame["plaintext"].as_str().unwrap();
+        if plaintext.is_empty() {
+            assert!(reading.get("payload").is_none(), "{reading}");
+        } else {
+            let hex: String = plaintext.bytes().map(|b| format!("{b:02x}")).collect();
+            assert_eq!(reading["payload"], hex);
+            assert_eq!(reading["fport"], 1);
+        }
+        assert_eq!(reading["rssi"], -57.0);
+        assert_eq!(reading["snr"], 9.5);
+        assert_eq!(reading["frequency"], 868.1);
+        assert_eq!(reading["data_rate"], "SF7BW125");
+        assert_eq!(reading["gateway"], "AA555A0000000001");
+    }
+
+    // Heard again (a second gateway, or the same frames replayed): refused and counted.
+    let bad_mic = rxpk(&unhex(v["bad_mic"]["phy"].as_str().unwrap()), -57, 9.5);
+    gateway.push(&push_data(&[frames[2].clone(), frames[0].clone(), bad_mic]));
+    let errors = wait_errors(&cairn, "mote", |e| {
+        e["duplicate"] == 1 && e["replay"] == 1 && e["bad_mic"] == 1
+    });
+    assert_eq!(errors.as_object().unwrap().len(), 3, "{errors}");
+
+    // A frame from a DevAddr nobody claims is published raw by the forwarder device.
+    let stranger = unhex("400403020120030001A4A93023B19A5C5F0828");
+    gateway.push(&push_data(&[rxpk(&stranger, -90, -3.0)]));
+    let unknown = &wait_readings(&sub, "gw", 3)[2];
+    assert_eq!(unknown["dev_addr"], "01020304");
+    assert_eq!(unknown["fcnt"], 3);
+    assert_eq!(unknown["fport"], 1);
+    assert_eq!(unknown["payload"], "a4a93023b19a", "still encrypted");
+    assert_eq!(
+        readings(&sub, "mote").len(),
+        3,
+        "nothing replayed was published"
+    );
+}
+
+#[test]
+fn cayenne_lpp_matches_pycayennelpp_for_every_type() {
+    let broker = Broker::start();
+    let sub = Subscriber::start(&broker, "cairn/test/#");
+    let devices = forwarder("") + &node("field", "26011BDA", "{codec: cayenne_lpp}");
+    let (_cairn, mut gateway) = start(&broker, &devices);
+    let v = vectors();
+    // Every type of the table, each with values at the edges of its range.
+    let lpp = json!([
+        [
+            [0, 1, [1]],
+            [1, 2, [255]],
+            [2, 3, [-327.68]],
+            [3, 4, [327.67]],
+            [100, 5, [4294967295u32]]
+        ],
+        [
+            [101, 1, [65535]],
+            [102, 2, [1]],
+            [103, 3, [-3276.8]],
+            [103, 4, [27.2]],
+            [104, 5, [127.5]]
+        ],
+        [
+            [113, 6, [1.234, -1.234, 0]],
+            [115, 7, [1013.2]],
+            [116, 8, [655.35]],
+            [117, 9, [65.535]]
+        ],
+        [
+            [118, 1, [4294967295u32]],
+            [120, 2, [100]],
+            [121, 3, [-32768]],
+            [122, 4, [-8388.608]]
+        ],
+        [
+            [125, 5, [65535]],
+            [128, 6, [65535]],
+            [130, 7, [4294967.295]],
+            [131, 8, [4294967.295]]
+        ],
+        [
+            [132, 9, [359]],
+            [133, 10, [1795600800]],
+            [134, 11, [-327.68, 0.01, 327.67]]
+        ],
+        [
+            [135, 12, [255, 128, 0]],
+            [136, 13, [42.3519, -87.9094, 10]],
+            [136, 14, [-90, 180, -83886.08]]
+        ],
+        [[142, 15, [1]]],
+    ]);
+    let request = json!({
+        "nwk": v["nwk_s_key"], "app": v["app_s_key"],
+        "frames": lpp.as_array().unwrap().iter().enumerate()
+            .map(|(i, records)| json!({"dev_addr": "26011BDA", "fcnt": i + 1, "fport": 2, "lpp": records}))
+            .collect::<Vec<_>>(),
+    });
+    let frames = build_frames(request);
+    let packets: Vec<Value> = frames.iter().map(|f| rxpk(&f.phy, -80, 4.0)).collect();
+    gateway.push(&push_data(&packets));
+    let got = wait_readings(&sub, "field", frames.len());
+    let mut checked = 0;
+    for (reading, frame) in got.iter().zip(&frames) {
+        for (field, expected) in frame.fields.as_ref().unwrap() {
+            let (ours, theirs) = (reading[field].as_f64(), expected.as_f64());
+            assert!(
+                matches!((ours, theirs), (Some(a), Some(b)) if (a - b).abs() < 1e-9),
+                "{field}: cairn {:?}, pycayennelpp {expected}",
+                reading.get(field)
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 39, "every field of the 27 types was compared");
+}
+
+#[test]
+fn frame_counters_survive_a_restart_and_roll_over() {
+    let broker = Broker::start();
+    let sub = Subscriber::start(&broker, "cairn/test/#");
+    let devices = forwarder("") + &node("tank", "26011BDA", "{codec: raw}");
+    let (mut cairn, mut gateway) = start(&broker, &devices);
+    let v = vectors();
+    let frame = |fcnt: u32| json!({"dev_addr": "26011BDA", "fcnt": fcnt, "fport": 1, "payload": format!("{fcnt:08x}")});
+    let frames = build_frames(json!({
+        "nwk": v["nwk_s_key"], "app": v["app_s_key"],
+        "frames": [frame(1), frame(2), frame(65_535), frame(65_536), frame(65_537)],
+    }));
+    let packet = |i: usize| push_data(&[rxpk(&frames[i].phy, -70, 5.0)]);
+    gateway.push(&packet(0));
+    gateway.push(&packet(1));
+    wait_readings(&sub, "tank", 2);
+
+    assert!(cairn.stop());
+    cairn.restart();
+    let mut gateway = PacketForwarder::new(cairn.logged_addr(LISTENING));
+    cairn.wait_log("Device online device=gw");
+    // Frame 2 again after the restart: the stored counter refuses it.
+    gateway.push(&packet(1));
+    wait_errors(&cairn, "tank", |e| e["replay"] == 1);
+    // 65535, then 65536 and 65537, whose 16-bit counters are 0 and 1.
+    for i in 2..5 {
+        gateway.push(&packet(i));
+    }
+    let got = wait_readings(&sub, "tank", 5);
+    let counters: Vec<i64> = got.iter().map(|r| r["fcnt"].as_i64().unwrap()).collect();
+    assert_eq!(counters, [1, 2, 65_535, 65_536, 65_537]);
+    assert_eq!(
+        got[3]["payload"], "00010000",
+        "decrypted with the 32-bit counter"
+    );
+}
+
+#[test]
+fn bad_datagrams_are_counted_and_the_endpoint_keeps_serving() {
+    let broker = Broker::start();
+    let sub = Subscriber::start(&broker, "cairn/test/#");
+    let devices = forwarder(", gateways: ['AA555A0000000001'], max_datagram: 8192")
+        + &node("mote", "49BE7DF1", "{codec: raw}");
+    let (cairn, mut gateway) = start(&broker, &devices);
+    let v = vectors();
+    let good = unhex(v["frames"][0]["phy"].as_str().unwrap());
+
+    gateway.send_raw(&[2, 0x12]); // truncated header
+    gateway.send_raw(&[2, 0, 1, 0, 1, 2, 3]); // truncated gateway EUI
+    gateway.send_raw(&[3, 0, 1, 0, 0xAA, 0x55, 0x5A, 0, 0, 0, 0, 1]); // protocol version 3
+    gateway.send_raw(&[2, 0, 1, 9, 0xAA, 0x55, 0x5A, 0, 0, 0, 0, 1]); // unknown identifier
+    let mut oversize = vec![2, 0, 1, 0, 0xAA, 0x55, 0x5A, 0, 0, 0, 0, 1];
+    oversize.resize(20_000, b' ');
+    gateway.send_raw(&oversize);
+    assert!(
+        gateway.push_from([1; 8], "{\"rxpk\":[]}").is_none(),
+        "a stranger gateway gets no ack"
+    );
+    gateway.push("{\"rxpk\": [ {\"freq\": 868.1,"); // malformed JSON
+    let mut invalid = rxpk(&good, -50, 1.0);
+    invalid["data"] = json!("!!!not base64!!!");
+    let mut bad_crc = rxpk(&good, -50, 1.0);
+    bad_crc["stat"] = json!(-1);
+    let mut wrong_size = rxpk(&good, -50, 1.0);
+    wrong_size["size"] = json!(99);
+    let join = rxpk(
+        &unhex("0039363463336913AA05693574323831330489C65B1304"),
+        -50,
+        1.0,
+    );
+    let truncated = rxpk(&good[..8], -50, 1.0);
+    gateway.push(&push_data(&[invalid, bad_crc, wrong_size, join, truncated]));
+
+    let errors = wait_errors(&cairn, "gw", |e| {
+        e["bad_json"] == 1 && e["not_lorawan"] == 1 && e["join_request"] == 1
+    });
+    for (counter, n) in [
+        ("oversize", 1),
+        ("bad_version", 1),
+        ("unknown_gateway", 1),
+        ("bad_base64", 1),
+        ("bad_crc", 1),
+        ("bad_size", 1),
+    ] {
+        assert_eq!(errors[counter], n, "{counter}: {errors}");
+    }
+    assert!(errors["truncated"].as_u64().unwrap() >= 2, "{errors}");
+    assert!(errors["bad_identifier"].as_u64().unwrap() >= 1, "{errors}");
+
+    // Then random garbage; none of it may stop the endpoint.
+    let mut garbage = fastrand::Rng::with_seed(5);
+    for _ in 0..200 {
+        let noise: Vec<u8> = (0..garbage.usize(..600)).map(|_| garbage.u8(..)).collect();
+        gateway.send_raw(&noise);
+    }
+    wait_errors(&cairn, "gw", |e| e["bad_version"].as_u64() > Some(100));
+
+    // Still serving: the next good frame is acknowledged, decrypted and published.
+    gateway.push(&push_data(&[rxpk(&good, -50, 1.0)]));
+    let got = wait_readings(&sub, "mote", 1);
+    assert_eq!(got[0]["payload"], "74657374");
+    assert!(cairn.log().contains("Device online device=gw"));
+    assert!(!cairn.log().contains("panicked"));
+}
+
+#[test]
+fn serial_modules_rn2483_and_rak3172_over_ptys() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start();
+    let sub = Subscriber::start(&broker, "cairn/test/#");
+    let (rn_dir, rak_dir) = (dir.path().join("rn"), dir.path().join("rak"));
+    std::fs::create_dir_all(&rn_dir).unwrap();
+    std::fs::create_dir_all(&rak_dir).unwrap();
+    let rn = SerialPair::start(&rn_dir);
+    let rak = SerialPair::start(&rak_dir);
+    // Temperature 27.2 °C on channel 3, then noise, a reception error, bad hex, and humidity.
+    let packets = ["03670110", "NOISE", "ERR", "0367ZZ", "05682A"];
+    let rn_module = LoraModule::start("rn2483", &rn.sensor, dir.path(), &packets);
+    let rak_module = LoraModule::start("rak3172", &rak.sensor, dir.path(), &packets);
+    let devices = format!(
+        "  - name: rn\n    type: lora\n    module: {{kind: rn2483, port: {}, frequency: 868100000, spreading_factor: 9, bandwidth: 125}}\n    payload: {{codec: cayenne_lpp}}\n\
+         \x20 - name: rak\n    type: lora\n    module: {{kind: rak3172, port: {}}}\n    payload: {{codec: cayenne_lpp, values: [{{name: air, field: temperature_3}}, {{name: rh, field: humidity_5}}]}}\n",
+        rn.port.display(),
+        rak.port.display()
+    );
+    let cairn = Cairn::start(&config(broker.port, &devices));
+
+    let got = wait_readings(&sub, "rn", 2);
+    assert_eq!(got[0]["temperature_3"], 27.2);
+    assert_eq!(got[0]["snr"], -7.0);
+    assert_eq!(got[0]["frequency"], 868.1);
+    assert_eq!(got[0]["data_rate"], "SF9BW125");
+    assert_eq!(got[1]["humidity_5"], 21.0);
+    let got = wait_readings(&sub, "rak", 2);
+    assert_eq!(got[0]["air"], 27.2);
+    assert_eq!(got[0]["rssi"], -43.0);
+    assert_eq!(got[0]["snr"], 7.0);
+    assert_eq!(got[1]["rh"], 21.0);
+    wait_errors(&cairn, "rak", |e| e["bad_hex"] == 1);
+    wait_errors(&cairn, "rn", |e| e["bad_hex"] == 1 && e["radio_err"] == 1);
+
+    let rn_commands = rn_module.commands();
+    assert_eq!(
+        rn_commands[..5],
+        [
+            "mac pause",
+            "radio set freq 868100000",
+            "radio set sf sf9",
+            "radio set bw 125",
+            "radio rx 0"
+        ]
+    );
+    assert!(rn_commands.contains(&"radio get snr".to_string()));
+    assert_eq!(rak_module.commands()[..2], ["AT+NWM=0", "AT+PRECV=65534"]);
+    assert_eq!(
+        readings(&sub, "rn").len(),
+        2,
+        "noise and errors published nothing"
+    );
+}
