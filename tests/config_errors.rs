@@ -118,3 +118,28 @@ fn a_missing_file_is_an_error_not_a_panic() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read the file"));
 }
+
+#[test]
+fn lora_devices_are_checked_against_each_other() {
+    let keys = "nwk_s_key: 44024241ed4ce9a68c6a8bc055233fd3, app_s_key: ec925802ae430ca77fd3dd73cb2cc588";
+    refused(
+        &format!(
+            "gateway: {{id: g}}\ndevices:\n\
+             \x20 - {{name: gw, type: lora, forwarder: {{listen: '0.0.0.0:1700'}}}}\n\
+             \x20 - {{name: a, type: lora, lorawan: {{via: concentrator, dev_addr: 26011234, {keys}}}}}\n\
+             \x20 - {{name: b, type: lora, lorawan: {{via: gw, dev_addr: 26011234, {keys}}}}}\n\
+             \x20 - {{name: c, type: lora, lorawan: {{via: gw, dev_addr: '26011234', {keys}}}}}\n\
+             \x20 - {{name: d, type: lora, lorawan: {{via: gw, dev_addr: 2601, nwk_s_key: 00, app_s_key_file: /nonexistent}}}}\n\
+             \x20 - {{name: e, type: lora, forwarder: {{}}, module: {{kind: rak3172, port: /dev/ttyAMA0}}}}\n\
+             \x20 - {{name: f, type: lora, module: {{kind: rn2483, port: /dev/ttyUSB0, frequency: 868100000}}, payload: {{codec: layout}}}}\n"
+        ),
+        &[
+            "devices[1].lorawan.via: `concentrator` is not a device with `forwarder:`; there are: gw",
+            "devices[3].lorawan.dev_addr: devices[2] has the same DevAddr behind `gw`",
+            "devices[4].lorawan.dev_addr: a DevAddr has 4 bytes",
+            "devices[5].forwarder: give exactly one of",
+            "devices[6].module: give `frequency`, `spreading_factor` and `bandwidth` together",
+            "devices[6].payload.values: the `layout` codec needs values",
+        ],
+    );
+}

@@ -61,7 +61,7 @@ pub struct ForwarderConfig {
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
     /// Gateway EUIs to accept (16 hex digits); empty accepts every gateway.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "hex_texts")]
     pub gateways: Vec<String>,
     /// Frames from DevAddrs no device claims: `count` (default) or `publish` them raw as
     /// readings of this device.
@@ -90,6 +90,7 @@ pub struct LorawanConfig {
     /// The device (with `forwarder:`) whose gateways hear this one.
     pub via: String,
     /// DevAddr, 8 hex digits as the network console shows it (`26011BDA`).
+    #[serde(deserialize_with = "hex_text")]
     pub dev_addr: String,
     /// Network session key, 32 hex digits (or `nwk_s_key_file`).
     pub nwk_s_key: Option<String>,
@@ -137,6 +138,31 @@ pub enum ModuleKind {
     Rn2903,
     /// RAKwireless RAK3172 with RUI3 firmware.
     Rak3172,
+}
+
+/// Hex written without quotes: YAML reads `26011234` as a number, which is still hex text here.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum HexText {
+    Text(String),
+    Digits(u64),
+}
+
+impl From<HexText> for String {
+    fn from(hex: HexText) -> Self {
+        match hex {
+            HexText::Text(text) => text,
+            HexText::Digits(digits) => digits.to_string(),
+        }
+    }
+}
+
+fn hex_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    HexText::deserialize(d).map(String::from)
+}
+
+fn hex_texts<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    Vec::<HexText>::deserialize(d).map(|v| v.into_iter().map(String::from).collect())
 }
 
 fn default_true() -> bool {
