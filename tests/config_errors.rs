@@ -121,7 +121,8 @@ fn a_missing_file_is_an_error_not_a_panic() {
 
 #[test]
 fn lora_devices_are_checked_against_each_other() {
-    let keys = "nwk_s_key: 44024241ed4ce9a68c6a8bc055233fd3, app_s_key: ec925802ae430ca77fd3dd73cb2cc588";
+    let keys =
+        "nwk_s_key: 44024241ed4ce9a68c6a8bc055233fd3, app_s_key: ec925802ae430ca77fd3dd73cb2cc588";
     refused(
         &format!(
             "gateway: {{id: g}}\ndevices:\n\
