@@ -1,14 +1,15 @@
 //! Builds every part from the config, wires the channels, and shuts down in order:
 //! adapters first, then the uplink, then the store once it has committed the last reading.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
 use cairn_adapters::Shared;
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::commands::Router;
 use crate::config::Config;
@@ -17,13 +18,19 @@ use crate::live::LiveBus;
 use crate::supervisor::{self, DeviceHandle};
 use crate::uplink::Uplink;
 use crate::uplink::topics::DeviceMeta;
-use crate::{pipeline, store};
+use crate::{pipeline, reload, service, store};
 
 /// Events the live bus keeps for subscribers that fall behind.
 const LIVE_CAPACITY: usize = 4096;
 
-/// Runs the gateway described by `config` until `shutdown` fires.
-pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// Runs the gateway described by `config` (read from `config_path`) until `shutdown` fires;
+/// each message on `hangups` reloads the file.
+pub async fn run(
+    config: Config,
+    config_path: &Path,
+    shutdown: CancellationToken,
+    mut hangups: mpsc::Receiver<()>,
+) -> anyhow::Result<()> {
     let path: PathBuf = config.buffer.path_in(&config.gateway.data_dir);
     let (reader, acker, writer) = store::open(&path, &config.buffer)
         .await
@@ -59,19 +66,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let stop_adapters = CancellationToken::new();
     let mut adapters = JoinSet::new();
     let shared = Shared::new(Arc::new(state));
-    let devices: Vec<DeviceHandle> = config
+    let (devices, settings): (Vec<DeviceHandle>, reload::Settings) = config
         .devices()
         .map(|d| {
-            supervisor::spawn(
+            let (handle, settings) = supervisor::spawn(
                 d,
                 &shared,
                 sink.clone(),
                 live.clone(),
                 stop_adapters.clone(),
                 &mut adapters,
-            )
+            );
+            (handle, (d.name.clone(), settings))
         })
-        .collect();
+        .unzip();
     let stop_uplink = CancellationToken::new();
     let commands = Router::new(&devices).map(|(router, end)| {
         tokio::spawn(router.run(stop_uplink.clone()));
@@ -115,9 +123,30 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     // From here only the adapters hold senders: the channel closes when the last one stops.
     drop(sink);
     info!(gateway = %config.gateway.id, devices = devices.len(), "Cairn running");
+    service::ready(&format!("running, {} devices", devices.len()));
+    let stop_watchdog = CancellationToken::new();
+    let watchdog = tokio::spawn(service::watchdog(reader.clone(), stop_watchdog.clone()));
 
-    shutdown.cancelled().await;
+    let mut config = config;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            Some(()) = hangups.recv() => {
+                service::reloading();
+                match reload::reload(config_path, &mut config, &settings) {
+                    reload::Outcome::Applied(changed) => {
+                        info!(restarted = ?changed, "Config reloaded");
+                    }
+                    reload::Outcome::Refused(reason) => {
+                        error!(reason = %reason, "Config reload refused; the running config stays");
+                    }
+                }
+                service::reloaded(&format!("running, {} devices", devices.len()));
+            }
+        }
+    }
     info!("Shutting down");
+    service::stopping();
     let ordered = async {
         stop_adapters.cancel();
         while adapters.join_next().await.is_some() {}
@@ -132,6 +161,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let outcome = tokio::time::timeout(config.gateway.shutdown_timeout, ordered).await;
     stop_feed.cancel();
     while feed_tasks.join_next().await.is_some() {}
+    stop_watchdog.cancel();
+    let _ = watchdog.await;
     match outcome {
         Ok(result) => {
             result?;

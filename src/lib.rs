@@ -15,6 +15,8 @@ pub mod gateway;
 pub mod live;
 pub mod logging;
 pub mod pipeline;
+pub mod reload;
+pub mod service;
 pub mod shutdown;
 pub mod store;
 pub mod supervisor;

@@ -98,15 +98,16 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Run(ConfigArg { config }) => {
+        Command::Run(ConfigArg { config: path }) => {
             logging::init();
-            let config = match load(&config) {
+            let config = match load(&path) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
             let result = runtime.block_on(async {
                 let shutdown = shutdown::on_signals()?;
-                gateway::run(config, shutdown).await
+                let hangups = shutdown::hangups()?;
+                gateway::run(config, &path, shutdown, hangups).await
             });
             match result {
                 Ok(()) => ExitCode::SUCCESS,

@@ -1,4 +1,4 @@
-//! SIGINT and SIGTERM as a cancellation token.
+//! SIGINT and SIGTERM as a cancellation token; SIGHUP as a stream of reload requests.
 
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -27,4 +27,18 @@ pub fn on_signals() -> std::io::Result<CancellationToken> {
         }
     });
     Ok(token)
+}
+
+/// A message per SIGHUP (several signals in a row may arrive as one).
+pub fn hangups() -> std::io::Result<tokio::sync::mpsc::Receiver<()>> {
+    let mut hangup = signal(SignalKind::hangup())?;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            info!(signal = "SIGHUP", "Signal received; reloading the config");
+            // A reload already waiting covers this one too.
+            let _ = tx.try_send(());
+        }
+    });
+    Ok(rx)
 }

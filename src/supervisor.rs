@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_adapters::{
-    Adapter, AdapterContext, AdapterError, Command, DeviceCounters, DeviceStatus, Reading, Shared,
+    Adapter, AdapterConfig, AdapterContext, AdapterError, Command, DeviceCounters, DeviceStatus,
+    Reading, Shared,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -71,7 +72,8 @@ pub struct DeviceHandle {
 }
 
 /// Starts supervising `device` on `tasks`; readings go to `sink`; `shared` holds what its
-/// adapter may share with others (an RS-485 bus).
+/// adapter may share with others (an RS-485 bus). New settings sent on the returned channel
+/// restart the adapter with them at once.
 pub fn spawn(
     device: &DeviceConfig,
     shared: &Shared,
@@ -79,21 +81,23 @@ pub fn spawn(
     live: LiveBus,
     cancel: CancellationToken,
     tasks: &mut JoinSet<()>,
-) -> DeviceHandle {
+) -> (DeviceHandle, watch::Sender<AdapterConfig>) {
     let name: Arc<str> = Arc::from(device.name.as_str());
     let (status_tx, status) = watch::channel(DeviceStatus::Offline);
     let counters = Arc::new(DeviceCounters::default());
     let ctx = AdapterContext::new(name.clone(), sink, status_tx, counters.clone(), cancel);
     let commands = ctx.commander();
-    let config = device.adapter.clone();
+    let (settings, config) = watch::channel(device.adapter.clone());
     let shared = shared.clone();
+    let reload = config.clone();
     tasks.spawn(supervise(
-        move || config.build(&shared),
+        move || config.borrow().build(&shared),
         ctx,
         status.clone(),
         live,
+        reload,
     ));
-    DeviceHandle {
+    let handle = DeviceHandle {
         name,
         adapter: device.adapter.kind().as_str(),
         status,
@@ -106,15 +110,18 @@ pub fn spawn(
             .map(|v| v.name)
             .collect(),
         commands,
-    }
+    };
+    (handle, settings)
 }
 
-/// Runs adapters made by `build` until one finishes, fails for good, or shutdown.
-async fn supervise(
+/// Runs adapters made by `build` until one finishes, fails for good, or shutdown. A change on
+/// `reload` stops the running adapter and builds the next one at once.
+async fn supervise<R>(
     build: impl Fn() -> Box<dyn Adapter>,
     ctx: AdapterContext,
     mut status: watch::Receiver<DeviceStatus>,
     live: LiveBus,
+    mut reload: watch::Receiver<R>,
 ) {
     let device = ctx.device().clone();
     let mut backoff = Backoff::new(RESTART_MIN, RESTART_MAX);
@@ -122,17 +129,29 @@ async fn supervise(
     let mut errors = ErrorLog::default();
     loop {
         let started = Instant::now();
+        reload.mark_unchanged();
         let mut adapter = build();
-        let run_ctx = ctx.clone();
+        let stop_run = ctx.cancelled().child_token();
+        let run_ctx = ctx.with_cancel(stop_run.clone());
         // A task of its own, so that a panic in an adapter is a failure like any other.
         let mut run = tokio::spawn(async move { adapter.run(&run_ctx).await });
+        let mut reloaded = false;
         let outcome = loop {
             tokio::select! {
                 outcome = &mut run => break outcome,
                 Ok(()) = status.changed() => report(&device, &status.borrow_and_update(), &live),
                 _ = error_check.tick() => errors.report(&device, ctx.counters()),
+                Ok(()) = reload.changed(), if !reloaded => {
+                    reloaded = true;
+                    stop_run.cancel();
+                }
             }
         };
+        if reloaded && !ctx.cancelled().is_cancelled() {
+            info!(device = %device, "Device settings changed; adapter restarted with them");
+            backoff.reset();
+            continue;
+        }
         let failure = match outcome {
             Ok(Ok(())) | Ok(Err(AdapterError::Closed)) => break,
             Ok(Err(AdapterError::Config(message))) => {
@@ -272,6 +291,7 @@ mod tests {
             flaky_ctx,
             flaky_status.clone(),
             live.clone(),
+            watch::channel(()).1,
         ));
         tasks.spawn(supervise(
             || {
@@ -283,12 +303,14 @@ mod tests {
             steady_ctx,
             watch::channel(DeviceStatus::Offline).1,
             live.clone(),
+            watch::channel(()).1,
         ));
         tasks.spawn(supervise(
             || Box::new(Misconfigured),
             broken_ctx,
             broken_status.clone(),
             live.clone(),
+            watch::channel(()).1,
         ));
         drop(sink);
 

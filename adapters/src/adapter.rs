@@ -130,6 +130,14 @@ impl AdapterContext {
         }
     }
 
+    /// This context with its own cancellation, to stop one adapter run (and not the gateway).
+    pub fn with_cancel(&self, cancel: CancellationToken) -> Self {
+        Self {
+            cancel,
+            ..self.clone()
+        }
+    }
+
     /// Where to send commands for this device; they wait for its current or next adapter.
     pub fn commander(&self) -> mpsc::Sender<Command> {
         self.commander.clone()

@@ -14,13 +14,12 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use cairn_adapters::AdapterConfig;
 use serde::Deserialize;
-use serde_saphyr::Spanned;
 
 pub use device::DeviceConfig;
 pub use diagnostic::{Problem, Report};
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Who this gateway is and where it keeps its files.
@@ -40,7 +39,7 @@ pub struct Config {
 }
 
 /// `gateway:` — identity and files.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GatewayConfig {
     /// The gateway's id: a topic level, so letters, digits, `-` and `_` only.
@@ -54,7 +53,7 @@ pub struct GatewayConfig {
 }
 
 /// `mqtt:` — the uplink.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MqttConfig {
     /// `mqtt://host:port` or `mqtts://host:port`; an alternative to `host`, `port` and `tls`.
@@ -97,7 +96,7 @@ pub struct MqttConfig {
 }
 
 /// `mqtt.tls:` — rustls settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// PEM file of the CA(s) that signed the broker's certificate.
@@ -129,7 +128,7 @@ pub enum Synchronous {
 }
 
 /// `buffer:` — the outbox.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BufferConfig {
     /// The SQLite file (default `<data_dir>/outbox.db`).
@@ -155,7 +154,7 @@ pub struct BufferConfig {
 }
 
 /// `feed:` — the local dashboard, WebSocket push feed and HTTP API.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FeedConfig {
     /// Whether to serve the feed at all (default true).
@@ -181,7 +180,7 @@ pub struct FeedConfig {
 }
 
 /// `feed.history:` — recent values kept on site, apart from the outbox.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HistoryConfig {
     /// How long values are kept (default 24h; `0s` turns history off).
@@ -590,6 +589,32 @@ impl Config {
     /// The devices, without their positions in the file.
     pub fn devices(&self) -> impl Iterator<Item = &DeviceConfig> {
         self.devices.iter().map(|d| &d.value)
+    }
+}
+
+/// A value with the place in the file it came from. Equal when the values are: a reload that
+/// only moved lines changes nothing.
+#[derive(Debug, Clone)]
+pub struct Spanned<T> {
+    /// The value.
+    pub value: T,
+    /// Where the value is written.
+    pub referenced: serde_saphyr::Location,
+}
+
+impl<T: PartialEq> PartialEq for Spanned<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.value == other.value
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Spanned<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let spanned = serde_saphyr::Spanned::<T>::deserialize(d)?;
+        Ok(Self {
+            value: spanned.value,
+            referenced: spanned.referenced,
+        })
     }
 }
 

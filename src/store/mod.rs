@@ -124,6 +124,26 @@ pub struct StoreReader {
     pool: SqlitePool,
     committed: watch::Receiver<i64>,
     stats: watch::Receiver<Stats>,
+    pulse: Pulse,
+}
+
+/// When the writer last went round its loop (it does at least once a second, idle or not). A
+/// writer stuck on a hung disk or in a deadlock stops beating; the service watchdog watches it.
+#[derive(Debug, Clone)]
+pub(crate) struct Pulse(Arc<std::sync::Mutex<tokio::time::Instant>>);
+
+impl Pulse {
+    fn new() -> Self {
+        Self(Arc::new(std::sync::Mutex::new(tokio::time::Instant::now())))
+    }
+
+    fn beat(&self) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = tokio::time::Instant::now();
+    }
+
+    fn age(&self) -> Duration {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).elapsed()
+    }
 }
 
 /// The uplink's handle to delete acknowledged readings.
@@ -196,11 +216,13 @@ pub async fn open(
         stats_tx,
         ack_rx,
     );
+    let pulse = writer.pulse();
     Ok((
         StoreReader {
             pool,
             committed,
             stats: stats_rx,
+            pulse,
         },
         Acker(ack_tx),
         writer,
@@ -208,6 +230,11 @@ pub async fn open(
 }
 
 impl StoreReader {
+    /// How long ago the writer last showed it is alive.
+    pub fn writer_pulse(&self) -> Duration {
+        self.pulse.age()
+    }
+
     /// Up to `limit` unsent records with `seq > after`, oldest first.
     pub async fn unsent(&self, after: i64, limit: usize) -> Result<Vec<Record>, sqlx::Error> {
         let rows = sqlx::query(

@@ -15,7 +15,7 @@ use tracing::{debug, error, info, warn};
 
 use super::retention::{self, CHUNK};
 use super::schema::{State, drop_key};
-use super::{DropReason, Record, Stats, StoreError, connect_options, row_bytes};
+use super::{DropReason, Pulse, Record, Stats, StoreError, connect_options, row_bytes};
 use crate::backoff::Backoff;
 use crate::config::{BufferConfig, WhenFull};
 use crate::live::{LiveBus, LiveEvent};
@@ -40,7 +40,11 @@ pub struct Writer {
     committed: watch::Sender<i64>,
     stats_tx: watch::Sender<Stats>,
     acks: mpsc::UnboundedReceiver<i64>,
+    pulse: Pulse,
 }
+
+/// How often an idle writer still shows it is alive.
+const PULSE_EVERY: Duration = Duration::from_secs(1);
 
 /// What one transaction will do.
 #[derive(Default)]
@@ -81,7 +85,13 @@ impl Writer {
             committed,
             stats_tx,
             acks,
+            pulse: Pulse::new(),
         }
+    }
+
+    /// The writer's pulse, for [`super::StoreReader::writer_pulse`].
+    pub(super) fn pulse(&self) -> Pulse {
+        self.pulse.clone()
     }
 
     /// Commits readings and acknowledgements until the reading channel is closed *and* every
@@ -95,8 +105,10 @@ impl Writer {
         let mut acks_open = true;
         let mut age_tick = tokio::time::interval(AGE_CHECK);
         age_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut pulse_tick = tokio::time::interval(PULSE_EVERY);
         let mut batch = Batch::default();
         while readings_open || acks_open {
+            self.pulse.beat();
             tokio::select! {
                 reading = readings.recv(), if readings_open => match reading {
                     Some(reading) => batch.readings.push(reading),
@@ -107,6 +119,7 @@ impl Writer {
                     None => acks_open = false,
                 },
                 _ = age_tick.tick(), if self.max_age.is_some() => batch.check_age = true,
+                _ = pulse_tick.tick() => {}
             }
             if !batch.readings.is_empty() && readings_open {
                 readings_open = self.gather(&mut readings, &mut batch.readings).await;
@@ -160,7 +173,10 @@ impl Writer {
     async fn commit_retrying(&mut self, batch: &mut Batch) -> Vec<Arc<Record>> {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         loop {
-            match self.commit(batch).await {
+            let outcome = self.commit(batch).await;
+            // A failing disk is a state the writer handles, not a hang.
+            self.pulse.beat();
+            match outcome {
                 Ok(records) => return records,
                 Err(e) => {
                     let retry_in = backoff.next_delay();

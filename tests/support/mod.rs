@@ -334,6 +334,8 @@ pub struct Cairn {
     child: Option<Child>,
     /// Runs started so far, each of which appended to the log.
     runs: usize,
+    /// Extra environment of every run.
+    env: Vec<(String, String)>,
 }
 
 pub fn cairn_bin() -> &'static str {
@@ -344,6 +346,11 @@ impl Cairn {
     /// Writes `config` (where `{data}` stands for the data folder) and runs `cairn run`. A
     /// config without a `feed:` section gets one on a free loopback port ([`Cairn::feed`]).
     pub fn start(config: &str) -> Self {
+        Self::start_with_env(config, &[])
+    }
+
+    /// [`Cairn::start`] with extra environment variables.
+    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut config = config.replace("{data}", &dir.path().join("data").display().to_string());
         if !config.lines().any(|l| l.starts_with("feed:")) {
@@ -354,6 +361,10 @@ impl Cairn {
             dir,
             child: None,
             runs: 0,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         cairn.restart();
         cairn
@@ -374,6 +385,7 @@ impl Cairn {
             .args(["run", "--config"])
             .arg(self.config_path())
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -387,6 +399,11 @@ impl Cairn {
         let mut child = self.child.take().expect("cairn running");
         signal(&child, "KILL");
         child.wait().unwrap();
+    }
+
+    /// SIGHUP: reload the config.
+    pub fn hangup(&self) {
+        signal(self.child.as_ref().expect("cairn running"), "HUP");
     }
 
     /// SIGTERM and wait; returns whether it exited successfully.
