@@ -103,7 +103,7 @@ fn systemd_hears_ready_watchdog_reloading_and_stopping() {
             ("WATCHDOG_USEC", "400000"),
         ],
     );
-    let mut next = || {
+    let next = || {
         let mut buf = [0u8; 512];
         let n = socket.recv(&mut buf).expect("a notification");
         String::from_utf8_lossy(&buf[..n]).into_owned()
