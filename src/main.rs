@@ -36,6 +36,8 @@ enum Command {
     Check(ConfigArg),
     /// Print the outbox's backlog and drop counters (works while the gateway runs).
     Stats(ConfigArg),
+    /// Print the JSON Schema of the configuration file, for editors to complete and check it.
+    Schema,
 }
 
 fn load(path: &Path) -> Result<Config, ExitCode> {
@@ -58,6 +60,10 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
+        Command::Schema => {
+            println!("{}", Config::json_schema());
+            ExitCode::SUCCESS
+        }
         Command::Check(ConfigArg { config }) => match load(&config) {
             Ok(c) => {
                 let n = c.devices.len();

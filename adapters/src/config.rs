@@ -27,6 +27,26 @@ pub enum AdapterKind {
 }
 
 impl AdapterKind {
+    /// Every adapter type.
+    pub const ALL: [AdapterKind; 4] = [
+        AdapterKind::Sim,
+        AdapterKind::Uart,
+        AdapterKind::Modbus,
+        AdapterKind::Lora,
+    ];
+
+    /// The JSON Schema of this adapter's settings (an object; the device's common keys are
+    /// added by the caller).
+    pub fn settings_schema(self, generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        use schemars::JsonSchema;
+        match self {
+            AdapterKind::Sim => SimConfig::json_schema(generator),
+            AdapterKind::Uart => UartConfig::json_schema(generator),
+            AdapterKind::Modbus => ModbusConfig::json_schema(generator),
+            AdapterKind::Lora => LoraConfig::json_schema(generator),
+        }
+    }
+
     /// The name used in YAML and in the device's metadata.
     pub fn as_str(self) -> &'static str {
         match self {

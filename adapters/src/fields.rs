@@ -10,7 +10,7 @@ use crate::reading::Value;
 use crate::uart::{Endian, FieldType};
 
 /// One configured value: which field it comes from, how to scale it, its unit.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ValueSpec {
     /// Name in readings.

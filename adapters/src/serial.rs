@@ -5,7 +5,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 /// Parity bit setting.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Parity {
     /// No parity bit.
@@ -18,7 +18,7 @@ pub enum Parity {
 }
 
 /// Flow control setting.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FlowControl {
     /// None.

@@ -17,11 +17,12 @@ use crate::reading::{Reading, Value};
 const MIN_TICK: Duration = Duration::from_millis(5);
 
 /// Settings of a simulated device (`type: sim`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SimConfig {
     /// Time between readings (default 1s). Exclusive with `rate`.
     #[serde(default, with = "humantime_serde")]
+    #[schemars(with = "Option<String>")]
     pub interval: Option<Duration>,
     /// Readings per second, for load tests. Exclusive with `interval`.
     pub rate: Option<f64>,
@@ -34,7 +35,7 @@ pub struct SimConfig {
 }
 
 /// One simulated value: a name, a unit and exactly one signal shape.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SimValue {
     /// Name of the value in readings.
@@ -54,7 +55,7 @@ pub struct SimValue {
 }
 
 /// `mean + amplitude * sin(2 pi t / period) + noise`, with t the wall clock.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Sine {
     /// Centre of the wave.
@@ -65,6 +66,7 @@ pub struct Sine {
     pub amplitude: f64,
     /// Length of one full wave.
     #[serde(with = "humantime_serde", default = "minute")]
+    #[schemars(with = "String")]
     pub period: Duration,
     /// Standard deviation of the added noise.
     #[serde(default)]
@@ -72,7 +74,7 @@ pub struct Sine {
 }
 
 /// A walk that moves by up to `step` per reading and stays within `[min, max]`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RandomWalk {
     /// First value.
@@ -86,7 +88,7 @@ pub struct RandomWalk {
 }
 
 /// An integer that grows by `step` per reading.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Counter {
     /// First value.
@@ -98,22 +100,24 @@ pub struct Counter {
 }
 
 /// `true` for the first half of each period, `false` for the second.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Toggle {
     /// Length of one on/off cycle.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub period: Duration,
 }
 
 /// Each state in turn, each held for `every`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Cycle {
     /// The states, in order.
     pub states: Vec<String>,
     /// How long each state lasts.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub every: Duration,
 }
 

@@ -2,8 +2,8 @@
 
 use std::fmt;
 
-use cairn_adapters::AdapterConfig;
 use cairn_adapters::config::{CommonKeys, deserialize_device};
+use cairn_adapters::{AdapterConfig, AdapterKind};
 use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
@@ -16,6 +16,53 @@ pub struct DeviceConfig {
     pub description: Option<String>,
     /// The adapter settings.
     pub adapter: AdapterConfig,
+}
+
+/// One schema per adapter type: the adapter's settings plus `name`, `description` and `type`,
+/// which picks the branch.
+impl schemars::JsonSchema for DeviceConfig {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "DeviceConfig".into()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let variants: Vec<serde_json::Value> = AdapterKind::ALL
+            .iter()
+            .map(|kind| {
+                let mut schema = kind.settings_schema(generator);
+                let object = schema.ensure_object();
+                let properties = object
+                    .entry("properties")
+                    .or_insert_with(|| serde_json::json!({}));
+                if let Some(properties) = properties.as_object_mut() {
+                    properties.insert("name".into(), serde_json::json!({
+                        "type": "string",
+                        "description": "Unique name: the MQTT topic level and the key in the store and the feed."
+                    }));
+                    properties.insert("description".into(), serde_json::json!({
+                        "type": "string",
+                        "description": "Free text for people (published in the device's metadata)."
+                    }));
+                    properties.insert("type".into(), serde_json::json!({
+                        "const": kind.as_str(),
+                        "description": "The adapter; it must come before the adapter's own settings."
+                    }));
+                }
+                let required = object
+                    .entry("required")
+                    .or_insert_with(|| serde_json::json!([]));
+                if let Some(required) = required.as_array_mut() {
+                    required.extend([serde_json::json!("name"), serde_json::json!("type")]);
+                }
+                schema.to_value()
+            })
+            .collect();
+        schemars::json_schema!({
+            "description": "A device: `name`, an optional `description`, `type` (the adapter) and that adapter's settings.",
+            "type": "object",
+            "oneOf": variants,
+        })
+    }
 }
 
 #[derive(Default)]

@@ -19,7 +19,7 @@ pub use device::DeviceConfig;
 pub use diagnostic::{Problem, Report};
 
 /// The whole configuration file.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Who this gateway is and where it keeps its files.
@@ -39,7 +39,7 @@ pub struct Config {
 }
 
 /// `gateway:` — identity and files.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GatewayConfig {
     /// The gateway's id: a topic level, so letters, digits, `-` and `_` only.
@@ -49,11 +49,12 @@ pub struct GatewayConfig {
     pub data_dir: PathBuf,
     /// How long shutdown may take to flush the store and leave the broker cleanly.
     #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub shutdown_timeout: Duration,
 }
 
 /// `mqtt:` — the uplink.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MqttConfig {
     /// `mqtt://host:port` or `mqtts://host:port`; an alternative to `host`, `port` and `tls`.
@@ -74,9 +75,11 @@ pub struct MqttConfig {
     pub tls: Option<TlsConfig>,
     /// MQTT keepalive: the broker drops the connection after 1.5 times this without traffic.
     #[serde(default = "default_keepalive", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub keepalive: Duration,
     /// How long a TCP+TLS+MQTT connect may take; satellite links need tens of seconds.
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub connect_timeout: Duration,
     /// QoS of data messages: 1 (default, at least once) or 0 (fire and forget).
     #[serde(default = "default_qos")]
@@ -89,14 +92,16 @@ pub struct MqttConfig {
     pub max_inflight: u16,
     /// Reconnect backoff: first delay.
     #[serde(default = "default_reconnect_min", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub reconnect_min: Duration,
     /// Reconnect backoff: longest delay.
     #[serde(default = "default_reconnect_max", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub reconnect_max: Duration,
 }
 
 /// `mqtt.tls:` — rustls settings.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// PEM file of the CA(s) that signed the broker's certificate.
@@ -108,7 +113,7 @@ pub struct TlsConfig {
 }
 
 /// What to drop when the outbox reaches `max_bytes`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum WhenFull {
     /// Delete the oldest unsent readings to make room (keeps the present).
@@ -118,7 +123,7 @@ pub enum WhenFull {
 }
 
 /// SQLite's `synchronous` setting for the outbox.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Synchronous {
     /// fsync at every commit: a power cut loses nothing committed.
@@ -128,16 +133,18 @@ pub enum Synchronous {
 }
 
 /// `buffer:` — the outbox.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BufferConfig {
     /// The SQLite file (default `<data_dir>/outbox.db`).
     pub path: Option<PathBuf>,
     /// Upper bound on unsent data (readings' encoded size plus per-row overhead).
     #[serde(default = "default_max_bytes")]
+    #[schemars(schema_with = "size_schema")]
     pub max_bytes: ByteSize,
     /// Unsent readings older than this are dropped.
     #[serde(default, with = "humantime_serde")]
+    #[schemars(with = "Option<String>")]
     pub max_age: Option<Duration>,
     /// Which readings go when `max_bytes` is reached.
     #[serde(default = "default_when_full")]
@@ -147,6 +154,7 @@ pub struct BufferConfig {
     pub synchronous: Synchronous,
     /// Longest wait to gather readings into one transaction; a crash loses at most this much.
     #[serde(default = "default_commit_interval", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub commit_interval: Duration,
     /// Most readings in one transaction.
     #[serde(default = "default_max_batch")]
@@ -154,7 +162,7 @@ pub struct BufferConfig {
 }
 
 /// `feed:` — the local dashboard, WebSocket push feed and HTTP API.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FeedConfig {
     /// Whether to serve the feed at all (default true).
@@ -180,14 +188,16 @@ pub struct FeedConfig {
 }
 
 /// `feed.history:` — recent values kept on site, apart from the outbox.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HistoryConfig {
     /// How long values are kept (default 24h; `0s` turns history off).
     #[serde(default = "default_history_keep", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub keep: Duration,
     /// At most one reading per device per this period is kept (default 1s).
     #[serde(default = "default_history_every", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub every: Duration,
 }
 
@@ -260,6 +270,13 @@ fn default_reconnect_min() -> Duration {
 fn default_reconnect_max() -> Duration {
     Duration::from_secs(300)
 }
+/// A size as the config may write it: `512MB`, `64KiB`, or a number of bytes.
+fn size_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "anyOf": [{"type": "string"}, {"type": "integer", "minimum": 0}],
+    })
+}
+
 fn default_max_bytes() -> ByteSize {
     ByteSize::mib(512)
 }
@@ -586,6 +603,13 @@ impl Config {
         problems
     }
 
+    /// The JSON Schema of the file, pretty-printed, with a title and the dialect editors expect.
+    pub fn json_schema() -> String {
+        let mut schema = schemars::schema_for!(Config);
+        schema.insert("title".into(), "Cairn configuration (cairn.yaml)".into());
+        serde_json::to_string_pretty(&schema).unwrap_or_default()
+    }
+
     /// The devices, without their positions in the file.
     pub fn devices(&self) -> impl Iterator<Item = &DeviceConfig> {
         self.devices.iter().map(|d| &d.value)
@@ -605,6 +629,25 @@ pub struct Spanned<T> {
 impl<T: PartialEq> PartialEq for Spanned<T> {
     fn eq(&self, other: &Self) -> bool {
         self.value == other.value
+    }
+}
+
+/// The schema of the value: positions are not part of the file's format.
+impl<T: schemars::JsonSchema> schemars::JsonSchema for Spanned<T> {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        T::schema_name()
+    }
+
+    fn schema_id() -> std::borrow::Cow<'static, str> {
+        T::schema_id()
+    }
+
+    fn inline_schema() -> bool {
+        T::inline_schema()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        T::json_schema(generator)
     }
 }
 

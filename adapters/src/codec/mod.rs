@@ -17,7 +17,7 @@ use crate::reading::Value;
 const RAW_FIELD: &str = "payload";
 
 /// How a payload is decoded.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Codec {
     /// The bytes as a hex string in the field `payload` (default).
@@ -56,7 +56,7 @@ impl CodecError {
 }
 
 /// `payload:` — a codec and the values to take from what it decodes.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PayloadConfig {
     /// `raw` (default), `cayenne_lpp` or `layout`.

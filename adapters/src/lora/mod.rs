@@ -33,7 +33,7 @@ use crate::state::StateStore;
 const NODE_QUEUE: usize = 64;
 
 /// Settings of a LoRa device (`type: lora`): exactly one of `forwarder`, `lorawan`, `module`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoraConfig {
     /// This device is a packet-forwarder endpoint (its readings: gateway statistics).
@@ -54,7 +54,7 @@ pub struct LoraConfig {
 }
 
 /// `forwarder:` — where packet forwarders send, and whom to believe.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ForwarderConfig {
     /// UDP address to listen on (default `0.0.0.0:1700`, the forwarders' default).
@@ -62,6 +62,7 @@ pub struct ForwarderConfig {
     pub listen: SocketAddr,
     /// Gateway EUIs to accept (16 hex digits); empty accepts every gateway.
     #[serde(default, deserialize_with = "hex_texts")]
+    #[schemars(with = "Vec<String>")]
     pub gateways: Vec<String>,
     /// Frames from DevAddrs no device claims: `count` (default) or `publish` them raw as
     /// readings of this device.
@@ -73,7 +74,7 @@ pub struct ForwarderConfig {
 }
 
 /// What to do with frames from DevAddrs that no device claims.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum UnknownDevices {
     /// Count them (`unknown_device`).
@@ -84,13 +85,14 @@ pub enum UnknownDevices {
 }
 
 /// `lorawan:` — an end device activated by personalisation (ABP).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LorawanConfig {
     /// The device (with `forwarder:`) whose gateways hear this one.
     pub via: String,
     /// DevAddr, 8 hex digits as the network console shows it (`26011BDA`).
     #[serde(deserialize_with = "hex_text")]
+    #[schemars(with = "String")]
     pub dev_addr: String,
     /// Network session key, 32 hex digits (or `nwk_s_key_file`).
     pub nwk_s_key: Option<String>,
@@ -106,11 +108,12 @@ pub struct LorawanConfig {
     pub allow_fcnt_reset: bool,
     /// Show the device offline after this long without a frame (e.g. `1h`); default never.
     #[serde(default, with = "humantime_serde")]
+    #[schemars(with = "Option<String>")]
     pub silence: Option<Duration>,
 }
 
 /// `module:` — a serial LoRa module listening in point-to-point mode.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ModuleConfig {
     /// `rn2483`, `rn2903` or `rak3172`.
@@ -129,7 +132,7 @@ pub struct ModuleConfig {
 }
 
 /// The serial LoRa modules Cairn drives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ModuleKind {
     /// Microchip RN2483 (433/868 MHz).

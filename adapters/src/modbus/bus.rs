@@ -16,7 +16,7 @@ use tokio_modbus::slave::SlaveContext;
 use crate::serial::{FlowControl, Parity};
 
 /// `rtu:` — the serial line of an RS-485 bus.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RtuConfig {
     /// The port of the RS-485 adapter or HAT.

@@ -34,7 +34,7 @@ pub use plan::{Request, plan};
 pub use registers::{ByteOrder, Point, PointType, Table, Write};
 
 /// Settings of a Modbus device (`type: modbus`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ModbusConfig {
     /// Modbus TCP: where the device (or gateway) listens.
@@ -46,9 +46,11 @@ pub struct ModbusConfig {
     pub unit_id: u8,
     /// How often to poll the points that set no interval of their own (default 10s).
     #[serde(default = "default_interval", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub interval: Duration,
     /// How long one request may take (default 1s).
     #[serde(default = "default_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub timeout: Duration,
     /// Unused registers a request may read to merge two neighbouring points (default 8).
     #[serde(default = "default_max_gap")]
@@ -75,7 +77,7 @@ struct Profile {
 }
 
 /// `tcp:` — a Modbus TCP endpoint.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TcpConfig {
     /// Host name or address.

@@ -5,7 +5,9 @@ use serde::Deserialize;
 use crate::reading::Value;
 
 /// The four Modbus data tables.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Table {
     /// Read-write 16-bit registers (function 3).
@@ -31,7 +33,7 @@ impl Table {
 }
 
 /// How a point's registers become a value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PointType {
     /// One register, unsigned.
@@ -58,7 +60,7 @@ pub enum PointType {
 
 /// The order of bytes in a multi-register value, named by where bytes A (most significant) to
 /// D land on the wire: `abcd` is big-endian throughout.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ByteOrder {
     /// Big-endian words, big-endian bytes (the Modbus default).
@@ -73,7 +75,7 @@ pub enum ByteOrder {
 }
 
 /// One named value in the device.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Point {
     /// Name in readings.
@@ -100,6 +102,7 @@ pub struct Point {
     pub unit: Option<String>,
     /// Poll this point at its own interval instead of the device's.
     #[serde(default, with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub interval: Option<std::time::Duration>,
     /// Whether MQTT may write the point (a coil or holding registers; default false).
     #[serde(default)]

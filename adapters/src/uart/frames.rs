@@ -6,7 +6,7 @@ use serde::Deserialize;
 use crate::reading::Value;
 
 /// Checksum algorithms found in serial sensors.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ChecksumKind {
     /// Sum of the bytes, modulo 256 (1 byte).
@@ -79,7 +79,7 @@ impl ChecksumKind {
 }
 
 /// Byte order of a multi-byte field.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Endian {
     /// Most significant byte first (default; most sensors).
@@ -90,7 +90,7 @@ pub enum Endian {
 }
 
 /// The type of a field in a frame.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FieldType {
     /// Unsigned byte.
@@ -143,7 +143,7 @@ impl FieldType {
 }
 
 /// `frames:` — how frames are found and checked.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FramesConfig {
     /// The header every frame starts with, e.g. `[0x42, 0x4D]`.
@@ -160,7 +160,7 @@ pub struct FramesConfig {
 }
 
 /// Where a frame says how long it is.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LengthField {
     /// Byte position of the length.
@@ -177,7 +177,7 @@ pub struct LengthField {
 }
 
 /// Where the checksum sits and what it covers.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChecksumConfig {
     /// The algorithm.

@@ -31,7 +31,7 @@ pub use lines::{LineDrop, LineFramer};
 pub use parse::{LineFormat, LineParser, ParseError};
 
 /// Settings of a serial device (`type: uart`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UartConfig {
     /// The port; prefer the stable `/dev/serial/by-id/...` names of USB adapters.
@@ -75,7 +75,7 @@ struct Profile {
 }
 
 /// `lines:` — text lines and their format.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LinesConfig {
     /// `json`, `key_value`, `csv` or `regex`.
@@ -95,11 +95,12 @@ pub struct LinesConfig {
 }
 
 /// `poll:` — a command written to the port periodically.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PollConfig {
     /// How often.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub every: Duration,
     /// Text to send, escapes included (`"READ\r\n"`).
     pub send: Option<String>,

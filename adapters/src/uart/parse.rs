@@ -9,7 +9,7 @@ use serde::Deserialize;
 use crate::reading::Value;
 
 /// How the lines of a text-line sensor are written.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LineFormat {
     /// `{"t": 21.5, "rh": 40}` (one object per line).
