@@ -11,7 +11,9 @@ use tokio::net::UdpSocket;
 
 use super::gwmp::{self, PushData, RxPk, Stat};
 use super::lorawan::{self, FrameKind};
-use super::{ForwarderConfig, Heard, Radio, Radios, Route, UnknownDevices, parse_eui};
+use super::radio::{Radio, eui};
+use super::routing::{Heard, Radios, Route};
+use super::{ForwarderConfig, UnknownDevices, parse_eui};
 use crate::adapter::{Adapter, AdapterContext, AdapterError, DeviceStatus};
 use crate::codec::hex;
 use crate::reading::{Reading, Value};
@@ -86,7 +88,7 @@ impl Forwarder {
             }
         };
         if !self.allowed.is_empty() && !self.allowed.contains(&packet.gateway) {
-            tracing::debug!(device = %ctx.device(), gateway = %super::eui(packet.gateway), "Datagram from a gateway not in `gateways`");
+            tracing::debug!(device = %ctx.device(), gateway = %eui(packet.gateway), "Datagram from a gateway not in `gateways`");
             counters.count_error("unknown_gateway");
             return Ok(());
         }

@@ -14,23 +14,22 @@ pub mod gwmp;
 pub mod lorawan;
 mod module;
 mod node;
+mod radio;
+mod routing;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
-use tokio::sync::mpsc;
 
 use crate::codec::PayloadConfig;
 use crate::config::ValueInfo;
-use crate::reading::Value;
 use crate::state::StateStore;
-
-/// Frames waiting for one end device's adapter; more are dropped and counted.
-const NODE_QUEUE: usize = 64;
+use radio::RADIO_VALUES;
+pub use routing::Radios;
 
 /// Settings of a LoRa device (`type: lora`): exactly one of `forwarder`, `lorawan`, `module`.
 #[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
@@ -176,95 +175,6 @@ fn default_listen() -> SocketAddr {
 }
 fn default_max_datagram() -> usize {
     16 * 1024
-}
-
-/// What a radio says about one frame.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub(crate) struct Radio {
-    rssi: Option<f64>,
-    snr: Option<f64>,
-    frequency: Option<f64>,
-    data_rate: Option<String>,
-    gateway: Option<u64>,
-}
-
-/// The radio values and their units, in reading order.
-const RADIO_VALUES: [(&str, Option<&str>); 5] = [
-    ("rssi", Some("dBm")),
-    ("snr", Some("dB")),
-    ("frequency", Some("MHz")),
-    ("data_rate", None),
-    ("gateway", None),
-];
-
-impl Radio {
-    /// The radio values, appended to a reading's values.
-    fn push_values(&self, values: &mut Vec<(Arc<str>, Value)>) {
-        let [rssi, snr, frequency, data_rate, gateway] = RADIO_VALUES.map(|(name, _)| name);
-        let mut push = |name: &str, value: Option<Value>| {
-            if let Some(value) = value {
-                values.push((Arc::from(name), value));
-            }
-        };
-        push(rssi, self.rssi.map(Value::Float));
-        push(snr, self.snr.map(Value::Float));
-        push(frequency, self.frequency.map(Value::Float));
-        push(data_rate, self.data_rate.clone().map(Value::Text));
-        push(gateway, self.gateway.map(|g| Value::Text(eui(g))));
-    }
-}
-
-/// An EUI as 16 uppercase hex digits.
-fn eui(eui: u64) -> String {
-    format!("{eui:016X}")
-}
-
-/// A frame a forwarder heard, on its way to the end device's adapter.
-#[derive(Debug)]
-pub(crate) struct Heard {
-    phy: Vec<u8>,
-    radio: Radio,
-}
-
-/// What became of a frame handed to [`Radios::route`].
-#[derive(Debug, PartialEq, Eq)]
-enum Route {
-    Delivered,
-    /// No device claims the DevAddr, or its adapter is not running.
-    Unknown,
-    /// Its adapter is not keeping up.
-    Busy,
-}
-
-/// Which end device's adapter listens for which DevAddr behind which forwarder device. Shared
-/// by the adapters of one gateway (see [`crate::Shared`]).
-#[derive(Debug, Clone, Default)]
-pub struct Radios(Arc<Mutex<HashMap<Listener, mpsc::Sender<Heard>>>>);
-
-/// A forwarder device's name and a DevAddr.
-type Listener = (String, u32);
-
-impl Radios {
-    /// Frames for `dev_addr` heard by `forwarder`, from now on (replacing an earlier listener).
-    fn listen(&self, forwarder: &str, dev_addr: u32) -> mpsc::Receiver<Heard> {
-        let (tx, rx) = mpsc::channel(NODE_QUEUE);
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        map.insert((forwarder.to_string(), dev_addr), tx);
-        rx
-    }
-
-    /// Hands a frame to the adapter listening for `dev_addr` behind `forwarder`.
-    fn route(&self, forwarder: &str, dev_addr: u32, heard: Heard) -> Route {
-        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(tx) = map.get(&(forwarder.to_string(), dev_addr)) else {
-            return Route::Unknown;
-        };
-        match tx.try_send(heard) {
-            Ok(()) => Route::Delivered,
-            Err(mpsc::error::TrySendError::Full(_)) => Route::Busy,
-            Err(mpsc::error::TrySendError::Closed(_)) => Route::Unknown,
-        }
-    }
 }
 
 /// A DevAddr, its network session key and its application session key.

@@ -14,7 +14,8 @@ use async_trait::async_trait;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio_serial::SerialStream;
 
-use super::{ModuleConfig, ModuleKind, Radio};
+use super::radio::Radio;
+use super::{ModuleConfig, ModuleKind};
 use crate::adapter::{Adapter, AdapterContext, AdapterError, DeviceStatus};
 use crate::codec::{PayloadDecoder, unhex};
 use crate::reading::Reading;

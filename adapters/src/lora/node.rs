@@ -8,7 +8,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::lorawan::Session;
-use super::{Heard, LoraConfig, LorawanConfig, Radios};
+use super::routing::{Heard, Radios};
+use super::{LoraConfig, LorawanConfig};
 use crate::adapter::{Adapter, AdapterContext, AdapterError, DeviceStatus};
 use crate::codec::PayloadDecoder;
 use crate::reading::{Reading, Value};
