@@ -71,7 +71,6 @@ mod tests {
                 (Arc::from("mode"), Value::Text("auto".into())),
                 (Arc::from("broken"), Value::Float(f64::NAN)),
             ],
-            link: None,
         };
         let text = String::from_utf8(encode(1234, &reading)).unwrap();
         assert_eq!(

@@ -21,5 +21,5 @@ pub mod uart;
 pub use adapter::{Adapter, AdapterContext, AdapterError, DeviceCounters, DeviceStatus, Shared};
 pub use command::{Command, CommandResult};
 pub use config::{AdapterConfig, AdapterKind, ValueInfo};
-pub use reading::{LinkMeta, Reading, Value};
+pub use reading::{Reading, Value};
 pub use state::{MemoryState, StateStore};

@@ -44,17 +44,6 @@ impl serde::Serialize for Value {
     }
 }
 
-/// Metadata about the link a reading arrived on, where the link has any worth keeping.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct LinkMeta {
-    /// Received signal strength in dBm (radio links).
-    pub rssi: Option<f64>,
-    /// Signal-to-noise ratio in dB (radio links).
-    pub snr: Option<f64>,
-    /// Modbus unit id the values were read from.
-    pub unit_id: Option<u8>,
-}
-
 /// One device, one instant, one or more named values.
 ///
 /// Names are `Arc<str>` because an adapter emits the same few names millions of times: it builds
@@ -65,10 +54,10 @@ pub struct Reading {
     pub device: Arc<str>,
     /// When the gateway took the reading (its own clock).
     pub ts: SystemTime,
-    /// The values, in the order the adapter produced them.
+    /// The values, in the order the adapter produced them. Link metadata (a LoRa frame's
+    /// RSSI and SNR) travels as values too, so that it is stored, published and charted like
+    /// any measurement.
     pub values: Vec<(Arc<str>, Value)>,
-    /// Link metadata, when the adapter knows any.
-    pub link: Option<LinkMeta>,
 }
 
 impl Reading {
@@ -78,7 +67,6 @@ impl Reading {
             device,
             ts: SystemTime::now(),
             values,
-            link: None,
         }
     }
 }

@@ -302,7 +302,6 @@ impl SimAdapter {
             device: device.clone(),
             ts,
             values,
-            link: None,
         }
     }
 

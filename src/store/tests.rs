@@ -17,7 +17,6 @@ fn reading(device: &str, n: i64) -> Reading {
         device: Arc::from(device),
         ts: SystemTime::now(),
         values: vec![(Arc::from("n"), Value::Int(n))],
-        link: None,
     }
 }
 
