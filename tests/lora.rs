@@ -416,3 +416,27 @@ fn serial_modules_rn2483_and_rak3172_over_ptys() {
         "noise and errors published nothing"
     );
 }
+
+#[test]
+fn an_unplugged_module_goes_offline_and_is_read_again_when_plugged_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start();
+    let sub = Subscriber::start(&broker, "cairn/test/#");
+    let mut serial = SerialPair::start(dir.path());
+    let module = LoraModule::start("rak3172", &serial.sensor, dir.path(), &["03670110"]);
+    let devices = format!(
+        "  - name: rak\n    type: lora\n    module: {{kind: rak3172, port: {}}}\n    payload: {{codec: cayenne_lpp}}\n",
+        serial.port.display()
+    );
+    let cairn = Cairn::start(&config(broker.port, &devices));
+    assert_eq!(wait_readings(&sub, "rak", 1)[0]["temperature_3"], 27.2);
+
+    drop(module);
+    serial.unplug();
+    cairn.wait_log("Device offline device=rak");
+
+    serial.plug();
+    let _module = LoraModule::start("rak3172", &serial.sensor, dir.path(), &["05682A"]);
+    assert_eq!(wait_readings(&sub, "rak", 2)[1]["humidity_5"], 21.0);
+    cairn.wait_log_count("Device online device=rak", 2);
+}
