@@ -153,19 +153,30 @@ async fn supervise<R>(
             continue;
         }
         let failure = match outcome {
-            Ok(Ok(())) | Ok(Err(AdapterError::Closed)) => break,
+            Ok(Ok(())) | Ok(Err(AdapterError::Closed)) => None,
             Ok(Err(AdapterError::Config(message))) => {
-                error!(device = %device, error = %message, "Adapter cannot work with this configuration; device stopped");
+                error!(device = %device, error = %message, "Adapter cannot work with this configuration; device stopped until its settings change");
                 ctx.set_status(DeviceStatus::Error(message));
-                report_change(&device, &mut status, &live);
-                break;
+                None
             }
-            Ok(Err(AdapterError::Transport(message))) => message,
-            Err(join_error) => format!("adapter crashed: {join_error}"),
+            Ok(Err(AdapterError::Transport(message))) => Some(message),
+            Err(join_error) => Some(format!("adapter crashed: {join_error}")),
         };
         if ctx.cancelled().is_cancelled() {
             break;
         }
+        let Some(failure) = failure else {
+            // Finished, or stopped by its settings: only new settings start it again.
+            report_change(&device, &mut status, &live);
+            tokio::select! {
+                () = ctx.cancelled().cancelled() => break,
+                Ok(()) = reload.changed() => {
+                    info!(device = %device, "Device settings changed; adapter started with them");
+                    backoff.reset();
+                    continue;
+                }
+            }
+        };
         // Reported now, not when the next adapter starts: the wait may last minutes.
         ctx.set_status(DeviceStatus::Offline);
         report_change(&device, &mut status, &live);
@@ -178,6 +189,8 @@ async fn supervise<R>(
         tokio::select! {
             () = ctx.cancelled().cancelled() => break,
             () = tokio::time::sleep(retry_in) => {}
+            // New settings may be the fix: try them now.
+            Ok(()) = reload.changed() => backoff.reset(),
         }
     }
     report_change(&device, &mut status, &live);
@@ -338,7 +351,7 @@ mod tests {
             "{steady} readings in {waited:?}"
         );
 
-        // A configuration error stops that device for good, with its reason.
+        // A configuration error stops that device, with its reason, until its settings change.
         broken_status
             .wait_for(|s| matches!(s, DeviceStatus::Error(m) if m == "no such port"))
             .await
@@ -358,5 +371,54 @@ mod tests {
 
         cancel.cancel();
         while tasks.join_next().await.is_some() {}
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn new_settings_restart_a_running_adapter_and_revive_a_stopped_one() {
+        let (sink, _readings) = mpsc::channel(1024);
+        let cancel = CancellationToken::new();
+        let live = LiveBus::new(64);
+        let (ctx, mut status) = context("d", &sink, &cancel);
+        let counters = ctx.clone();
+        let (settings, reload) = watch::channel(false);
+        let (built, mut builds) = watch::channel(0u32);
+        // Misconfigured until the settings say otherwise.
+        let fixed = reload.clone();
+        let task = tokio::spawn(supervise(
+            move || -> Box<dyn Adapter> {
+                built.send_modify(|n| *n += 1);
+                if *fixed.borrow() {
+                    Box::new(Flaky {
+                        runs: Arc::new(AtomicU32::new(10)),
+                        failures: 0,
+                    })
+                } else {
+                    Box::new(Misconfigured)
+                }
+            },
+            ctx,
+            status.clone(),
+            live,
+            reload,
+        ));
+        status
+            .wait_for(|s| matches!(s, DeviceStatus::Error(_)))
+            .await
+            .unwrap();
+        settings.send_replace(true);
+        status
+            .wait_for(|s| *s == DeviceStatus::Online)
+            .await
+            .unwrap();
+        assert_eq!(*builds.borrow_and_update(), 2);
+        // Running: new settings stop it and build the next adapter at once (no backoff, no
+        // restart counted as a failure).
+        let before = Instant::now();
+        settings.send_replace(true);
+        builds.wait_for(|n| *n == 3).await.unwrap();
+        assert!(before.elapsed() < RESTART_MIN);
+        assert_eq!(counters.counters().restarts(), 0);
+        cancel.cancel();
+        task.await.unwrap();
     }
 }
