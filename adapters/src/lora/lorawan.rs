@@ -44,6 +44,9 @@ pub struct Uplink {
     pub payload: Vec<u8>,
     /// Whether the device asked for an acknowledgement (Cairn sends no downlinks).
     pub confirmed: bool,
+    /// The last counter before this frame, when this frame restarted the count (allowed by
+    /// `allow_fcnt_reset`).
+    pub reset_from: Option<u32>,
 }
 
 /// Why a frame was not accepted; each is counted under [`Rejected::counter`].
@@ -125,6 +128,7 @@ impl Session {
         }
         let low = u32::from(frame.fhdr().fcnt());
         let mic = frame.mic().0;
+        let mut reset_from = None;
         let fcnt = match self.last {
             None if frame.validate_mic(&self.nwk_s_key, low) => low,
             None => return Err(Rejected::BadMic),
@@ -174,6 +178,7 @@ impl Session {
             fport,
             payload,
             confirmed,
+            reset_from,
         })
     }
 }
@@ -268,7 +273,8 @@ mod tests {
             Some(70_000),
             true,
         );
-        assert_eq!(relaxed.accept(&two).unwrap().fcnt, 2);
+        let up = relaxed.accept(&two).unwrap();
+        assert_eq!((up.fcnt, up.reset_from), (2, Some(70_000)));
     }
 
     #[test]

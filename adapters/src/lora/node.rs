@@ -66,6 +66,9 @@ impl Node {
                 return Ok(());
             }
         };
+        if let Some(last) = up.reset_from {
+            tracing::warn!(device = %ctx.device(), fcnt = up.fcnt, last, "Frame counter restarted; accepted as a device reset");
+        }
         // Saved before the reading is handed on: after a crash the frame may be lost, but it
         // can never be accepted twice.
         if let Err(e) = self
