@@ -147,11 +147,7 @@ impl Session {
                 if let Some(next) = next.filter(|n| frame.validate_mic(&self.nwk_s_key, *n)) {
                     next
                 } else if self.allow_reset && frame.validate_mic(&self.nwk_s_key, low) {
-                    tracing::warn!(
-                        fcnt = low,
-                        last,
-                        "Frame counter restarted; accepted as a device reset"
-                    );
+                    reset_from = Some(last);
                     low
                 } else if frame.validate_mic(&self.nwk_s_key, same_epoch) {
                     return Err(Rejected::Replay {
