@@ -327,7 +327,11 @@ fn bad_datagrams_are_counted_and_the_endpoint_keeps_serving() {
         1.0,
     );
     let truncated = rxpk(&good[..8], -50, 1.0);
-    gateway.push(&push_data(&[invalid, bad_crc, wrong_size, join, truncated]));
+    let malformed = json!({"freq": "high", "data": 7});
+    gateway.push(&push_data(&[
+        invalid, bad_crc, malformed, wrong_size, join, truncated,
+    ]));
+    gateway.push("{\"stat\": {\"rxnb\": \"two\"}}");
 
     let errors = wait_errors(&cairn, "gw", |e| {
         e["bad_json"] == 1 && e["not_lorawan"] == 1 && e["join_request"] == 1
@@ -339,6 +343,8 @@ fn bad_datagrams_are_counted_and_the_endpoint_keeps_serving() {
         ("bad_base64", 1),
         ("bad_crc", 1),
         ("bad_size", 1),
+        ("bad_rxpk", 1),
+        ("bad_stat", 1),
     ] {
         assert_eq!(errors[counter], n, "{counter}: {errors}");
     }

@@ -103,10 +103,7 @@ pub fn push_data(rxpk: &[serde_json::Value]) -> String {
 }
 
 pub fn unhex(hex: &str) -> Vec<u8> {
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-        .collect()
+    cairn_adapters::codec::unhex(hex).unwrap()
 }
 
 /// A frame built by the Python peer: the PHYPayload, and what pycayennelpp decoded from its

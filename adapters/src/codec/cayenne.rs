@@ -132,10 +132,7 @@ mod tests {
     use super::*;
 
     fn hex(s: &str) -> Vec<u8> {
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
+        crate::codec::unhex(s).unwrap()
     }
 
     /// The examples of the Cayenne LPP documentation (myDevices, "Cayenne Low Power Payload").

@@ -108,12 +108,26 @@ impl Forwarder {
                 return Ok(());
             }
         };
-        for rxpk in &push.rxpk {
-            self.packet(ctx, rxpk, packet.gateway).await?;
+        let stat = push.stat();
+        for rxpk in push.packets() {
+            match rxpk {
+                Ok(rxpk) => self.packet(ctx, &rxpk, packet.gateway).await?,
+                Err(e) => {
+                    tracing::debug!(device = %ctx.device(), error = %e, "Malformed rxpk entry");
+                    counters.count_error("bad_rxpk");
+                }
+            }
         }
-        if let Some(stat) = &push.stat {
-            ctx.emit(self.stat_reading(ctx, stat, packet.gateway))
-                .await?;
+        match stat {
+            Some(Ok(stat)) => {
+                ctx.emit(self.stat_reading(ctx, &stat, packet.gateway))
+                    .await?
+            }
+            Some(Err(e)) => {
+                tracing::debug!(device = %ctx.device(), error = %e, "Malformed stat entry");
+                counters.count_error("bad_stat");
+            }
+            None => {}
         }
         Ok(())
     }

@@ -91,14 +91,27 @@ pub fn ack(datagram: &Datagram<'_>) -> Option<[u8; 4]> {
     Some([datagram.version, datagram.token[0], datagram.token[1], kind])
 }
 
-/// The JSON of a PUSH_DATA.
+/// The JSON of a PUSH_DATA. Each packet and the statistics are parsed on their own, so that
+/// one malformed entry costs only itself.
 #[derive(Debug, Deserialize)]
 pub struct PushData {
     /// Received packets.
     #[serde(default)]
-    pub rxpk: Vec<RxPk>,
+    rxpk: Vec<serde_json::Value>,
     /// The gateway's statistics.
-    pub stat: Option<Stat>,
+    stat: Option<serde_json::Value>,
+}
+
+impl PushData {
+    /// The received packets, each parsed or the reason it is not.
+    pub fn packets(self) -> impl Iterator<Item = Result<RxPk, serde_json::Error>> {
+        self.rxpk.into_iter().map(serde_json::from_value)
+    }
+
+    /// The gateway's statistics, if the datagram has them.
+    pub fn stat(&self) -> Option<Result<Stat, serde_json::Error>> {
+        self.stat.clone().map(serde_json::from_value)
+    }
 }
 
 /// One received packet. Only what Cairn uses is required; the rest varies between forwarders.
@@ -108,8 +121,6 @@ pub struct RxPk {
     pub freq: f64,
     /// CRC status: 1 good, -1 bad, 0 none.
     pub stat: i8,
-    /// "LORA" or "FSK".
-    pub modu: String,
     /// "SF7BW125" for LoRa, bits per second for FSK.
     pub datr: DataRate,
     /// RSSI in dBm (absent from version 2 `rsig` packets).
@@ -228,6 +239,17 @@ mod tests {
     }
 
     #[test]
+    fn one_malformed_packet_costs_only_itself() {
+        let json =
+            br#"{"rxpk":[{"freq":"high"},{"freq":868.1,"stat":1,"datr":"SF7BW125","data":"AA=="}],
+                        "stat":{"rxnb":"two"}}"#;
+        let push: PushData = serde_json::from_slice(json).unwrap();
+        assert!(push.stat().unwrap().is_err());
+        let parsed: Vec<bool> = push.packets().map(|p| p.is_ok()).collect();
+        assert_eq!(parsed, [false, true]);
+    }
+
+    #[test]
     fn fsk_and_version_2_packets_parse() {
         let json = br#"{"rxpk":[
             {"tmst":1,"chan":9,"rfch":1,"freq":869.1,"stat":1,"modu":"FSK","datr":50000,"rssi":-75,"size":16,"data":"VEVTVF9QQUNLRVRfMTIzNA=="},
@@ -235,9 +257,10 @@ mod tests {
              "rsig":[{"ant":0,"chan":0,"rssic":-80,"lsnr":7.5},{"ant":1,"chan":0,"rssic":-70,"lsnr":9.0}]}
         ]}"#;
         let push: PushData = serde_json::from_slice(json).unwrap();
-        assert_eq!(push.rxpk[0].datr.to_string(), "FSK50000");
-        assert_eq!(push.rxpk[0].snr(), None);
-        assert_eq!(push.rxpk[1].rssi(), Some(-70.0));
-        assert_eq!(push.rxpk[1].snr(), Some(9.0));
+        let rxpk: Vec<RxPk> = push.packets().map(Result::unwrap).collect();
+        assert_eq!(rxpk[0].datr.to_string(), "FSK50000");
+        assert_eq!(rxpk[0].snr(), None);
+        assert_eq!(rxpk[1].rssi(), Some(-70.0));
+        assert_eq!(rxpk[1].snr(), Some(9.0));
     }
 }
