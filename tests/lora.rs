@@ -405,9 +405,10 @@ fn serial_modules_rn2483_and_rak3172_over_ptys() {
 
     let rn_commands = rn_module.commands();
     assert_eq!(
-        rn_commands[..5],
+        rn_commands[..6],
         [
             "mac pause",
+            "radio set wdt 0",
             "radio set freq 868100000",
             "radio set sf sf9",
             "radio set bw 125",

@@ -2,8 +2,9 @@
 //! handling as the uart adapter: a module that stops answering or a port that vanishes ends the
 //! run, and the supervisor reopens it with backoff.
 //!
-//! - RN2483/RN2903: `mac pause`, optional `radio set freq|sf|bw`, then `radio rx 0` before each
-//!   packet; a packet arrives as `radio_rx  <hex>`, and `radio get snr` reads its SNR.
+//! - RN2483/RN2903: `mac pause`, `radio set wdt 0`, optional `radio set freq|sf|bw`, then
+//!   `radio rx 0` before each packet; a packet arrives as `radio_rx  <hex>`, and `radio get snr`
+//!   reads its SNR.
 //! - RAK3172 (RUI3): `AT+NWM=0`, optional `AT+P2P=...`, then `AT+PRECV=65534` (receive until
 //!   told otherwise); a packet arrives as `+EVT:RXP2P:<rssi>:<snr>:<hex>`.
 
@@ -61,8 +62,12 @@ impl Module {
         match c.kind {
             ModuleKind::Rn2483 | ModuleKind::Rn2903 => {
                 // `mac pause` answers with the number of milliseconds the LoRaWAN stack sleeps.
-                let mut commands: Vec<(String, Answer)> =
-                    vec![("mac pause".into(), |a| a.parse::<u64>().is_ok())];
+                // `radio set wdt 0`: without it a quiet channel ends each `radio rx 0` with
+                // `radio_err` after 15 s.
+                let mut commands: Vec<(String, Answer)> = vec![
+                    ("mac pause".into(), |a| a.parse::<u64>().is_ok()),
+                    ("radio set wdt 0".into(), |a| a == "ok"),
+                ];
                 if let Some(((freq, sf), bw)) = radio {
                     commands.push((format!("radio set freq {freq}"), |a| a == "ok"));
                     commands.push((format!("radio set sf sf{sf}"), |a| a == "ok"));
