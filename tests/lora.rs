@@ -416,7 +416,10 @@ fn serial_modules_rn2483_and_rak3172_over_ptys() {
         ]
     );
     assert!(rn_commands.contains(&"radio get snr".to_string()));
-    assert_eq!(rak_module.commands()[..2], ["AT+NWM=0", "AT+PRECV=65534"]);
+    assert_eq!(
+        rak_module.commands()[..3],
+        ["AT+PRECV=0", "AT+NWM=0", "AT+PRECV=65534"]
+    );
     assert_eq!(
         readings(&sub, "rn").len(),
         2,

@@ -5,8 +5,9 @@
 //! - RN2483/RN2903: `mac pause`, `radio set wdt 0`, optional `radio set freq|sf|bw`, then
 //!   `radio rx 0` before each packet; a packet arrives as `radio_rx  <hex>`, and `radio get snr`
 //!   reads its SNR.
-//! - RAK3172 (RUI3): `AT+NWM=0`, optional `AT+P2P=...`, then `AT+PRECV=65534` (receive until
-//!   told otherwise); a packet arrives as `+EVT:RXP2P:<rssi>:<snr>:<hex>`.
+//! - RAK3172 (RUI3): `AT+PRECV=0` (stop an earlier receive), `AT+NWM=0`, optional
+//!   `AT+P2P=...`, then `AT+PRECV=65534` (receive until told otherwise); a packet arrives as
+//!   `+EVT:RXP2P:<rssi>:<snr>:<hex>`.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -76,7 +77,13 @@ impl Module {
                 commands
             }
             ModuleKind::Rak3172 => {
-                let mut commands: Vec<(String, Answer)> = vec![("AT+NWM=0".into(), |a| a == "OK")];
+                // A module left listening by an earlier run refuses any setting with
+                // AT_BUSY_ERROR until told to stop; in LoRaWAN mode it refuses the stop itself,
+                // which is fine.
+                let mut commands: Vec<(String, Answer)> = vec![
+                    ("AT+PRECV=0".into(), |_| true),
+                    ("AT+NWM=0".into(), |a| a == "OK"),
+                ];
                 if let Some(((freq, sf), bw)) = radio {
                     // Coding rate 4/5, preamble 8, 14 dBm: the RUI3 defaults.
                     commands.push((format!("AT+P2P={freq}:{sf}:{bw}:0:8:14"), |a| a == "OK"));
