@@ -405,8 +405,9 @@ fn serial_modules_rn2483_and_rak3172_over_ptys() {
 
     let rn_commands = rn_module.commands();
     assert_eq!(
-        rn_commands[..6],
+        rn_commands[..7],
         [
+            "radio rxstop",
             "mac pause",
             "radio set wdt 0",
             "radio set freq 868100000",

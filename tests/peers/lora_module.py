@@ -3,8 +3,9 @@
 line format of the real one, as their manuals give them:
 
 - RN2483/RN2903 (Microchip "RN2483 LoRa Technology Module Command Reference User's Guide"):
-  `mac pause` -> a number of ms; `radio set ...` -> `ok`; `radio rx 0` -> `ok`, then one
-  `radio_rx  <hex>` (two spaces) or `radio_err`; `radio get snr` -> an integer.
+  `radio rxstop` -> `ok`; `mac pause` -> a number of ms; `radio set ...` -> `ok`;
+  `radio rx 0` -> `ok`, then one `radio_rx  <hex>` (two spaces) or `radio_err`;
+  `radio get snr` -> an integer.
 - RAK3172 with RUI3 ("RUI3 AT command manual"): `AT+PRECV=0` -> `OK` (stop receiving);
   `AT+NWM=0` -> `OK` (after a boot banner when it switches mode); `AT+P2P=...` -> `OK`;
   `AT+PRECV=65534` -> `OK`, then one `+EVT:RXP2P:<rssi>:<snr>:<hex>` per packet.
@@ -63,6 +64,9 @@ def main():
                 elif command == "radio rx 0":
                     say("ok")
                     listening = True
+                elif command == "radio rxstop":
+                    say("ok")
+                    listening = False
                 elif command == "radio get snr":
                     say("-7")
                 else:

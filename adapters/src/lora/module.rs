@@ -2,7 +2,7 @@
 //! handling as the uart adapter: a module that stops answering or a port that vanishes ends the
 //! run, and the supervisor reopens it with backoff.
 //!
-//! - RN2483/RN2903: `mac pause`, `radio set wdt 0`, optional `radio set freq|sf|bw`, then
+//! - RN2483/RN2903: `radio rxstop`, `mac pause`, `radio set wdt 0`, optional `radio set freq|sf|bw`, then
 //!   `radio rx 0` before each packet; a packet arrives as `radio_rx  <hex>`, and `radio get snr`
 //!   reads its SNR.
 //! - RAK3172 (RUI3): `AT+PRECV=0` (stop an earlier receive), `AT+NWM=0`, optional
@@ -65,7 +65,11 @@ impl Module {
                 // `mac pause` answers with the number of milliseconds the LoRaWAN stack sleeps.
                 // `radio set wdt 0`: without it a quiet channel ends each `radio rx 0` with
                 // `radio_err` after 15 s.
+                // `radio rxstop` ends a receive left running by an earlier run, during which
+                // the module answers `busy`; firmware before 1.0.5 does not know it, which is
+                // fine.
                 let mut commands: Vec<(String, Answer)> = vec![
+                    ("radio rxstop".into(), |_| true),
                     ("mac pause".into(), |a| a.parse::<u64>().is_ok()),
                     ("radio set wdt 0".into(), |a| a == "ok"),
                 ];
