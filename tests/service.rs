@@ -100,7 +100,7 @@ fn systemd_hears_ready_watchdog_reloading_and_stopping() {
         &config(broker.port, "50ms"),
         &[
             ("NOTIFY_SOCKET", socket_path.to_str().unwrap()),
-            ("WATCHDOG_USEC", "400000"),
+            ("WATCHDOG_USEC", "4000000"),
         ],
     );
     let next = || {
