@@ -10,6 +10,9 @@ use tracing::{debug, warn};
 
 use crate::store::StoreReader;
 
+/// The writer beats at least once a second; half the timeout must leave room for that.
+const MIN_WATCHDOG: Duration = Duration::from_secs(4);
+
 fn notify(states: &[NotifyState]) {
     if let Err(e) = sd_notify::notify(states) {
         debug!(error = %e, "systemd notification not sent");
@@ -52,6 +55,9 @@ pub async fn watchdog(store: StoreReader, stop: CancellationToken) {
     let Some(timeout) = sd_notify::watchdog_enabled() else {
         return;
     };
+    if timeout < MIN_WATCHDOG {
+        warn!(watchdog = %humantime::format_duration(timeout), "WatchdogSec is shorter than the outbox writer's pulse allows; use 4 s or more");
+    }
     let mut tick = tokio::time::interval(timeout / 4);
     let mut stalled = false;
     loop {
