@@ -62,12 +62,11 @@ impl Module {
         let radio = c.frequency.zip(c.spreading_factor).zip(c.bandwidth);
         match c.kind {
             ModuleKind::Rn2483 | ModuleKind::Rn2903 => {
-                // `mac pause` answers with the number of milliseconds the LoRaWAN stack sleeps.
-                // `radio set wdt 0`: without it a quiet channel ends each `radio rx 0` with
-                // `radio_err` after 15 s.
                 // `radio rxstop` ends a receive left running by an earlier run, during which
                 // the module answers `busy`; firmware before 1.0.5 does not know it, which is
-                // fine.
+                // fine. `mac pause` answers with the milliseconds the LoRaWAN stack will sleep.
+                // `radio set wdt 0`: without it a quiet channel ends each `radio rx 0` with
+                // `radio_err` after 15 s.
                 let mut commands: Vec<(String, Answer)> = vec![
                     ("radio rxstop".into(), |_| true),
                     ("mac pause".into(), |a| a.parse::<u64>().is_ok()),
