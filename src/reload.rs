@@ -32,11 +32,8 @@ pub fn reload(path: &Path, current: &mut Config, settings: &Settings) -> Outcome
         Err(reason) => return Outcome::Refused(reason),
     };
     for device in &changed {
-        if let (Some((_, tx)), Some(d)) = (
-            settings.iter().find(|(name, _)| name == &device.name),
-            new.devices().find(|d| d.name == device.name),
-        ) {
-            tx.send_replace(d.adapter.clone());
+        if let Some((_, tx)) = settings.iter().find(|(name, _)| name == &device.name) {
+            tx.send_replace(device.adapter.clone());
         }
     }
     let names = changed.iter().map(|d| d.name.clone()).collect();
@@ -74,7 +71,8 @@ fn changed_devices<'n>(current: &Config, new: &'n Config) -> Result<Vec<&'n Devi
     Ok(new
         .devices()
         .zip(current.devices())
-        .filter(|(new, old)| new != old)
+        // A new description alone restarts nothing: it is metadata, announced at start.
+        .filter(|(new, old)| new.adapter != old.adapter)
         .map(|(new, _)| new)
         .collect())
 }
