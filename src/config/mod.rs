@@ -270,6 +270,7 @@ fn default_reconnect_min() -> Duration {
 fn default_reconnect_max() -> Duration {
     Duration::from_secs(300)
 }
+
 /// A size as the config may write it: `512MB`, `64KiB`, or a number of bytes.
 fn size_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
