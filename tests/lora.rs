@@ -57,28 +57,6 @@ fn start(broker: &Broker, devices: &str) -> (Cairn, PacketForwarder) {
     (cairn, PacketForwarder::new(server))
 }
 
-/// The `values` of every data message from `device`, in order.
-fn readings(sub: &Subscriber, device: &str) -> Vec<Value> {
-    let topic = format!("cairn/test/{device}");
-    sub.with(|r| {
-        r.data()
-            .filter(|(t, _)| *t == topic)
-            .map(|(_, v)| v["values"].clone())
-            .collect()
-    })
-}
-
-fn wait_readings(sub: &Subscriber, device: &str, n: usize) -> Vec<Value> {
-    let topic = format!("cairn/test/{device}");
-    assert!(
-        sub.wait_until(PATIENCE, |r| r.data().filter(|(t, _)| *t == topic).count()
-            >= n),
-        "{n} readings of {device} never arrived: {:?}",
-        readings(sub, device)
-    );
-    readings(sub, device)
-}
-
 /// The error counters of `device` once `done` holds for them (polled from `/api/devices`).
 fn wait_errors(cairn: &Cairn, device: &str, done: impl Fn(&Value) -> bool) -> Value {
     let feed = cairn.feed();
@@ -121,7 +99,7 @@ fn public_forwarder_traffic_and_lorawan_vectors_reach_the_broker() {
     );
     // Its stat example becomes a reading of the forwarder device.
     gateway.push(&fixture("protocol_txt_stat.json"));
-    let stats = &wait_readings(&sub, "gw", 2)[1];
+    let stats = &sub.wait_values("gw", 2)[1];
     assert_eq!(stats["rx_packets"], 2);
     assert_eq!(stats["ack_ratio"], 100.0);
     assert_eq!(stats["latitude"], 46.24);
@@ -137,7 +115,7 @@ fn public_forwarder_traffic_and_lorawan_vectors_reach_the_broker() {
         .map(|f| rxpk(&unhex(f["phy"].as_str().unwrap()), -57, 9.5))
         .collect();
     gateway.push(&push_data(&frames));
-    let got = wait_readings(&sub, "mote", 3);
+    let got = sub.wait_values("mote", 3);
     for (reading, frame) in got.iter().zip(v["frames"].as_array().unwrap()) {
         assert_eq!(reading["fcnt"], frame["fcnt"]);
         let plaintext = frame["plaintext"].as_str().unwrap();
@@ -166,13 +144,13 @@ fn public_forwarder_traffic_and_lorawan_vectors_reach_the_broker() {
     // A frame from a DevAddr nobody claims is published raw by the forwarder device.
     let stranger = unhex("400403020120030001A4A93023B19A5C5F0828");
     gateway.push(&push_data(&[rxpk(&stranger, -90, -3.0)]));
-    let unknown = &wait_readings(&sub, "gw", 3)[2];
+    let unknown = &sub.wait_values("gw", 3)[2];
     assert_eq!(unknown["dev_addr"], "01020304");
     assert_eq!(unknown["fcnt"], 3);
     assert_eq!(unknown["fport"], 1);
     assert_eq!(unknown["payload"], "a4a93023b19a", "still encrypted");
     assert_eq!(
-        readings(&sub, "mote").len(),
+        sub.values_of("mote").len(),
         3,
         "nothing replayed was published"
     );
@@ -240,7 +218,7 @@ fn cayenne_lpp_matches_pycayennelpp_for_every_type() {
     let frames = build_frames(request);
     let packets: Vec<Value> = frames.iter().map(|f| rxpk(&f.phy, -80, 4.0)).collect();
     gateway.push(&push_data(&packets));
-    let got = wait_readings(&sub, "field", frames.len());
+    let got = sub.wait_values("field", frames.len());
     let mut checked = 0;
     for (reading, frame) in got.iter().zip(&frames) {
         for (field, expected) in frame.fields.as_ref().unwrap() {
@@ -271,7 +249,7 @@ fn frame_counters_survive_a_restart_and_roll_over() {
     let packet = |i: usize| push_data(&[rxpk(&frames[i].phy, -70, 5.0)]);
     gateway.push(&packet(0));
     gateway.push(&packet(1));
-    wait_readings(&sub, "tank", 2);
+    sub.wait_values("tank", 2);
 
     assert!(cairn.stop());
     cairn.restart();
@@ -284,7 +262,7 @@ fn frame_counters_survive_a_restart_and_roll_over() {
     for i in 2..5 {
         gateway.push(&packet(i));
     }
-    let got = wait_readings(&sub, "tank", 5);
+    let got = sub.wait_values("tank", 5);
     let counters: Vec<i64> = got.iter().map(|r| r["fcnt"].as_i64().unwrap()).collect();
     assert_eq!(counters, [1, 2, 65_535, 65_536, 65_537]);
     assert_eq!(
@@ -361,7 +339,7 @@ fn bad_datagrams_are_counted_and_the_endpoint_keeps_serving() {
 
     // Still serving: the next good frame is acknowledged, decrypted and published.
     gateway.push(&push_data(&[rxpk(&good, -50, 1.0)]));
-    let got = wait_readings(&sub, "mote", 1);
+    let got = sub.wait_values("mote", 1);
     assert_eq!(got[0]["payload"], "74657374");
     assert!(cairn.log().contains("Device online device=gw"));
     assert!(!cairn.log().contains("panicked"));
@@ -389,13 +367,13 @@ fn serial_modules_rn2483_and_rak3172_over_ptys() {
     );
     let cairn = Cairn::start(&config(broker.port, &devices));
 
-    let got = wait_readings(&sub, "rn", 2);
+    let got = sub.wait_values("rn", 2);
     assert_eq!(got[0]["temperature_3"], 27.2);
     assert_eq!(got[0]["snr"], -7.0);
     assert_eq!(got[0]["frequency"], 868.1);
     assert_eq!(got[0]["data_rate"], "SF9BW125");
     assert_eq!(got[1]["humidity_5"], 21.0);
-    let got = wait_readings(&sub, "rak", 2);
+    let got = sub.wait_values("rak", 2);
     assert_eq!(got[0]["air"], 27.2);
     assert_eq!(got[0]["rssi"], -43.0);
     assert_eq!(got[0]["snr"], 7.0);
@@ -422,7 +400,7 @@ fn serial_modules_rn2483_and_rak3172_over_ptys() {
         ["AT+PRECV=0", "AT+NWM=0", "AT+PRECV=65534"]
     );
     assert_eq!(
-        readings(&sub, "rn").len(),
+        sub.values_of("rn").len(),
         2,
         "noise and errors published nothing"
     );
@@ -440,7 +418,7 @@ fn an_unplugged_module_goes_offline_and_is_read_again_when_plugged_back() {
         serial.port.display()
     );
     let cairn = Cairn::start(&config(broker.port, &devices));
-    assert_eq!(wait_readings(&sub, "rak", 1)[0]["temperature_3"], 27.2);
+    assert_eq!(sub.wait_values("rak", 1)[0]["temperature_3"], 27.2);
 
     drop(module);
     serial.unplug();
@@ -448,6 +426,6 @@ fn an_unplugged_module_goes_offline_and_is_read_again_when_plugged_back() {
 
     serial.plug();
     let _module = LoraModule::start("rak3172", &serial.sensor, dir.path(), &["05682A"]);
-    assert_eq!(wait_readings(&sub, "rak", 2)[1]["humidity_5"], 21.0);
+    assert_eq!(sub.wait_values("rak", 2)[1]["humidity_5"], 21.0);
     cairn.wait_log_count("Device online device=rak", 2);
 }

@@ -17,17 +17,6 @@ fn config(broker: u16, devices: &str) -> String {
     )
 }
 
-/// The `values` of every data message from `device`, in order.
-fn readings(sub: &Subscriber, device: &str) -> Vec<serde_json::Value> {
-    let topic = format!("cairn/test/{device}");
-    sub.with(|r| {
-        r.data()
-            .filter(|(t, _)| *t == topic)
-            .map(|(_, v)| v["values"].clone())
-            .collect()
-    })
-}
-
 #[test]
 fn every_type_and_byte_order_arrives_with_its_exact_value() {
     let broker = Broker::start();
@@ -57,7 +46,7 @@ fn every_type_and_byte_order_arrives_with_its_exact_value() {
         "i16": -2, "u32": 65538, "scaled": 21.5, "model": "SDM120", "alarm": true, "i64": -10,
         "frequency": 50.0, "pump": true, "valve": false,
     });
-    for values in readings(&sub, "meter") {
+    for values in sub.values_of("meter") {
         assert_eq!(values, expected);
     }
 }
@@ -84,13 +73,13 @@ fn a_silent_unit_and_exceptions_do_not_disturb_a_healthy_device() {
     let cairn = Cairn::start(&config(broker.port, &devices));
     // The silent unit times out, goes offline and is retried; the others carry on meanwhile.
     cairn.wait_log("polls in a row failed");
-    let before = readings(&sub, "healthy").len();
+    let before = sub.values_of("healthy").len();
     cairn.wait_log("exception_illegal_address");
     assert!(sub.wait_until(PATIENCE, |r| {
         r.data().filter(|(t, _)| *t == "cairn/test/healthy").count() >= before + 5
     }));
-    assert!(readings(&sub, "healthy").iter().all(|v| v["v"] == -2));
-    assert!(readings(&sub, "silent").is_empty() && readings(&sub, "wrong").is_empty());
+    assert!(sub.values_of("healthy").iter().all(|v| v["v"] == -2));
+    assert!(sub.values_of("silent").is_empty() && sub.values_of("wrong").is_empty());
     let log = cairn.log();
     assert!(
         log.contains(r#"device=silent errors={"timeout": "#),
@@ -117,7 +106,7 @@ fn a_restarted_server_is_polled_again() {
     assert!(sub.wait_until(PATIENCE, |r| r.data().count() >= 2));
     server.stop();
     cairn.wait_log("Device offline");
-    let before = readings(&sub, "plc").len();
+    let before = sub.values_of("plc").len();
     server.restart();
     assert!(
         sub.wait_until(PATIENCE, |r| r.data().count() > before + 2),
@@ -153,16 +142,16 @@ fn units_sharing_an_rs485_bus_are_polled_in_turn() {
         cairn.log()
     );
     assert!(
-        readings(&sub, "unit1")
+        sub.values_of("unit1")
             .iter()
             .all(|v| *v == serde_json::json!({"v": -2, "f": 230.1}))
     );
     assert!(
-        readings(&sub, "unit2")
+        sub.values_of("unit2")
             .iter()
             .all(|v| *v == serde_json::json!({"v": 7}))
     );
-    assert!(readings(&sub, "absent").is_empty());
+    assert!(sub.values_of("absent").is_empty());
     cairn.wait_log("device=absent errors=");
 }
 
@@ -242,11 +231,11 @@ fn writes_over_mqtt_reach_the_device_and_are_answered() {
     }
 
     // The polls that follow read what was written.
-    let polled = readings(&sub, "boiler").len();
+    let polled = sub.values_of("boiler").len();
     assert!(sub.wait_until(PATIENCE, |r| {
         r.data().filter(|(t, _)| *t == "cairn/test/boiler").count() > polled
     }));
-    let last = readings(&sub, "boiler").pop().unwrap();
+    let last = sub.values_of("boiler").pop().unwrap();
     assert_eq!(
         (&last["setpoint"], &last["limit"], &last["pump"]),
         (&23.4.into(), &250.5.into(), &false.into())
@@ -261,11 +250,11 @@ fn writes_over_mqtt_reach_the_device_and_are_answered() {
     broker.stop();
     broker.restart();
     cairn.wait_log("Retained command ignored");
-    let polled = readings(&sub, "meter").len();
+    let polled = sub.values_of("meter").len();
     assert!(sub.wait_until(PATIENCE, |r| {
         r.data().filter(|(t, _)| *t == "cairn/test/meter").count() > polled
     }));
-    assert_eq!(readings(&sub, "meter").pop().unwrap()["v"], 5);
+    assert_eq!(sub.values_of("meter").pop().unwrap()["v"], 5);
 }
 
 #[test]
@@ -288,14 +277,14 @@ fn corrupted_rtu_answers_are_counted_and_never_read_as_values() {
     // as `crc`, the bus is reopened, and the device stays on its schedule.
     cairn.wait_log(r#"device=unit1 errors={"crc": "#);
     line.set_noisy(false);
-    let before = readings(&sub, "unit1").len();
+    let before = sub.values_of("unit1").len();
     assert!(
         sub.wait_until(PATIENCE, |r| r.data().count() >= before + 3),
         "{}",
         cairn.log()
     );
     assert!(
-        readings(&sub, "unit1")
+        sub.values_of("unit1")
             .iter()
             .all(|v| *v == serde_json::json!({"v": -2, "f": 230.1})),
         "no corrupted value was ever published"

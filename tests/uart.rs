@@ -27,16 +27,6 @@ fn profile_config(broker: u16, port: &std::path::Path, profile: &str) -> String 
     )
 }
 
-/// The `values` of every data message from the device, in order.
-fn readings(sub: &Subscriber) -> Vec<serde_json::Value> {
-    sub.with(|r| {
-        r.data()
-            .filter(|(t, _)| *t == "cairn/test/probe")
-            .map(|(_, v)| v["values"].clone())
-            .collect()
-    })
-}
-
 #[test]
 fn key_value_lines_survive_garbage() {
     let dir = tempfile::tempdir().unwrap();
@@ -58,9 +48,9 @@ fn key_value_lines_survive_garbage() {
     assert!(
         sub.wait_until(PATIENCE, |r| r.data().count() >= 3),
         "{:?}",
-        readings(&sub)
+        sub.values_of("probe")
     );
-    let got = readings(&sub);
+    let got = sub.values_of("probe");
     assert_eq!(got.len(), 3, "{got:?}");
     assert_eq!(
         got[0],
@@ -117,7 +107,7 @@ fn json_csv_and_regex_lines() {
             sub.wait_until(PATIENCE, |r| r.data().count() >= 1),
             "{lines}"
         );
-        assert_eq!(readings(&sub), [expected], "{lines}");
+        assert_eq!(sub.values_of("probe"), [expected], "{lines}");
     }
 }
 
@@ -149,7 +139,7 @@ fn an_unplugged_device_goes_offline_and_resumes_without_a_restart() {
     serial.send(b"n=2\n");
     assert!(sub.wait_until(PATIENCE, |r| r.data().count() >= 2));
     assert_eq!(
-        readings(&sub),
+        sub.values_of("probe"),
         [serde_json::json!({"n": 1}), serde_json::json!({"n": 2})]
     );
     let log = cairn.log();
@@ -194,7 +184,7 @@ fn a_polled_sensor_answers_each_request() {
     );
     let _cairn = Cairn::start(&config);
     assert!(sub.wait_until(PATIENCE, |r| r.data().count() >= 3));
-    let got = readings(&sub);
+    let got = sub.values_of("probe");
     assert_eq!(
         &got[..3],
         [
@@ -245,9 +235,9 @@ fn pms5003_profile_decodes_frames_through_noise() {
     assert!(
         sub.wait_until(PATIENCE, |r| r.data().count() >= 2),
         "{:?}",
-        readings(&sub)
+        sub.values_of("probe")
     );
-    let got = readings(&sub);
+    let got = sub.values_of("probe");
     assert_eq!(got[0]["pm2_5"], 7);
     assert_eq!(got[0]["pm10"], 11);
     assert_eq!(got[0]["particles_0_3um"], 1200);
@@ -301,7 +291,7 @@ fn a_real_gps_log_decodes_as_pynmea2_reads_it() {
     );
     serial.send(&log);
     assert!(sub.wait_until(PATIENCE, |r| r.data().count() >= 6));
-    let got = readings(&sub);
+    let got = sub.values_of("probe");
     assert_eq!(
         got.len(),
         6,

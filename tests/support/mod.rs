@@ -306,6 +306,29 @@ impl Subscriber {
         }
     }
 
+    /// The `values` of every data message from `device` of gateway `test`, in order.
+    pub fn values_of(&self, device: &str) -> Vec<serde_json::Value> {
+        let topic = format!("cairn/test/{device}");
+        self.with(|r| {
+            r.data()
+                .filter(|(t, _)| *t == topic)
+                .map(|(_, v)| v["values"].clone())
+                .collect()
+        })
+    }
+
+    /// [`Subscriber::values_of`] once there are at least `n`.
+    pub fn wait_values(&self, device: &str, n: usize) -> Vec<serde_json::Value> {
+        let topic = format!("cairn/test/{device}");
+        assert!(
+            self.wait_until(PATIENCE, |r| r.data().filter(|(t, _)| *t == topic).count()
+                >= n),
+            "{n} readings of {device} never arrived: {:?}",
+            self.values_of(device)
+        );
+        self.values_of(device)
+    }
+
     pub fn with<T>(&self, f: impl FnOnce(&Received) -> T) -> T {
         f(&self.received.0.lock().unwrap())
     }
