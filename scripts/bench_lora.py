@@ -14,7 +14,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench import CAIRN, ROOT, Broker  # noqa: E402
-from bench_modbus import cpu_seconds, peak_rss_mib  # noqa: E402
+from bench_modbus import cpu_seconds, next_seq, peak_rss_mib  # noqa: E402
 
 PYTHON = os.path.join(ROOT, ".venv", "bin", "python")
 FRAMES = os.path.join(ROOT, "tests", "peers", "lorawan_frames.py")
@@ -53,10 +53,6 @@ def main():
     proc = subprocess.Popen([CAIRN, "run", "--config", config], stderr=subprocess.DEVNULL,
                             env={**os.environ, "RUST_LOG": "warn"})
 
-    def next_seq():
-        out = subprocess.run([CAIRN, "stats", "--config", config], capture_output=True, text=True).stdout
-        return int([l for l in out.splitlines() if l.startswith("next seq")][0].split(": ")[1])
-
     try:
         gw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         gw.settimeout(5)
@@ -72,10 +68,10 @@ def main():
             gw.recv(16)
         # Done when every frame is in the outbox, or nothing more arrives for a second (an end
         # device more than 64 frames behind drops them as `device_busy`).
-        last, t1 = next_seq(), time.time()
+        last, t1 = next_seq(config), time.time()
         while last <= len(frames) and time.time() - t1 < 1:
             time.sleep(0.05)
-            seq = next_seq()
+            seq = next_seq(config)
             if seq != last:
                 last, t1 = seq, time.time()
         cpu1 = cpu_seconds(proc.pid)

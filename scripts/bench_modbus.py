@@ -22,6 +22,12 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
+def next_seq(config):
+    """The outbox's next seq, from `cairn stats` (readable while cairn runs)."""
+    out = subprocess.run([CAIRN, "stats", "--config", config], capture_output=True, text=True).stdout
+    return int([l for l in out.splitlines() if l.startswith("next seq")][0].split(": ")[1])
+
+
 def peak_rss_mib(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -40,14 +46,10 @@ def run(devices_yaml, seconds, broker_port):
                 f"devices:\n{devices_yaml}")
     proc = subprocess.Popen([CAIRN, "run", "--config", config], stderr=subprocess.DEVNULL,
                             env={**os.environ, "RUST_LOG": "warn"})
-    def next_seq():
-        out = subprocess.run([CAIRN, "stats", "--config", config], capture_output=True, text=True).stdout
-        return int([l for l in out.splitlines() if l.startswith("next seq")][0].split(": ")[1])
-
     time.sleep(3)  # connect and settle
-    cpu0, t0, seq0 = cpu_seconds(proc.pid), time.time(), next_seq()
+    cpu0, t0, seq0 = cpu_seconds(proc.pid), time.time(), next_seq(config)
     time.sleep(seconds)
-    cpu1, t1, seq1 = cpu_seconds(proc.pid), time.time(), next_seq()
+    cpu1, t1, seq1 = cpu_seconds(proc.pid), time.time(), next_seq(config)
     rss = peak_rss_mib(proc.pid)
     proc.terminate()
     proc.wait()
