@@ -49,7 +49,8 @@ pub async fn run(
 
     let live = LiveBus::new(LIVE_CAPACITY);
     let (sink, readings) = pipeline::channel();
-    let writer = tokio::spawn(writer.run(readings, live.clone()));
+    let (prepared_tx, prepared) = pipeline::channel();
+    let writer = tokio::spawn(writer.run(prepared, live.clone()));
 
     let metas: Vec<DeviceMeta> = config
         .devices()
@@ -80,6 +81,10 @@ pub async fn run(
             (handle, (d.name.clone(), settings))
         })
         .unzip();
+    // Adapters -> pipeline -> store: each stage ends when the one before it has closed.
+    let pipeline = tokio::spawn(
+        pipeline::Pipeline::new(&config, &devices).run(readings, prepared_tx),
+    );
     let stop_uplink = CancellationToken::new();
     let commands = Router::new(&devices).map(|(router, end)| {
         tokio::spawn(router.run(stop_uplink.clone()));
@@ -150,6 +155,7 @@ pub async fn run(
     let ordered = async {
         stop_adapters.cancel();
         while adapters.join_next().await.is_some() {}
+        let _ = pipeline.await;
         stop_uplink.cancel();
         let _ = uplink.await;
         // The writer commits what the adapters sent and the uplink's last acks, then stops.

@@ -1,18 +1,32 @@
-//! Between adapters and the store: the bounded channel readings travel on, and the one
-//! encoding of a reading that the outbox stores and the uplink publishes unchanged.
+//! Between adapters and the store: the bounded channels readings travel on, and the one task
+//! that prepares each reading before it is committed. It rounds values to their configured
+//! precision and refuses, counted, a reading that no MQTT message could carry, so that such a
+//! reading never reaches the outbox (where it would block the uplink for good).
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use cairn_adapters::{Reading, Value};
-use serde::Serialize;
-use serde::ser::{SerializeMap, Serializer};
+use cairn_adapters::{DeviceCounters, Reading, Value, decimal};
 use tokio::sync::mpsc;
+use tracing::debug;
 
-/// Readings waiting for the store. Bounded, so a stalled disk slows the adapters down instead
-/// of filling memory.
+use crate::config::Config;
+use crate::supervisor::DeviceHandle;
+use crate::uplink::topics::Topics;
+
+/// Readings waiting for the pipeline, and again for the store. Bounded, so a stalled disk slows
+/// the adapters down instead of filling memory.
 pub const CHANNEL_CAPACITY: usize = 16 * 1024;
 
-/// The adapters' side and the store's side of the reading channel.
+/// Readings taken from the channel at a time.
+const BATCH: usize = 256;
+
+/// Room left in a message around one reading's own bytes, for the batch layout's keys, a
+/// compression frame, and the topic and packet headers beyond the topic itself.
+const MESSAGE_ROOM: usize = 160;
+
+/// The sending and receiving sides of a reading channel.
 pub fn channel() -> (mpsc::Sender<Reading>, mpsc::Receiver<Reading>) {
     mpsc::channel(CHANNEL_CAPACITY)
 }
@@ -23,59 +37,122 @@ pub fn unix_millis(ts: SystemTime) -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// The MQTT payload of one reading:
-/// `{"seq":1234,"ts":"2026-11-25T10:00:00.123Z","values":{"temperature":21.5}}`.
-///
-/// Non-finite floats have no JSON form and are written as `null`.
-pub fn encode(seq: i64, reading: &Reading) -> Vec<u8> {
-    #[derive(Serialize)]
-    struct Payload<'a> {
-        seq: i64,
-        ts: String,
-        values: Values<'a>,
-    }
-    struct Values<'a>(&'a [(std::sync::Arc<str>, Value)]);
-    impl Serialize for Values<'_> {
-        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-            let mut map = serializer.serialize_map(Some(self.0.len()))?;
-            for (name, value) in self.0 {
-                map.serialize_entry(&**name, value)?;
-            }
-            map.end()
-        }
-    }
-    let payload = Payload {
-        seq,
-        ts: humantime::format_rfc3339_millis(reading.ts).to_string(),
-        values: Values(&reading.values),
-    };
-    // Serializing plain data to a Vec cannot fail: no I/O, no non-string keys.
-    serde_json::to_vec(&payload).unwrap_or_default()
+/// What the pipeline applies to one device's readings.
+struct DevicePolicy {
+    decimals: HashMap<Arc<str>, u8>,
+    /// The most bytes a reading may take in its largest form (`json`).
+    max_reading: usize,
+    counters: Arc<DeviceCounters>,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::Arc;
-    use std::time::Duration;
+/// The pipeline task's settings, built from the config.
+pub struct Pipeline {
+    devices: HashMap<Arc<str>, DevicePolicy>,
+}
 
-    #[test]
-    fn payload_matches_the_contract() {
-        let reading = Reading {
-            device: Arc::from("mast"),
-            ts: UNIX_EPOCH + Duration::from_millis(1_795_600_800_123),
-            values: vec![
-                (Arc::from("temperature"), Value::Float(21.5)),
-                (Arc::from("count"), Value::Int(-3)),
-                (Arc::from("pump"), Value::Bool(true)),
-                (Arc::from("mode"), Value::Text("auto".into())),
-                (Arc::from("broken"), Value::Float(f64::NAN)),
-            ],
-        };
-        let text = String::from_utf8(encode(1234, &reading)).unwrap();
-        assert_eq!(
-            text,
-            r#"{"seq":1234,"ts":"2026-11-25T10:00:00.123Z","values":{"temperature":21.5,"count":-3,"pump":true,"mode":"auto","broken":null}}"#
-        );
+impl Pipeline {
+    /// A pipeline for the devices of `config`, counting its refusals on `devices`' counters.
+    pub fn new(config: &Config, devices: &[DeviceHandle]) -> Self {
+        let mut topics = Topics::new(&config.mqtt.topic_prefix, &config.gateway.id);
+        let batch_topic = topics.batch().len();
+        let max_message = config.mqtt.max_message.as_u64() as usize;
+        let devices = config
+            .devices()
+            .zip(devices)
+            .map(|(device, handle)| {
+                let decimals = device
+                    .adapter
+                    .values()
+                    .into_iter()
+                    .filter_map(|v| Some((Arc::from(v.name.as_str()), v.decimals?)))
+                    .collect();
+                let topic = topics.data(&handle.name).len().max(batch_topic);
+                let policy = DevicePolicy {
+                    decimals,
+                    max_reading: max_message.saturating_sub(topic + MESSAGE_ROOM),
+                    counters: handle.counters.clone(),
+                };
+                (handle.name.clone(), policy)
+            })
+            .collect();
+        Self { devices }
     }
+
+    /// Prepares readings from `readings` and hands them to `store`, until every adapter has
+    /// dropped its sender; then `store` closes, and the store commits what is left.
+    pub async fn run(self, mut readings: mpsc::Receiver<Reading>, store: mpsc::Sender<Reading>) {
+        let mut batch = Vec::with_capacity(BATCH);
+        while readings.recv_many(&mut batch, BATCH).await > 0 {
+            for mut reading in batch.drain(..) {
+                if self.prepare(&mut reading) && store.send(reading).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Rounds `reading` in place; false when it must not go on.
+    fn prepare(&self, reading: &mut Reading) -> bool {
+        let Some(policy) = self.devices.get(&reading.device) else {
+            return true;
+        };
+        if !policy.decimals.is_empty() {
+            for (name, value) in &mut reading.values {
+                if let (Value::Float(x), Some(places)) = (&mut *value, policy.decimals.get(name))
+                {
+                    *x = decimal::round(*x, *places);
+                }
+            }
+        }
+        if size_bound(reading) <= policy.max_reading {
+            return true;
+        }
+        let bytes = json_size(reading);
+        if bytes <= policy.max_reading {
+            return true;
+        }
+        // The supervisor logs the device's error totals, at most once a minute.
+        policy.counters.count_error("oversize_reading");
+        debug!(
+            device = %reading.device,
+            bytes,
+            limit = policy.max_reading,
+            "Reading too large for mqtt.max_message; dropped and counted"
+        );
+        false
+    }
+}
+
+/// An upper bound of a reading's `json` size, cheap enough for every reading: escaping can
+/// make a character six bytes at most, a number 24.
+fn size_bound(reading: &Reading) -> usize {
+    48 + reading
+        .values
+        .iter()
+        .map(|(name, value)| {
+            name.len() * 6
+                + 4
+                + match value {
+                    Value::Float(_) | Value::Int(_) => 24,
+                    Value::Bool(_) => 5,
+                    Value::Text(t) => t.len() * 6 + 2,
+                }
+        })
+        .sum::<usize>()
+}
+
+/// The exact size of a reading's `json` payload (its largest encoding).
+fn json_size(reading: &Reading) -> usize {
+    #[derive(serde::Serialize)]
+    struct Sized<'a> {
+        seq: i64,
+        ts: &'static str,
+        values: crate::uplink::encoding::json::Values<'a>,
+    }
+    serde_json::to_vec(&Sized {
+        seq: i64::MAX,
+        ts: "2026-11-25T10:00:00.123Z",
+        values: crate::uplink::encoding::json::Values(&reading.values),
+    })
+    .map_or(usize::MAX, |v| v.len())
 }

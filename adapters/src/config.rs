@@ -86,6 +86,8 @@ pub struct ValueInfo {
     pub unit: Option<String>,
     /// Whether MQTT may write it (`.../<value>/set`).
     pub writable: bool,
+    /// Decimal places it is rounded to, when the config or its scaling bounds them.
+    pub decimals: Option<u8>,
 }
 
 impl AdapterConfig {

@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
+use crate::config::ValueInfo;
+use crate::decimal;
 use crate::reading::Value;
 use crate::uart::{Endian, FieldType};
 
@@ -32,6 +34,10 @@ pub struct ValueSpec {
     pub scale: Option<f64>,
     /// Added after scaling (default 0).
     pub offset: Option<f64>,
+    /// Round to this many decimal places, what the sensor resolves (every encoding carries
+    /// the rounded value). An integer field with `scale` or `offset` gets the places they give
+    /// it by default.
+    pub decimals: Option<u8>,
 }
 
 impl ValueSpec {
@@ -46,6 +52,7 @@ impl ValueSpec {
             endian: Endian::Big,
             scale: None,
             offset: None,
+            decimals: None,
         }
     }
 
@@ -54,15 +61,24 @@ impl ValueSpec {
         self.field.as_deref().unwrap_or(&self.name)
     }
 
-    /// `value` scaled and offset; integers become floats only when scaled.
+    /// `value` scaled and offset, exactly in decimal; integers become floats only when scaled.
     fn scaled(&self, value: Value) -> Value {
-        let (scale, offset) = (self.scale.unwrap_or(1.0), self.offset.unwrap_or(0.0));
-        match value {
-            Value::Int(i) if self.scale.is_some() || self.offset.is_some() => {
-                Value::Float(i as f64 * scale + offset)
-            }
-            Value::Float(f) => Value::Float(f * scale + offset),
-            other => other,
+        decimal::scale(value, self.scale, self.offset)
+    }
+
+    /// What the value announces: its name, unit and precision. A value of a binary integer
+    /// field with `scale` or `offset` has the places they give it, unless `decimals` says
+    /// otherwise (a text field may hold a float, whose places the scale does not bound).
+    pub fn info(&self, unit: Option<String>) -> ValueInfo {
+        let scaled = self.scale.is_some() || self.offset.is_some();
+        let integer = self.kind.is_some_and(|k| k != FieldType::F32);
+        ValueInfo {
+            name: self.name.clone(),
+            unit,
+            writable: false,
+            decimals: self.decimals.or_else(|| {
+                (scaled && integer).then(|| decimal::scaled_places(self.scale, self.offset))
+            }),
         }
     }
 }

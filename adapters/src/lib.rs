@@ -8,6 +8,7 @@ pub mod adapter;
 pub mod codec;
 pub mod command;
 pub mod config;
+pub mod decimal;
 pub mod fields;
 pub mod lora;
 pub mod modbus;

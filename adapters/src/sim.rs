@@ -52,6 +52,8 @@ pub struct SimValue {
     pub toggle: Option<Toggle>,
     /// Text states that follow each other (operating modes).
     pub cycle: Option<Cycle>,
+    /// Round to this many decimal places, as a real sensor resolves.
+    pub decimals: Option<u8>,
 }
 
 /// `mean + amplitude * sin(2 pi t / period) + noise`, with t the wall clock.
@@ -231,6 +233,7 @@ impl SimConfig {
                 name: v.name.clone(),
                 unit: v.unit.clone(),
                 writable: false,
+                decimals: v.decimals,
             })
             .collect()
     }
@@ -373,6 +376,7 @@ mod tests {
             counter: None,
             toggle: None,
             cycle: None,
+            decimals: None,
         }
     }
 

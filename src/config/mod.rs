@@ -98,7 +98,117 @@ pub struct MqttConfig {
     #[serde(default = "default_reconnect_max", with = "humantime_serde")]
     #[schemars(with = "String")]
     pub reconnect_max: Duration,
+    /// How readings are written: `json` (one per message, the default) or `cbor` (columnar
+    /// batches, see docs/wire-format.md).
+    #[serde(default = "default_encoding")]
+    pub encoding: Encoding,
+    /// Compression of `cbor` batches: `none` (default), `zstd`, or `deflate` (zlib).
+    #[serde(default = "default_compression")]
+    pub compression: Compression,
+    /// How `cbor` batches are filled.
+    #[serde(default)]
+    pub batch: BatchConfig,
+    /// The largest PUBLISH packet Cairn sends (topic and headers included); batches split to
+    /// fit, and a reading that cannot fit is dropped and counted. Default 128 KiB, which
+    /// every common broker accepts (AWS IoT Core's limit).
+    #[serde(default = "default_max_message")]
+    #[schemars(schema_with = "size_schema")]
+    pub max_message: ByteSize,
 }
+
+/// `mqtt.encoding:` — the payload format of readings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Encoding {
+    /// `{"seq","ts","values"}`, one reading per message.
+    Json,
+    /// Columnar CBOR batches with a format byte in front.
+    Cbor,
+}
+
+/// `mqtt.compression:` — how `cbor` batches are compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    /// Not compressed.
+    None,
+    /// Zstandard (RFC 8878).
+    Zstd,
+    /// Deflate in a zlib stream (RFC 1950), for consumers without zstd.
+    Deflate,
+}
+
+/// Which readings share a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Grouping {
+    /// One device per batch, on the device's topic.
+    Device,
+    /// Every device in one batch, on `<prefix>/<gateway>/batch`.
+    Gateway,
+}
+
+/// `mqtt.batch:` — bounds of one `cbor` message.
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Most readings in one message (default 100).
+    #[serde(default = "default_batch_readings")]
+    pub max_readings: usize,
+    /// Most bytes of readings in one message before compression (default 64 KiB).
+    #[serde(default = "default_batch_bytes")]
+    #[schemars(schema_with = "size_schema")]
+    pub max_bytes: ByteSize,
+    /// Longest a reading waits for others to share its message (default 1s).
+    #[serde(default = "default_linger", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub linger: Duration,
+    /// `device` (default) or `gateway`.
+    #[serde(default = "default_grouping")]
+    pub group: Grouping,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self {
+            max_readings: default_batch_readings(),
+            max_bytes: default_batch_bytes(),
+            linger: default_linger(),
+            group: default_grouping(),
+        }
+    }
+}
+
+fn default_encoding() -> Encoding {
+    Encoding::Json
+}
+fn default_compression() -> Compression {
+    Compression::None
+}
+fn default_max_message() -> ByteSize {
+    ByteSize::kib(128)
+}
+fn default_batch_readings() -> usize {
+    100
+}
+fn default_batch_bytes() -> ByteSize {
+    ByteSize::kib(64)
+}
+fn default_linger() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_grouping() -> Grouping {
+    Grouping::Device
+}
+
+/// The smallest and largest `mqtt.max_message`: below 1 KiB a reading with a few names may not
+/// fit; MQTT's remaining-length field stops at 256 MiB.
+const MIN_MESSAGE: u64 = 1024;
+const MAX_MESSAGE: u64 = 268_435_455;
+
+/// Device names that are gateway-level topics (`<prefix>/<gateway>/status` and the
+/// gateway-wide batches), and so cannot be a device's topic level.
+pub const RESERVED_NAMES: [&str; 2] = ["status", "batch"];
 
 /// `mqtt.tls:` — rustls settings.
 #[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
@@ -312,6 +422,10 @@ impl Default for MqttConfig {
             max_inflight: default_max_inflight(),
             reconnect_min: default_reconnect_min(),
             reconnect_max: default_reconnect_max(),
+            encoding: default_encoding(),
+            compression: default_compression(),
+            batch: BatchConfig::default(),
+            max_message: default_max_message(),
         }
     }
 }
@@ -496,6 +610,28 @@ impl Config {
         {
             push("mqtt.tls", "`cert_file` and `key_file` go together".into());
         }
+        if mqtt.compression != Compression::None && mqtt.encoding != Encoding::Cbor {
+            push(
+                "mqtt.compression",
+                "compression applies to `encoding: cbor` only; `json` stays plain".into(),
+            );
+        }
+        let max_message = mqtt.max_message.as_u64();
+        if !(MIN_MESSAGE..=MAX_MESSAGE).contains(&max_message) {
+            push(
+                "mqtt.max_message",
+                format!("must be between 1 KiB and 256 MiB (MQTT's limit), not {max_message} bytes"),
+            );
+        }
+        if mqtt.batch.max_readings == 0 {
+            push("mqtt.batch.max_readings", "must be at least 1".into());
+        }
+        if mqtt.batch.max_bytes.as_u64() < 256 || mqtt.batch.max_bytes.as_u64() > max_message {
+            push(
+                "mqtt.batch.max_bytes",
+                "must be at least 256 bytes and at most `mqtt.max_message`".into(),
+            );
+        }
         if self.buffer.max_bytes.as_u64() < 64 * 1024 {
             push("buffer.max_bytes", "must be at least 64 KiB".into());
         }
@@ -529,6 +665,34 @@ impl Config {
                     at,
                     format!("devices[{i}].name"),
                     format!("`{}` must be letters, digits, `-` or `_`", d.name),
+                ));
+            }
+            if RESERVED_NAMES.contains(&d.name.as_str()) {
+                problems.push(Problem::new(
+                    at,
+                    format!("devices[{i}].name"),
+                    format!(
+                        "`{}` is a gateway-level topic (`{}/<gateway>/{}`); choose another name",
+                        d.name, mqtt.topic_prefix, d.name
+                    ),
+                ));
+            }
+            let meta = crate::uplink::topics::DeviceMeta::new(
+                &d.name,
+                d.adapter.kind().as_str(),
+                d.description.clone(),
+                &d.adapter.values(),
+            );
+            let meta_topic = crate::uplink::topics::Topics::new(&mqtt.topic_prefix, &self.gateway.id)
+                .meta(&d.name);
+            if crate::uplink::publish_size(meta_topic.len(), meta.payload().len()) > max_message {
+                problems.push(Problem::new(
+                    at,
+                    format!("devices[{i}]"),
+                    format!(
+                        "the device's metadata message ({} bytes: description, units, names) does not fit `mqtt.max_message` ({max_message} bytes)",
+                        meta.payload().len()
+                    ),
                 ));
             }
             if self.devices[..i]

@@ -18,6 +18,7 @@ use tracing::warn;
 use crate::config::HistoryConfig;
 use crate::live::LiveEvent;
 use crate::store::Record;
+use crate::uplink::encoding::json;
 
 /// How often buffered readings are written, and how often old ones are deleted.
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
@@ -112,7 +113,7 @@ impl History {
                 sqlx::query("INSERT INTO history (device, ts_ms, payload) VALUES (?, ?, ?)")
                     .bind(&*record.device)
                     .bind(record.ts_ms)
-                    .bind(&*record.payload)
+                    .bind(json::reading(record))
                     .execute(&mut *tx)
                     .await?;
             }
@@ -177,14 +178,17 @@ impl History {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cairn_adapters::Value;
 
     fn reading(ts_ms: i64, value: f64) -> LiveEvent {
-        let payload = format!(r#"{{"seq":1,"ts":"x","values":{{"level m":{value},"ok":true}}}}"#);
         LiveEvent::Reading(Arc::new(Record {
             seq: 1,
             device: Arc::from("tank"),
             ts_ms,
-            payload: Arc::from(payload.as_bytes()),
+            values: vec![
+                (Arc::from("level m"), Value::Float(value)),
+                (Arc::from("ok"), Value::Bool(true)),
+            ],
         }))
     }
 

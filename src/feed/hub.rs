@@ -16,6 +16,7 @@ use wildmatch::WildMatch;
 
 use crate::live::LiveEvent;
 use crate::store::Record;
+use crate::uplink::encoding::json::{self, rfc3339_millis};
 use crate::uplink::topics::DeviceMeta;
 
 /// Messages a client may be behind before it lags and starts again from a snapshot.
@@ -77,45 +78,26 @@ struct DeviceState {
     last: Option<Arc<Record>>,
 }
 
-/// The parts of an outbox payload a view needs.
-#[derive(Deserialize)]
-struct Payload {
-    ts: String,
-    values: serde_json::Map<String, serde_json::Value>,
-}
-
-/// Only the value names of a payload, borrowed: what the hub reads of every reading.
-#[derive(Deserialize)]
-struct Names<'a> {
-    #[serde(borrow)]
-    values: BTreeMap<std::borrow::Cow<'a, str>, serde::de::IgnoredAny>,
-}
-
 impl DeviceState {
     /// The device as `filter` shows it.
     fn view(&self, filter: &Filter) -> DeviceView {
         let (status, error) = status_name(&self.status);
-        let mut parsed: BTreeMap<i64, Option<Payload>> = BTreeMap::new();
         let mut values = BTreeMap::new();
         for (name, record) in self.latest.iter().filter(|(name, _)| filter.value(name)) {
-            let payload = parsed
-                .entry(record.seq)
-                .or_insert_with(|| serde_json::from_slice(&record.payload).ok());
-            if let Some(payload) = payload {
-                let latest = Latest {
-                    value: payload.values.get(name).cloned().unwrap_or_default(),
-                    ts: payload.ts.clone(),
-                    seq: record.seq,
-                };
-                values.insert(name.clone(), latest);
-            }
+            let value = record
+                .values
+                .iter()
+                .find(|(n, _)| &**n == name)
+                .and_then(|(_, v)| serde_json::to_value(v).ok())
+                .unwrap_or_default();
+            let latest = Latest {
+                value,
+                ts: rfc3339_millis(record.ts_ms),
+                seq: record.seq,
+            };
+            values.insert(name.clone(), latest);
         }
-        let last_seen = self.last.as_ref().and_then(|record| {
-            let payload = parsed
-                .entry(record.seq)
-                .or_insert_with(|| serde_json::from_slice(&record.payload).ok());
-            payload.as_ref().map(|p| p.ts.clone())
-        });
+        let last_seen = self.last.as_ref().map(|record| rfc3339_millis(record.ts_ms));
         DeviceView {
             adapter: self.adapter,
             status,
@@ -274,15 +256,12 @@ impl Hub {
         let seq = state.last + 1;
         let message = match event {
             LiveEvent::Reading(record) => {
-                let Ok(names) = serde_json::from_slice::<Names>(&record.payload) else {
-                    return;
-                };
                 if let Some(device) = state.devices.get_mut(&record.device) {
-                    for name in names.values.into_keys() {
-                        match device.latest.get_mut(name.as_ref()) {
+                    for (name, _) in &record.values {
+                        match device.latest.get_mut(&**name) {
                             Some(latest) => *latest = record.clone(),
                             None => {
-                                device.latest.insert(name.into_owned(), record.clone());
+                                device.latest.insert(name.to_string(), record.clone());
                             }
                         }
                     }
@@ -399,25 +378,29 @@ fn reading_head(seq: u64, device: &str) -> String {
     format!(r#"{{"type":"reading","feed_seq":{seq},"device":{device},"#)
 }
 
-/// A reading message: the outbox payload with the feed's fields spliced in front, so the
-/// payload is not encoded again.
+/// A reading message: the `json` encoding's object with the feed's fields in front.
 fn reading_text(seq: u64, record: &Record) -> Utf8Bytes {
-    let body = String::from_utf8_lossy(record.payload.get(1..).unwrap_or_default());
+    let body = json::reading(record);
+    let body = String::from_utf8_lossy(body.get(1..).unwrap_or_default());
     Utf8Bytes::from(reading_head(seq, &record.device) + &body)
 }
 
 /// A reading message with only the values `filter` wants; `None` if it wants none.
 fn filtered_reading(seq: u64, record: &Record, filter: &Filter) -> Option<Utf8Bytes> {
-    let mut payload: serde_json::Value = serde_json::from_slice(&record.payload).ok()?;
-    let values = payload.get_mut("values")?.as_object_mut()?;
-    values.retain(|name, _| filter.value(name));
+    let values: Vec<_> = record
+        .values
+        .iter()
+        .filter(|(name, _)| filter.value(name))
+        .cloned()
+        .collect();
     if values.is_empty() {
         return None;
     }
-    let text = payload.to_string();
-    Some(Utf8Bytes::from(
-        reading_head(seq, &record.device) + text.get(1..)?,
-    ))
+    let filtered = Record {
+        values,
+        ..Record::clone(record)
+    };
+    Some(reading_text(seq, &filtered))
 }
 
 fn snapshot_text(state: &State, filter: &Filter) -> Utf8Bytes {
@@ -439,15 +422,19 @@ fn snapshot_text(state: &State, filter: &Filter) -> Utf8Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cairn_adapters::Value;
 
     fn record(seq: i64, device: &str, values: &str) -> LiveEvent {
-        let payload =
-            format!(r#"{{"seq":{seq},"ts":"2026-11-25T10:00:00.000Z","values":{values}}}"#);
+        let values: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(values).unwrap();
         LiveEvent::Reading(Arc::new(Record {
             seq,
             device: Arc::from(device),
-            ts_ms: 0,
-            payload: Arc::from(payload.as_bytes()),
+            ts_ms: 1_795_600_800_000,
+            values: values
+                .into_iter()
+                .map(|(n, v)| (Arc::from(n.as_str()), Value::from_json(v).unwrap()))
+                .collect(),
         }))
     }
 

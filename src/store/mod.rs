@@ -6,6 +6,7 @@
 //! [`Acker`] is the uplink's way to say "delete these". The store knows nothing of MQTT.
 
 mod retention;
+pub mod row;
 mod schema;
 mod state;
 mod writer;
@@ -21,12 +22,14 @@ use sqlx::sqlite::{
 use sqlx::{Connection, Row, SqliteConnection};
 use tokio::sync::{mpsc, watch};
 
+use cairn_adapters::Value;
+
 use crate::config::{BufferConfig, Synchronous};
 pub use state::DeviceState;
 pub use writer::Writer;
 
 /// A committed reading as the outbox holds it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Record {
     /// Gateway-wide sequence number; grows across restarts and never repeats.
     pub seq: i64,
@@ -34,8 +37,8 @@ pub struct Record {
     pub device: Arc<str>,
     /// When it was read, in milliseconds since the Unix epoch.
     pub ts_ms: i64,
-    /// The encoded payload (see [`crate::pipeline::encode`]).
-    pub payload: Arc<[u8]>,
+    /// Its values, typed, in the adapter's order.
+    pub values: Vec<(Arc<str>, Value)>,
 }
 
 /// Why readings left the outbox without being delivered.
@@ -47,14 +50,21 @@ pub enum DropReason {
     BufferFull,
     /// Older than `max_age`.
     MaxAge,
+    /// Too large for any message `mqtt.max_message` allows (written before the limit was
+    /// lowered, say).
+    Oversize,
+    /// Damaged on disk: its values cannot be read back.
+    Undecodable,
 }
 
 impl DropReason {
     /// All reasons, in reporting order.
-    pub const ALL: [DropReason; 3] = [
+    pub const ALL: [DropReason; 5] = [
         DropReason::MaxBytes,
         DropReason::BufferFull,
         DropReason::MaxAge,
+        DropReason::Oversize,
+        DropReason::Undecodable,
     ];
 
     /// The name used in logs, metrics and the meta table.
@@ -63,6 +73,8 @@ impl DropReason {
             DropReason::MaxBytes => "max_bytes",
             DropReason::BufferFull => "buffer_full",
             DropReason::MaxAge => "max_age",
+            DropReason::Oversize => "oversize",
+            DropReason::Undecodable => "undecodable",
         }
     }
 }
@@ -146,15 +158,29 @@ impl Pulse {
     }
 }
 
+/// What the uplink tells the writer about rows it is done with.
+#[derive(Debug)]
+pub(crate) enum Done {
+    /// The broker acknowledged them.
+    Delivered(Vec<i64>),
+    /// They can never be delivered, for this reason.
+    Undeliverable(Vec<i64>, DropReason),
+}
+
 /// The uplink's handle to delete acknowledged readings.
 #[derive(Debug, Clone)]
-pub struct Acker(mpsc::UnboundedSender<i64>);
+pub struct Acker(mpsc::UnboundedSender<Done>);
 
 impl Acker {
-    /// Marks `seq` as delivered; the writer deletes it in its next transaction.
-    pub fn ack(&self, seq: i64) {
+    /// Marks `seqs` as delivered; the writer deletes them in its next transaction.
+    pub fn ack(&self, seqs: Vec<i64>) {
         // The writer outlives every Acker (it stops when they are all dropped).
-        let _ = self.0.send(seq);
+        let _ = self.0.send(Done::Delivered(seqs));
+    }
+
+    /// Gives up on `seqs`, which no message can carry; the writer deletes and counts them.
+    pub fn give_up(&self, seqs: Vec<i64>, reason: DropReason) {
+        let _ = self.0.send(Done::Undeliverable(seqs, reason));
     }
 }
 
@@ -235,8 +261,8 @@ impl StoreReader {
         self.pulse.age()
     }
 
-    /// Up to `limit` unsent records with `seq > after`, oldest first.
-    pub async fn unsent(&self, after: i64, limit: usize) -> Result<Vec<Record>, sqlx::Error> {
+    /// Up to `limit` unsent rows with `seq > after`, oldest first.
+    pub async fn unsent(&self, after: i64, limit: usize) -> Result<Unsent, sqlx::Error> {
         let rows = sqlx::query(
             "SELECT seq, device, ts_ms, payload FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
         )
@@ -244,16 +270,37 @@ impl StoreReader {
         .bind(limit as i64)
         .fetch_all(&self.pool)
         .await?;
-        rows.into_iter()
-            .map(|row| {
-                Ok(Record {
-                    seq: row.try_get(0)?,
-                    device: Arc::from(row.try_get::<&str, _>(1)?),
-                    ts_ms: row.try_get(2)?,
-                    payload: Arc::from(row.try_get::<&[u8], _>(3)?),
-                })
-            })
-            .collect()
+        let mut names = row::Names::default();
+        let mut devices: BTreeMap<String, Arc<str>> = BTreeMap::new();
+        let mut unsent = Unsent::default();
+        for r in rows {
+            let seq: i64 = r.try_get(0)?;
+            unsent.last = seq;
+            match row::decode(r.try_get::<&[u8], _>(3)?, &mut names) {
+                Ok(values) => {
+                    let device: &str = r.try_get(1)?;
+                    let device = match devices.get(device) {
+                        Some(shared) => shared.clone(),
+                        None => {
+                            let shared: Arc<str> = Arc::from(device);
+                            devices.insert(device.to_string(), shared.clone());
+                            shared
+                        }
+                    };
+                    unsent.records.push(Record {
+                        seq,
+                        device,
+                        ts_ms: r.try_get(2)?,
+                        values,
+                    });
+                }
+                Err(e) => {
+                    tracing::error!(seq, error = %e, "Outbox row cannot be read; it is dropped and counted");
+                    unsent.undecodable.push(seq);
+                }
+            }
+        }
+        Ok(unsent)
     }
 
     /// The timestamp of the oldest unsent reading, if any.
@@ -272,6 +319,17 @@ impl StoreReader {
     pub fn stats(&self) -> Stats {
         self.stats.borrow().clone()
     }
+}
+
+/// Rows read from the outbox for the uplink.
+#[derive(Debug, Default)]
+pub struct Unsent {
+    /// The readings, oldest first.
+    pub records: Vec<Record>,
+    /// Rows whose values could not be read back.
+    pub undecodable: Vec<i64>,
+    /// The last `seq` looked at (0 when none).
+    pub last: i64,
 }
 
 /// Reads the counters of an outbox file without opening it for writing (for `cairn stats`).

@@ -7,7 +7,7 @@ use sqlx::{Row, SqliteConnection};
 use super::{DropReason, ROW_OVERHEAD};
 
 /// Bumped with every change to the tables; `PRAGMA user_version` holds it.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// What the writer needs to carry on where the last run stopped.
 #[derive(Debug, Clone)]
@@ -23,6 +23,12 @@ pub async fn migrate(conn: &mut SqliteConnection) -> Result<State, sqlx::Error> 
     let version: i64 = sqlx::query_scalar("PRAGMA user_version")
         .fetch_one(&mut *conn)
         .await?;
+    if version > SCHEMA_VERSION {
+        // A newer Cairn wrote this file; this one would misread its rows.
+        return Err(sqlx::Error::Configuration(
+            format!("the outbox is at schema {version}, newer than this Cairn's {SCHEMA_VERSION}: run the newer version, or move the file aside").into(),
+        ));
+    }
     if version < 1 {
         // `seq` is assigned by the writer, not by SQLite: an INTEGER PRIMARY KEY would hand out
         // an acknowledged-and-deleted number again after a restart.
@@ -44,7 +50,7 @@ pub async fn migrate(conn: &mut SqliteConnection) -> Result<State, sqlx::Error> 
         .execute(&mut *conn)
         .await?;
     }
-    if version < SCHEMA_VERSION {
+    if version < 2 {
         // Version 2: what adapters keep across restarts (see `state.rs`).
         sqlx::raw_sql(
             "BEGIN;
@@ -59,6 +65,14 @@ pub async fn migrate(conn: &mut SqliteConnection) -> Result<State, sqlx::Error> 
         )
         .execute(&mut *conn)
         .await?;
+    }
+    if version < SCHEMA_VERSION {
+        // Version 3: `payload` holds the reading's typed values (`row.rs`), not an MQTT
+        // payload. Older rows keep their JSON and are read as they are: nothing is rewritten,
+        // so an upgrade costs no time and no disk space, and cannot fail halfway.
+        sqlx::raw_sql("PRAGMA user_version = 3;")
+            .execute(&mut *conn)
+            .await?;
     }
     load_state(conn).await
 }

@@ -60,7 +60,7 @@ impl Running {
     }
 
     async fn all_unsent(&self) -> Vec<Record> {
-        self.reader.unsent(0, usize::MAX >> 1).await.unwrap()
+        self.reader.unsent(0, usize::MAX >> 1).await.unwrap().records
     }
 }
 
@@ -84,13 +84,16 @@ async fn matches_a_model_through_acks_and_restarts() {
             next_seq += 1;
         }
         running.committed(next_seq - 1).await;
+        // Acknowledged in messages of up to 5 rows, as batches come back from the broker.
         let acked: Vec<i64> = model.keys().copied().filter(|_| rng.bool()).collect();
+        for message in acked.chunks(rng.usize(1..6)) {
+            running.acker.ack(message.to_vec());
+        }
         for seq in &acked {
-            running.acker.ack(*seq);
             model.remove(seq);
         }
         // An ack of something already gone is harmless.
-        running.acker.ack(next_seq + 1_000_000);
+        running.acker.ack(vec![next_seq + 1_000_000]);
         running.backlog(model.len() as u64).await;
         let unsent = running.all_unsent().await;
         let seen: Vec<i64> = unsent.iter().map(|r| r.seq).collect();
@@ -100,17 +103,9 @@ async fn matches_a_model_through_acks_and_restarts() {
             "round {round}"
         );
         for record in &unsent {
-            let text = std::str::from_utf8(&record.payload).unwrap();
             let (device, n) = &model[&record.seq];
             assert_eq!(&*record.device, device);
-            assert!(
-                text.starts_with(&format!("{{\"seq\":{},", record.seq)),
-                "{text}"
-            );
-            assert!(
-                text.ends_with(&format!("\"values\":{{\"n\":{n}}}}}")),
-                "{text}"
-            );
+            assert_eq!(record.values, [(Arc::from("n"), Value::Int(*n))]);
         }
         if rng.usize(0..4) == 0 {
             running.stop().await;
@@ -124,9 +119,7 @@ async fn matches_a_model_through_acks_and_restarts() {
         }
     }
     // Everything acknowledged and deleted: the next run must still not reuse a number.
-    for seq in model.keys() {
-        running.acker.ack(*seq);
-    }
+    running.acker.ack(model.keys().copied().collect());
     running.backlog(0).await;
     running.stop().await;
     let running = start(&path, &config).await;
@@ -234,4 +227,58 @@ async fn device_state_survives_a_restart_beside_the_outbox() {
         Some("7")
     );
     store.stop().await;
+}
+
+#[tokio::test]
+async fn rows_given_up_are_deleted_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("o.db");
+    let running = start(&path, &BufferConfig::default()).await;
+    for n in 0..3 {
+        running.tx.send(reading("dev", n)).await.unwrap();
+    }
+    running.committed(3).await;
+    running.acker.give_up(vec![1, 2], DropReason::Oversize);
+    running.backlog(1).await;
+    assert_eq!(running.reader.stats().dropped[&DropReason::Oversize], 2);
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn an_outbox_of_schema_2_keeps_its_rows_and_a_newer_one_is_refused() {
+    use sqlx::Connection;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("o.db");
+    // The tables and a row exactly as schema 2 wrote them: the JSON payload of the day.
+    let mut conn = SqliteConnection::connect_with(&connect_options(&path, &BufferConfig::default()))
+        .await
+        .unwrap();
+    sqlx::raw_sql(
+        r#"CREATE TABLE outbox (seq INTEGER PRIMARY KEY, device TEXT NOT NULL, ts_ms INTEGER NOT NULL, payload BLOB NOT NULL);
+           CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+           CREATE TABLE device_state (device TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (device, key)) WITHOUT ROWID;
+           INSERT INTO outbox VALUES (7, 'mast', 1795600800123, CAST('{"seq":7,"ts":"2026-11-25T10:00:00.123Z","values":{"t":21.5}}' AS BLOB));
+           INSERT INTO meta VALUES ('next_seq', 8);
+           PRAGMA user_version = 2;"#,
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+    let running = start(&path, &BufferConfig::default()).await;
+    running.tx.send(reading("mast", 1)).await.unwrap();
+    running.committed(8).await;
+    let unsent = running.all_unsent().await;
+    assert_eq!(unsent.len(), 2);
+    assert_eq!(unsent[0].values, [(Arc::from("t"), Value::Float(21.5))]);
+    assert_eq!(unsent[1].values, [(Arc::from("n"), Value::Int(1))]);
+    running.stop().await;
+
+    let mut conn = SqliteConnection::connect_with(&connect_options(&path, &BufferConfig::default()))
+        .await
+        .unwrap();
+    sqlx::raw_sql("PRAGMA user_version = 99;").execute(&mut conn).await.unwrap();
+    conn.close().await.unwrap();
+    let error = open(&path, &BufferConfig::default()).await.unwrap_err();
+    assert!(error.to_string().contains("newer than this Cairn"), "{error}");
 }

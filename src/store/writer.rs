@@ -15,11 +15,13 @@ use tracing::{debug, error, info, warn};
 
 use super::retention::{self, CHUNK};
 use super::schema::{State, drop_key};
-use super::{DropReason, Pulse, Record, Stats, StoreError, connect_options, row_bytes};
+use super::{
+    Done, DropReason, Pulse, Record, Stats, StoreError, connect_options, row, row_bytes,
+};
 use crate::backoff::Backoff;
 use crate::config::{BufferConfig, WhenFull};
 use crate::live::{LiveBus, LiveEvent};
-use crate::pipeline::{encode, unix_millis};
+use crate::pipeline::unix_millis;
 
 /// How often rows older than `max_age` are looked for.
 const AGE_CHECK: Duration = Duration::from_secs(10);
@@ -39,7 +41,7 @@ pub struct Writer {
     stats: Stats,
     committed: watch::Sender<i64>,
     stats_tx: watch::Sender<Stats>,
-    acks: mpsc::UnboundedReceiver<i64>,
+    acks: mpsc::UnboundedReceiver<Done>,
     pulse: Pulse,
 }
 
@@ -51,12 +53,20 @@ const PULSE_EVERY: Duration = Duration::from_secs(1);
 struct Batch {
     readings: Vec<Reading>,
     acks: Vec<i64>,
+    given_up: Vec<(Vec<i64>, DropReason)>,
     check_age: bool,
 }
 
 impl Batch {
     fn is_empty(&self) -> bool {
-        self.readings.is_empty() && self.acks.is_empty() && !self.check_age
+        self.readings.is_empty() && self.acks.is_empty() && self.given_up.is_empty() && !self.check_age
+    }
+
+    fn take(&mut self, done: Done) {
+        match done {
+            Done::Delivered(seqs) => self.acks.extend(seqs),
+            Done::Undeliverable(seqs, reason) => self.given_up.push((seqs, reason)),
+        }
     }
 }
 
@@ -68,7 +78,7 @@ impl Writer {
         state: State,
         committed: watch::Sender<i64>,
         stats_tx: watch::Sender<Stats>,
-        acks: mpsc::UnboundedReceiver<i64>,
+        acks: mpsc::UnboundedReceiver<Done>,
     ) -> Self {
         let stats = stats_tx.borrow().clone();
         Self {
@@ -114,8 +124,8 @@ impl Writer {
                     Some(reading) => batch.readings.push(reading),
                     None => readings_open = false,
                 },
-                seq = self.acks.recv(), if acks_open => match seq {
-                    Some(seq) => batch.acks.push(seq),
+                done = self.acks.recv(), if acks_open => match done {
+                    Some(done) => batch.take(done),
                     None => acks_open = false,
                 },
                 _ = age_tick.tick(), if self.max_age.is_some() => batch.check_age = true,
@@ -124,8 +134,8 @@ impl Writer {
             if !batch.readings.is_empty() && readings_open {
                 readings_open = self.gather(&mut readings, &mut batch.readings).await;
             }
-            while let Ok(seq) = self.acks.try_recv() {
-                batch.acks.push(seq);
+            while let Ok(done) = self.acks.try_recv() {
+                batch.take(done);
             }
             if batch.is_empty() {
                 continue;
@@ -217,18 +227,20 @@ impl Writer {
     /// (the WAL reuses its space after a checkpoint): commit the acknowledgements on their own,
     /// so that the outbox empties as the uplink delivers and then takes readings again.
     async fn free_room(&mut self, batch: &mut Batch) {
-        while let Ok(seq) = self.acks.try_recv() {
-            batch.acks.push(seq);
+        while let Ok(done) = self.acks.try_recv() {
+            batch.take(done);
         }
-        if batch.acks.is_empty() || batch.readings.is_empty() {
+        if (batch.acks.is_empty() && batch.given_up.is_empty()) || batch.readings.is_empty() {
             return;
         }
         let mut acks_only = Batch {
             acks: std::mem::take(&mut batch.acks),
+            given_up: std::mem::take(&mut batch.given_up),
             ..Batch::default()
         };
         if self.commit(&mut acks_only).await.is_err() {
             batch.acks = acks_only.acks;
+            batch.given_up = acks_only.given_up;
         }
     }
 
@@ -242,6 +254,10 @@ impl Writer {
         stats.delivered += rows;
         state.rows -= rows.min(state.rows);
         state.bytes -= bytes.min(state.bytes);
+        for (seqs, reason) in &batch.given_up {
+            let (rows, bytes) = retention::delete(&mut tx, seqs).await?;
+            record_drop(&mut state, rows, bytes, *reason);
+        }
 
         if batch.check_age
             && let Some(max_age) = self.max_age
@@ -253,8 +269,9 @@ impl Writer {
 
         let mut records = Vec::with_capacity(batch.readings.len());
         let mut refused = 0;
+        let mut rows = Vec::with_capacity(batch.readings.len());
         for reading in &batch.readings {
-            let payload = encode(state.next_seq, reading);
+            let payload = row::encode(&reading.values);
             let size = row_bytes(&reading.device, payload.len());
             if self.when_full == WhenFull::DropNewest && state.bytes + size > self.max_bytes {
                 refused += 1;
@@ -264,8 +281,9 @@ impl Writer {
                 seq: state.next_seq,
                 device: reading.device.clone(),
                 ts_ms: unix_millis(reading.ts),
-                payload: payload.into(),
+                values: reading.values.clone(),
             }));
+            rows.push(payload);
             state.next_seq += 1;
             state.rows += 1;
             state.bytes += size;
@@ -274,13 +292,13 @@ impl Writer {
             .dropped
             .entry(DropReason::BufferFull)
             .and_modify(|n| *n += refused);
-        for chunk in records.chunks(CHUNK) {
+        for (chunk, payloads) in records.chunks(CHUNK).zip(rows.chunks(CHUNK)) {
             let mut insert = QueryBuilder::new("INSERT INTO outbox (seq, device, ts_ms, payload) ");
-            insert.push_values(chunk, |mut row, record| {
+            insert.push_values(chunk.iter().zip(payloads), |mut row, (record, payload)| {
                 row.push_bind(record.seq)
                     .push_bind(&*record.device)
                     .push_bind(record.ts_ms)
-                    .push_bind(&*record.payload);
+                    .push_bind(&payload[..]);
             });
             insert
                 .build()

@@ -1,52 +1,55 @@
 //! The in-flight window: which outbox rows each MQTT packet id stands for.
 //!
 //! rumqttc assigns packet ids inside its event loop, so a publish is first *queued* (we know
-//! its row, not its id); the `Outgoing::Publish(pkid)` event that follows, in the same order,
-//! names the id; the broker's PUBACK for that id means the row can go.
+//! its rows, not its id); the `Outgoing::Publish(pkid)` event that follows, in the same order,
+//! names the id; the broker's PUBACK for that id means its rows can go.
 
 use std::collections::{HashMap, VecDeque};
 
-/// What a publish carried: a row of the outbox, or a control message (status, metadata).
-pub type Carried = Option<i64>;
+/// The outbox rows a publish carried: a batch, one reading, or none (status, metadata,
+/// command answers).
+pub type Carried = Vec<i64>;
 
 /// Publishes sent on the current connection and not yet acknowledged.
 #[derive(Debug, Default)]
 pub struct Inflight {
     queued: VecDeque<Carried>,
     by_pkid: HashMap<u16, Carried>,
-    rows: usize,
+    /// Messages carrying rows, queued or awaiting their ack: what the window counts.
+    messages: usize,
 }
 
 impl Inflight {
     /// A publish was handed to the client.
     pub fn queued(&mut self, carried: Carried) {
-        self.rows += usize::from(carried.is_some());
+        self.messages += usize::from(!carried.is_empty());
         self.queued.push_back(carried);
     }
 
     /// The event loop wrote the oldest queued publish with `pkid` (0 for QoS 0, which is then
-    /// as delivered as it will ever be). Returns what it carried.
+    /// as delivered as it will ever be). Returns the rows a QoS 0 publish carried.
     pub fn written(&mut self, pkid: u16) -> Option<Carried> {
         let carried = self.queued.pop_front()?;
         if pkid == 0 {
-            self.rows -= usize::from(carried.is_some());
+            self.messages -= usize::from(!carried.is_empty());
+            Some(carried)
         } else {
             self.by_pkid.insert(pkid, carried);
+            None
         }
-        Some(carried)
     }
 
     /// The broker acknowledged `pkid`. Returns what it carried, or `None` for an id we do not
     /// know (a duplicate ack).
     pub fn acked(&mut self, pkid: u16) -> Option<Carried> {
         let carried = self.by_pkid.remove(&pkid)?;
-        self.rows -= usize::from(carried.is_some());
+        self.messages -= usize::from(!carried.is_empty());
         Some(carried)
     }
 
-    /// Rows queued or awaiting their ack.
-    pub fn rows(&self) -> usize {
-        self.rows
+    /// Messages carrying rows, queued or awaiting their ack.
+    pub fn messages(&self) -> usize {
+        self.messages
     }
 
     /// Publishes handed to the client and not yet written by its event loop.
@@ -67,31 +70,31 @@ mod tests {
     #[test]
     fn maps_packet_ids_to_rows_in_order() {
         let mut inflight = Inflight::default();
-        inflight.queued(None);
-        inflight.queued(Some(10));
-        inflight.queued(Some(11));
-        assert_eq!(inflight.rows(), 2);
-        assert_eq!(inflight.written(1), Some(None));
-        assert_eq!(inflight.written(2), Some(Some(10)));
-        assert_eq!(inflight.written(3), Some(Some(11)));
-        assert_eq!(inflight.acked(3), Some(Some(11)));
+        inflight.queued(vec![]);
+        inflight.queued(vec![10, 12]);
+        inflight.queued(vec![11]);
+        assert_eq!(inflight.messages(), 2);
+        assert_eq!(inflight.written(1), None);
+        assert_eq!(inflight.written(2), None);
+        assert_eq!(inflight.written(3), None);
+        assert_eq!(inflight.acked(3), Some(vec![11]));
         assert_eq!(inflight.acked(3), None, "a duplicate ack is ignored");
-        assert_eq!(inflight.acked(2), Some(Some(10)));
-        assert_eq!(inflight.rows(), 0);
+        assert_eq!(inflight.acked(2), Some(vec![10, 12]));
+        assert_eq!(inflight.messages(), 0);
         assert!(
             !inflight.is_empty(),
             "the control message is still unacknowledged"
         );
-        assert_eq!(inflight.acked(1), Some(None));
+        assert_eq!(inflight.acked(1), Some(vec![]));
         assert!(inflight.is_empty());
     }
 
     #[test]
     fn qos0_rows_count_as_done_once_written() {
         let mut inflight = Inflight::default();
-        inflight.queued(Some(5));
-        assert_eq!(inflight.written(0), Some(Some(5)));
-        assert_eq!(inflight.rows(), 0);
+        inflight.queued(vec![5]);
+        assert_eq!(inflight.written(0), Some(vec![5]));
+        assert_eq!(inflight.messages(), 0);
         assert!(inflight.is_empty());
     }
 }

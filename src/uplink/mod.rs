@@ -1,14 +1,21 @@
 //! The uplink: one MQTT connection that drains the outbox in `seq` order and deletes a row only
-//! after the broker's PUBACK.
+//! after the broker's PUBACK for the message that carried it.
+//!
+//! Rows become messages in steps, each a module: the [`batcher`] groups them (per device or
+//! gateway, bounded by readings, bytes and linger), the [`encoding`] turns a batch into a
+//! payload (`json`, or `cbor` with optional compression), and [`inflight`] maps each packet id
+//! to the rows its message carried.
 //!
 //! `AsyncClient::publish` returning Ok only means "queued", and rumqttc forgets its queue when
-//! the broker has no session, so this task owns both the client and the event loop, maps packet
-//! ids to rows ([`inflight`]), and after every (re)connect publishes again everything the
-//! outbox still holds. A fresh event loop per connection keeps no state between sessions.
+//! the broker has no session, so this task owns both the client and the event loop, and after
+//! every (re)connect publishes again everything the outbox still holds. A fresh event loop per
+//! connection keeps no state between sessions.
 //!
 //! When some device takes writes, the uplink also subscribes to their `.../set` topics, hands
 //! each command to the [`crate::commands`] router and publishes the answers it gets back.
 
+pub mod batcher;
+pub mod encoding;
 mod inflight;
 mod options;
 pub mod topics;
@@ -27,13 +34,27 @@ use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
 use crate::commands::{SetRequest, SetResult, UplinkEnd};
-use crate::config::MqttConfig;
-use crate::store::{Acker, Record, StoreReader};
+use crate::config::{BatchConfig, MqttConfig};
+use crate::store::{Acker, DropReason, StoreReader};
+use batcher::{Batch, Batcher};
+use encoding::Encoder;
 use inflight::Inflight;
 use topics::{DeviceMeta, Topics};
 
-/// Rows read from the outbox at a time (at least the window).
+/// Rows read from the outbox at a time (at least a batch).
 const READ_AHEAD: usize = 512;
+
+/// The largest command payload carried out; larger `.../set` messages are ignored and counted.
+const COMMAND_LIMIT: usize = 4096;
+
+/// The most bytes of a PUBLISH packet around its topic and payload: a fixed header with the
+/// longest remaining length, the topic's length, a packet id.
+const PUBLISH_OVERHEAD: usize = 1 + 4 + 2 + 2;
+
+/// The size of a PUBLISH of `payload` bytes on a `topic` of that many bytes, at most.
+pub fn publish_size(topic: usize, payload: usize) -> u64 {
+    (PUBLISH_OVERHEAD + topic + payload) as u64
+}
 
 /// How long a clean shutdown waits for outstanding acknowledgements before leaving anyway.
 const LEAVE_GRACE: Duration = Duration::from_secs(3);
@@ -76,6 +97,8 @@ pub struct UplinkStatus {
     pub since: SystemTime,
     /// Why the last connection ended or failed.
     pub last_error: Option<String>,
+    /// `.../set` messages ignored since start: larger than a command may be, or retained.
+    pub ignored_commands: u64,
 }
 
 /// The uplink task and its settings.
@@ -93,6 +116,9 @@ pub struct Uplink {
     status: watch::Sender<UplinkStatus>,
     commands: Option<mpsc::Sender<SetRequest>>,
     answers: Option<mpsc::Receiver<SetResult>>,
+    encoder: Encoder,
+    batch: BatchConfig,
+    max_message: u64,
 }
 
 impl Uplink {
@@ -114,6 +140,7 @@ impl Uplink {
             connected: false,
             since: SystemTime::now(),
             last_error: None,
+            ignored_commands: 0,
         };
         Ok(Self {
             options,
@@ -133,6 +160,9 @@ impl Uplink {
             status: watch::channel(status).0,
             commands: requests,
             answers,
+            encoder: Encoder::new(config.encoding, config.compression),
+            batch: config.batch.clone(),
+            max_message: config.max_message.as_u64(),
         })
     }
 
@@ -204,7 +234,7 @@ impl Uplink {
 
         let mut inflight = Inflight::default();
         client.try_publish(self.topics.status(), QoS::AtLeastOnce, true, "online")?;
-        inflight.queued(None);
+        inflight.queued(Vec::new());
         for device in &self.devices {
             client.try_publish(
                 self.topics.meta(&device.name),
@@ -212,7 +242,7 @@ impl Uplink {
                 true,
                 device.payload(),
             )?;
-            inflight.queued(None);
+            inflight.queued(Vec::new());
         }
         if self.commands.is_some() {
             // Commands sent while the link was down are not delivered later (clean session):
@@ -220,28 +250,18 @@ impl Uplink {
             client.try_subscribe(self.topics.set_filter(), QoS::AtLeastOnce)?;
         }
 
-        let mut committed = self.reader.committed();
         // Every connect starts from the oldest unacknowledged row: whatever was in flight on
         // the last connection may or may not have arrived.
-        let mut cursor = 0;
-        // Rows read ahead of the window, so that the outbox is queried once per batch rather
-        // than once per acknowledgement.
-        let mut ahead: VecDeque<Record> = VecDeque::new();
+        let mut drain = Drain {
+            committed: self.reader.committed(),
+            cursor: 0,
+            batcher: Batcher::new(&self.batch, self.encoder.single()),
+            ready: VecDeque::new(),
+        };
         loop {
-            while inflight.rows() < self.window {
-                if ahead.is_empty() && cursor < *committed.borrow_and_update() {
-                    ahead.extend(
-                        self.reader
-                            .unsent(cursor, self.window.max(READ_AHEAD))
-                            .await?,
-                    );
-                    cursor = ahead.back().map_or(*committed.borrow(), |row| row.seq);
-                }
-                let Some(row) = ahead.pop_front() else { break };
-                let topic = self.topics.data(&row.device);
-                client.try_publish(topic, self.qos, false, row.payload.to_vec())?;
-                inflight.queued(Some(row.seq));
-            }
+            self.fill(&client, &mut inflight, &mut drain).await?;
+            let room = inflight.messages() < self.window;
+            let linger = drain.batcher.deadline();
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => {
@@ -254,30 +274,98 @@ impl Uplink {
                         backoff.reset();
                     }
                 }
-                Ok(()) = committed.changed(), if inflight.rows() < self.window => {}
+                Ok(()) = drain.committed.changed(), if room => {}
+                () = sleep_until(linger), if room && linger.is_some() => {}
                 // Only while the queue is nearly empty, so that the window always fits beside.
                 Some(answer) = next_answer(answers), if inflight.unwritten() < ANSWER_ROOM => {
                     let topic = self.topics.result(&answer.device, &answer.point);
                     client.try_publish(topic, QoS::AtLeastOnce, false, answer.payload)?;
-                    inflight.queued(None);
+                    inflight.queued(Vec::new());
                 }
             }
         }
+    }
+
+    /// Publishes batches while the window has room: sealed ones first, then those whose
+    /// linger ran out, then batches made from rows read ahead from the outbox.
+    async fn fill(
+        &mut self,
+        client: &AsyncClient,
+        inflight: &mut Inflight,
+        drain: &mut Drain,
+    ) -> Result<(), UplinkError> {
+        let hold = READ_AHEAD.max(2 * drain.batcher.max_readings());
+        while inflight.messages() < self.window {
+            let now = Instant::now();
+            if let Some(batch) = drain.ready.pop_front() {
+                self.publish(client, inflight, &mut drain.ready, batch)?;
+            } else if let Some(batch) = drain.batcher.due(now) {
+                drain.ready.push_back(batch);
+            } else if drain.batcher.held() >= hold {
+                drain.ready.extend(drain.batcher.largest());
+            } else if drain.cursor < *drain.committed.borrow_and_update() {
+                let limit = READ_AHEAD.max(drain.batcher.max_readings());
+                let unsent = self.reader.unsent(drain.cursor, limit).await?;
+                drain.cursor = if unsent.last > 0 {
+                    unsent.last
+                } else {
+                    *drain.committed.borrow()
+                };
+                if !unsent.undecodable.is_empty() {
+                    self.acker
+                        .give_up(unsent.undecodable, DropReason::Undecodable);
+                }
+                for record in unsent.records {
+                    drain.ready.extend(drain.batcher.push(record, now));
+                }
+            } else {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Encodes `batch` and hands it to the client; one that comes out larger than
+    /// `mqtt.max_message` is split, and a single reading that cannot fit is given up, counted.
+    fn publish(
+        &mut self,
+        client: &AsyncClient,
+        inflight: &mut Inflight,
+        ready: &mut VecDeque<Batch>,
+        batch: Batch,
+    ) -> Result<(), UplinkError> {
+        let payload = self.encoder.encode(&batch.records, false);
+        let topic = match &batch.device {
+            Some(device) => self.topics.data(device).to_string(),
+            None => self.topics.batch(),
+        };
+        if publish_size(topic.len(), payload.len()) > self.max_message {
+            if batch.records.len() > 1 {
+                let (head, tail) = batch.split();
+                ready.push_front(tail);
+                ready.push_front(head);
+            } else {
+                warn!(topic = %topic, bytes = payload.len(), seqs = ?batch.seqs(), "Reading too large for mqtt.max_message; dropped and counted");
+                self.acker.give_up(batch.seqs(), DropReason::Oversize);
+            }
+            return Ok(());
+        }
+        client.try_publish(topic, self.qos, false, payload)?;
+        inflight.queued(batch.seqs());
+        Ok(())
     }
 
     /// Applies one event to the window; returns whether it was an acknowledgement.
     fn handle(&self, event: Event, inflight: &mut Inflight) -> bool {
         match event {
             Event::Outgoing(Outgoing::Publish(pkid)) => {
-                if let Some(Some(seq)) = inflight.written(pkid)
-                    && pkid == 0
-                {
-                    self.acker.ack(seq);
+                if let Some(seqs) = inflight.written(pkid).filter(|s| !s.is_empty()) {
+                    self.acker.ack(seqs);
                 }
             }
             Event::Incoming(Packet::PubAck(ack)) => {
-                if let Some(Some(seq)) = inflight.acked(ack.pkid) {
-                    self.acker.ack(seq);
+                if let Some(seqs) = inflight.acked(ack.pkid).filter(|s| !s.is_empty()) {
+                    self.acker.ack(seqs);
                 }
                 return true;
             }
@@ -294,9 +382,12 @@ impl Uplink {
         else {
             return;
         };
-        if publish.retain {
-            // A retained command would be carried out again on every reconnect.
-            warn!(topic = %publish.topic, "Retained command ignored; publish commands without the retain flag");
+        if publish.retain || publish.payload.len() > COMMAND_LIMIT {
+            // A retained command would be carried out again on every reconnect; an oversized
+            // one is no command Cairn knows. Reading it and saying so keeps the connection: a
+            // retained one comes back once per connect.
+            self.status.send_modify(|s| s.ignored_commands += 1);
+            warn!(topic = %publish.topic, bytes = publish.payload.len(), retained = publish.retain, "Command ignored: commands are at most 4 KiB and never retained");
             return;
         }
         let request = SetRequest {
@@ -325,7 +416,7 @@ impl Uplink {
                 {
                     break;
                 }
-                inflight.queued(None);
+                inflight.queued(Vec::new());
                 offline_sent = true;
             }
             match tokio::time::timeout_at(deadline, events.poll()).await {
@@ -343,6 +434,24 @@ impl Uplink {
             }
         }
         info!(broker = %self.broker, "MQTT disconnected");
+    }
+}
+
+/// Where the draining of the outbox stands on one connection.
+struct Drain {
+    committed: watch::Receiver<i64>,
+    /// The last row read from the outbox.
+    cursor: i64,
+    batcher: Batcher,
+    /// Batches sealed and waiting for room in the window.
+    ready: VecDeque<Batch>,
+}
+
+/// Sleeps until `deadline`; never, without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -4,8 +4,10 @@ use rumqttc::{LastWill, MqttOptions, NetworkOptions, QoS, TlsConfiguration, Tran
 
 use crate::config::MqttConfig;
 
-/// Largest packet we send or accept; readings are small, metadata a little larger.
-const MAX_PACKET: usize = 256 * 1024;
+/// The largest packet read from the broker. MQTT 3.1.1 cannot tell the broker a limit, so a
+/// message up to this size (an oversized retained command, say) is read, judged and ignored
+/// rather than cutting the connection, which would only bring it back at the next connect.
+const MAX_INCOMING: usize = 1024 * 1024;
 
 /// The options for every connection attempt, and the network options that carry the
 /// connect/flush timeout.
@@ -26,7 +28,7 @@ pub fn build(
         // session on every connect keeps rumqttc from replaying a stale queue of its own.
         .set_clean_session(true)
         .set_inflight(config.max_inflight.saturating_add(4))
-        .set_max_packet_size(MAX_PACKET, MAX_PACKET)
+        .set_max_packet_size(MAX_INCOMING, config.max_message.as_u64() as usize)
         .set_last_will(LastWill::new(
             status_topic,
             "offline",

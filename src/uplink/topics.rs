@@ -30,6 +30,11 @@ impl Topics {
             .or_insert_with(|| format!("{base}/{device}"))
     }
 
+    /// `<prefix>/<gateway>/batch`: `cbor` batches of every device (`group: gateway`).
+    pub fn batch(&self) -> String {
+        format!("{}/batch", self.base)
+    }
+
     /// `<prefix>/<gateway>/<device>/meta`: retained device metadata.
     pub fn meta(&self, device: &str) -> String {
         format!("{}/{device}/meta", self.base)

@@ -86,13 +86,11 @@ impl PayloadConfig {
     /// The values announced in the metadata: those configured, with the LPP unit where the
     /// config gives none.
     pub fn values(&self) -> impl Iterator<Item = ValueInfo> + '_ {
-        self.values.iter().map(|v| ValueInfo {
-            name: v.name.clone(),
-            unit: v.unit.clone().or_else(|| match self.codec {
+        self.values.iter().map(|v| {
+            v.info(v.unit.clone().or_else(|| match self.codec {
                 Codec::CayenneLpp if v.scale.is_none() => cayenne::unit(v.field()).map(Into::into),
                 _ => None,
-            }),
-            writable: false,
+            }))
         })
     }
 

@@ -303,6 +303,7 @@ impl LoraConfig {
             name: name.into(),
             unit: unit.map(Into::into),
             writable: false,
+            decimals: None,
         };
         let mut values: Vec<ValueInfo> = Vec::new();
         if let Some(forwarder) = &self.forwarder {

@@ -179,6 +179,7 @@ impl ModbusConfig {
                 name: p.name.clone(),
                 unit: p.unit.clone(),
                 writable: p.writable,
+                decimals: p.decimals(),
             })
             .collect()
     }

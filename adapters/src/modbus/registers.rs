@@ -2,6 +2,7 @@
 
 use serde::Deserialize;
 
+use crate::decimal;
 use crate::reading::Value;
 
 /// The four Modbus data tables.
@@ -107,6 +108,9 @@ pub struct Point {
     /// Whether MQTT may write the point (a coil or holding registers; default false).
     #[serde(default)]
     pub writable: bool,
+    /// Round to this many decimal places. An integer register with `scale` or `offset` has
+    /// the places they give it by default (`scale: 0.1` gives 1).
+    pub decimals: Option<u8>,
 }
 
 /// What a write puts into the device.
@@ -319,17 +323,27 @@ impl Point {
         Some(self.scaled(raw))
     }
 
-    /// Applies `scale` and `offset`; a scaled integer becomes a float.
+    /// Applies `scale` and `offset`, exactly in decimal; a scaled integer becomes a float.
     fn scaled(&self, value: Value) -> Value {
-        if self.scale.is_none() && self.offset.is_none() {
-            return value;
-        }
-        let (scale, offset) = (self.scale.unwrap_or(1.0), self.offset.unwrap_or(0.0));
-        match value {
-            Value::Int(i) => Value::Float(i as f64 * scale + offset),
-            Value::Float(f) => Value::Float(f * scale + offset),
-            other => other,
-        }
+        decimal::scale(value, self.scale, self.offset)
+    }
+
+    /// The places the point's values are rounded to: `decimals`, or for a scaled integer
+    /// register the places its scale and offset give it.
+    pub fn decimals(&self) -> Option<u8> {
+        let scaled = self.scale.is_some() || self.offset.is_some();
+        let integer = matches!(
+            self.kind(),
+            PointType::U16
+                | PointType::I16
+                | PointType::U32
+                | PointType::I32
+                | PointType::U64
+                | PointType::I64
+        );
+        self.decimals.or_else(|| {
+            (scaled && integer).then(|| decimal::scaled_places(self.scale, self.offset))
+        })
     }
 }
 
@@ -349,6 +363,7 @@ impl Point {
             offset: None,
             unit: None,
             interval: None,
+            decimals: None,
             writable: false,
         }
     }

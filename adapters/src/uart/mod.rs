@@ -331,11 +331,7 @@ impl UartConfig {
         config
             .values
             .iter()
-            .map(|v| ValueInfo {
-                name: v.name.clone(),
-                unit: v.unit.clone(),
-                writable: false,
-            })
+            .map(|v| v.info(v.unit.clone()))
             .collect()
     }
 
