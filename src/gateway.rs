@@ -82,9 +82,8 @@ pub async fn run(
         })
         .unzip();
     // Adapters -> pipeline -> store: each stage ends when the one before it has closed.
-    let pipeline = tokio::spawn(
-        pipeline::Pipeline::new(&config, &devices).run(readings, prepared_tx),
-    );
+    let pipeline =
+        tokio::spawn(pipeline::Pipeline::new(&config, &devices).run(readings, prepared_tx));
     let stop_uplink = CancellationToken::new();
     let commands = Router::new(&devices).map(|(router, end)| {
         tokio::spawn(router.run(stop_uplink.clone()));

@@ -10,6 +10,7 @@
 pub mod backoff;
 pub mod commands;
 pub mod config;
+pub mod decode;
 pub mod feed;
 pub mod gateway;
 pub mod live;

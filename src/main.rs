@@ -38,6 +38,31 @@ enum Command {
     Stats(ConfigArg),
     /// Print the JSON Schema of the configuration file, for editors to complete and check it.
     Schema,
+    /// Print the readings in MQTT payloads of either encoding, one JSON object per line.
+    Decode(DecodeArgs),
+}
+
+/// What `cairn decode` reads.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Examples:\n  cairn decode --mqtt mqtt://broker:1883 --topic 'cairn/site-1/#'\n  cairn decode --topic cairn/site-1/pump message.bin\n  mosquitto_sub -t 'cairn/#' -F '%t %x' | cairn decode --hex-lines"
+)]
+struct DecodeArgs {
+    /// Files, each holding one message's payload as received.
+    files: Vec<PathBuf>,
+    /// Subscribe to this broker (`mqtt://host:port`) and decode what arrives.
+    #[arg(long, conflicts_with = "files")]
+    mqtt: Option<String>,
+    /// With `--mqtt`, the topic filter; with files, the topic they came from (a `json`
+    /// payload's device is its last level).
+    #[arg(long)]
+    topic: Option<String>,
+    /// With `--mqtt`, stop after this many messages.
+    #[arg(long)]
+    count: Option<usize>,
+    /// Read `topic hex-payload` lines on stdin, as `mosquitto_sub -F '%t %x'` prints them.
+    #[arg(long, conflicts_with_all = ["files", "mqtt"])]
+    hex_lines: bool,
 }
 
 fn load(path: &Path) -> Result<Config, ExitCode> {
@@ -45,6 +70,46 @@ fn load(path: &Path) -> Result<Config, ExitCode> {
         eprintln!("{report}");
         ExitCode::FAILURE
     })
+}
+
+fn decode(runtime: &tokio::runtime::Runtime, args: DecodeArgs) -> ExitCode {
+    if let Some(url) = &args.mqtt {
+        let filter = args.topic.as_deref().unwrap_or("cairn/#");
+        return match runtime.block_on(cairn::decode::subscribe(url, filter, args.count)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let mut stdout = std::io::stdout().lock();
+    if args.hex_lines {
+        let failed = cairn::decode::print_hex_lines(std::io::stdin().lock(), &mut stdout);
+        return if failed == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
+    let mut failed = false;
+    for file in &args.files {
+        let outcome = std::fs::read(file)
+            .map_err(|e| e.to_string())
+            .and_then(|payload| {
+                cairn::decode::print(args.topic.as_deref(), &payload, &mut stdout)
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(e) = outcome {
+            eprintln!("error: {}: {e}", file.display());
+            failed = true;
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 fn main() -> ExitCode {
@@ -64,6 +129,7 @@ fn main() -> ExitCode {
             println!("{}", Config::json_schema());
             ExitCode::SUCCESS
         }
+        Command::Decode(args) => decode(&runtime, args),
         Command::Check(ConfigArg { config }) => match load(&config) {
             Ok(c) => {
                 let n = c.devices.len();

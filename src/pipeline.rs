@@ -98,8 +98,7 @@ impl Pipeline {
         };
         if !policy.decimals.is_empty() {
             for (name, value) in &mut reading.values {
-                if let (Value::Float(x), Some(places)) = (&mut *value, policy.decimals.get(name))
-                {
+                if let (Value::Float(x), Some(places)) = (&mut *value, policy.decimals.get(name)) {
                     *x = decimal::round(*x, *places);
                 }
             }

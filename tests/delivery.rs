@@ -106,7 +106,8 @@ fn a_tiny_outbox_drops_the_oldest_and_says_how_many() {
     let dropped = stats["dropped (max_bytes)"];
     assert!(dropped > 0, "{stats:?}");
     assert_eq!(stats["backlog"] + dropped, 5000, "{stats:?}");
-    assert!(stats["backlog"] * 60 <= 64 * 1024, "{stats:?}");
+    // A row costs at least its 32-byte allowance plus the device name.
+    assert!(stats["backlog"] * 39 <= 64 * 1024, "{stats:?}");
     assert!(
         cairn.log().contains("readings dropped"),
         "the drop is logged"

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 
 use futures_util::StreamExt;
 use support::feed::{api, connect, http_get, next};
-use support::{Broker, Cairn, PATIENCE, Subscriber, free_port, sim_config};
+use support::{Broker, Cairn, PATIENCE, PYTHON, Subscriber, free_port, sim_config};
 
 /// A gateway with a `counter` device producing `limit` readings (0: no end) at `rate` per
 /// second.
@@ -260,9 +260,8 @@ fn an_independent_python_client_reads_the_same_feed() {
     let broker = Broker::start();
     let cairn = gateway(broker.port, 20, 0, "");
     let url = format!("ws://{}/ws", cairn.feed());
-    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/ws_client.py");
-    let output = std::process::Command::new(python)
+    let output = std::process::Command::new(PYTHON)
         .args([script, &url, "10"])
         .output()
         .expect("the test venv exists (scripts/test creates it)");

@@ -8,9 +8,8 @@ mod support;
 
 use std::process::Command;
 
-use support::run_cairn;
+use support::{PYTHON, run_cairn};
 
-const PYTHON: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
 const VALIDATOR: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/tests/peers/validate_config.py"

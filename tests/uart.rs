@@ -6,7 +6,7 @@
 mod support;
 
 use support::serial::SerialPair;
-use support::{Broker, Cairn, PATIENCE, Subscriber};
+use support::{Broker, Cairn, PATIENCE, PYTHON, Subscriber};
 
 fn config(broker: u16, port: &std::path::Path, lines: &str, values: &str) -> String {
     format!(
@@ -258,8 +258,7 @@ fn a_real_gps_log_decodes_as_pynmea2_reads_it() {
         env!("CARGO_MANIFEST_DIR"),
         "/tests/fixtures/nmea/sample.nmea"
     );
-    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
-    let reference = std::process::Command::new(python)
+    let reference = std::process::Command::new(PYTHON)
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/tests/peers/nmea_reference.py"

@@ -476,7 +476,7 @@ impl MqttConfig {
 }
 
 /// Splits `mqtt[s]://host[:port]` into (tls, host, port).
-fn parse_url(url: &str) -> Result<(bool, String, Option<u16>), String> {
+pub(crate) fn parse_url(url: &str) -> Result<(bool, String, Option<u16>), String> {
     let (tls, rest) = if let Some(rest) = url.strip_prefix("mqtts://") {
         (true, rest)
     } else if let Some(rest) = url.strip_prefix("mqtt://") {
@@ -620,7 +620,9 @@ impl Config {
         if !(MIN_MESSAGE..=MAX_MESSAGE).contains(&max_message) {
             push(
                 "mqtt.max_message",
-                format!("must be between 1 KiB and 256 MiB (MQTT's limit), not {max_message} bytes"),
+                format!(
+                    "must be between 1 KiB and 256 MiB (MQTT's limit), not {max_message} bytes"
+                ),
             );
         }
         if mqtt.batch.max_readings == 0 {
@@ -683,8 +685,9 @@ impl Config {
                 d.description.clone(),
                 &d.adapter.values(),
             );
-            let meta_topic = crate::uplink::topics::Topics::new(&mqtt.topic_prefix, &self.gateway.id)
-                .meta(&d.name);
+            let meta_topic =
+                crate::uplink::topics::Topics::new(&mqtt.topic_prefix, &self.gateway.id)
+                    .meta(&d.name);
             if crate::uplink::publish_size(meta_topic.len(), meta.payload().len()) > max_message {
                 problems.push(Problem::new(
                     at,

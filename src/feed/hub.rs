@@ -97,7 +97,10 @@ impl DeviceState {
             };
             values.insert(name.clone(), latest);
         }
-        let last_seen = self.last.as_ref().map(|record| rfc3339_millis(record.ts_ms));
+        let last_seen = self
+            .last
+            .as_ref()
+            .map(|record| rfc3339_millis(record.ts_ms));
         DeviceView {
             adapter: self.adapter,
             status,

@@ -60,7 +60,11 @@ impl Running {
     }
 
     async fn all_unsent(&self) -> Vec<Record> {
-        self.reader.unsent(0, usize::MAX >> 1).await.unwrap().records
+        self.reader
+            .unsent(0, usize::MAX >> 1)
+            .await
+            .unwrap()
+            .records
     }
 }
 
@@ -250,9 +254,10 @@ async fn an_outbox_of_schema_2_keeps_its_rows_and_a_newer_one_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("o.db");
     // The tables and a row exactly as schema 2 wrote them: the JSON payload of the day.
-    let mut conn = SqliteConnection::connect_with(&connect_options(&path, &BufferConfig::default()))
-        .await
-        .unwrap();
+    let mut conn =
+        SqliteConnection::connect_with(&connect_options(&path, &BufferConfig::default()))
+            .await
+            .unwrap();
     sqlx::raw_sql(
         r#"CREATE TABLE outbox (seq INTEGER PRIMARY KEY, device TEXT NOT NULL, ts_ms INTEGER NOT NULL, payload BLOB NOT NULL);
            CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
@@ -274,11 +279,18 @@ async fn an_outbox_of_schema_2_keeps_its_rows_and_a_newer_one_is_refused() {
     assert_eq!(unsent[1].values, [(Arc::from("n"), Value::Int(1))]);
     running.stop().await;
 
-    let mut conn = SqliteConnection::connect_with(&connect_options(&path, &BufferConfig::default()))
+    let mut conn =
+        SqliteConnection::connect_with(&connect_options(&path, &BufferConfig::default()))
+            .await
+            .unwrap();
+    sqlx::raw_sql("PRAGMA user_version = 99;")
+        .execute(&mut conn)
         .await
         .unwrap();
-    sqlx::raw_sql("PRAGMA user_version = 99;").execute(&mut conn).await.unwrap();
     conn.close().await.unwrap();
     let error = open(&path, &BufferConfig::default()).await.unwrap_err();
-    assert!(error.to_string().contains("newer than this Cairn"), "{error}");
+    assert!(
+        error.to_string().contains("newer than this Cairn"),
+        "{error}"
+    );
 }

@@ -15,9 +15,7 @@ use tracing::{debug, error, info, warn};
 
 use super::retention::{self, CHUNK};
 use super::schema::{State, drop_key};
-use super::{
-    Done, DropReason, Pulse, Record, Stats, StoreError, connect_options, row, row_bytes,
-};
+use super::{Done, DropReason, Pulse, Record, Stats, StoreError, connect_options, row, row_bytes};
 use crate::backoff::Backoff;
 use crate::config::{BufferConfig, WhenFull};
 use crate::live::{LiveBus, LiveEvent};
@@ -59,7 +57,10 @@ struct Batch {
 
 impl Batch {
     fn is_empty(&self) -> bool {
-        self.readings.is_empty() && self.acks.is_empty() && self.given_up.is_empty() && !self.check_age
+        self.readings.is_empty()
+            && self.acks.is_empty()
+            && self.given_up.is_empty()
+            && !self.check_age
     }
 
     fn take(&mut self, done: Done) {

@@ -67,7 +67,11 @@ impl Batcher {
             group: config.group,
             max_readings: if single { 1 } else { config.max_readings },
             max_bytes: config.max_bytes.as_u64() as usize,
-            linger: if single { Duration::ZERO } else { config.linger },
+            linger: if single {
+                Duration::ZERO
+            } else {
+                config.linger
+            },
             open: Vec::new(),
             held: 0,
         }

@@ -298,7 +298,7 @@ impl Uplink {
         while inflight.messages() < self.window {
             let now = Instant::now();
             if let Some(batch) = drain.ready.pop_front() {
-                self.publish(client, inflight, &mut drain.ready, batch)?;
+                self.publish(client, inflight, batch)?;
             } else if let Some(batch) = drain.batcher.due(now) {
                 drain.ready.push_back(batch);
             } else if drain.batcher.held() >= hold {
@@ -325,33 +325,30 @@ impl Uplink {
         Ok(())
     }
 
-    /// Encodes `batch` and hands it to the client; one that comes out larger than
-    /// `mqtt.max_message` is split, and a single reading that cannot fit is given up, counted.
+    /// Encodes `batch` and hands it to the client, split into as many messages as
+    /// `mqtt.max_message` needs; a single reading that cannot fit is given up, counted.
     fn publish(
         &mut self,
         client: &AsyncClient,
         inflight: &mut Inflight,
-        ready: &mut VecDeque<Batch>,
         batch: Batch,
     ) -> Result<(), UplinkError> {
-        let payload = self.encoder.encode(&batch.records, false);
         let topic = match &batch.device {
             Some(device) => self.topics.data(device).to_string(),
             None => self.topics.batch(),
         };
-        if publish_size(topic.len(), payload.len()) > self.max_message {
-            if batch.records.len() > 1 {
-                let (head, tail) = batch.split();
-                ready.push_front(tail);
-                ready.push_front(head);
-            } else {
-                warn!(topic = %topic, bytes = payload.len(), seqs = ?batch.seqs(), "Reading too large for mqtt.max_message; dropped and counted");
-                self.acker.give_up(batch.seqs(), DropReason::Oversize);
+        for message in fit(&self.encoder, topic.len(), self.max_message, batch) {
+            match message {
+                Ok((batch, payload)) => {
+                    client.try_publish(&topic, self.qos, false, payload)?;
+                    inflight.queued(batch.seqs());
+                }
+                Err(batch) => {
+                    warn!(topic = %topic, seqs = ?batch.seqs(), "Reading too large for mqtt.max_message; dropped and counted");
+                    self.acker.give_up(batch.seqs(), DropReason::Oversize);
+                }
             }
-            return Ok(());
         }
-        client.try_publish(topic, self.qos, false, payload)?;
-        inflight.queued(batch.seqs());
         Ok(())
     }
 
@@ -437,6 +434,27 @@ impl Uplink {
     }
 }
 
+/// `batch` encoded into messages of at most `max_message` bytes on a topic of `topic` bytes,
+/// halving it until each fits; a single reading that cannot fit comes back as `Err`.
+fn fit(
+    encoder: &Encoder,
+    topic: usize,
+    max_message: u64,
+    batch: Batch,
+) -> Vec<Result<(Batch, Vec<u8>), Batch>> {
+    let payload = encoder.encode(&batch.records, false);
+    if publish_size(topic, payload.len()) <= max_message {
+        return vec![Ok((batch, payload))];
+    }
+    if batch.records.len() < 2 {
+        return vec![Err(batch)];
+    }
+    let (head, tail) = batch.split();
+    let mut messages = fit(encoder, topic, max_message, head);
+    messages.extend(fit(encoder, topic, max_message, tail));
+    messages
+}
+
 /// Where the draining of the outbox stands on one connection.
 struct Drain {
     committed: watch::Receiver<i64>,
@@ -460,5 +478,47 @@ async fn next_answer(answers: &mut Option<mpsc::Receiver<SetResult>>) -> Option<
     match answers {
         Some(answers) => answers.recv().await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use cairn_adapters::Value;
+
+    use super::*;
+    use crate::config::{Compression, Encoding};
+    use crate::store::Record;
+
+    #[test]
+    fn a_batch_splits_until_each_message_fits_and_a_giant_is_given_up() {
+        let record = |seq: i64, text: usize| Record {
+            seq,
+            device: Arc::from("d"),
+            ts_ms: seq,
+            values: vec![(Arc::from("x"), Value::Text("y".repeat(text)))],
+        };
+        let encoder = Encoder::new(Encoding::Cbor, Compression::None);
+        let batch = Batch {
+            device: None,
+            records: (1..=10)
+                .map(|seq| record(seq, 300))
+                .chain([record(11, 5000)])
+                .collect(),
+        };
+        let messages = fit(&encoder, 20, 1024, batch);
+        let mut sent = Vec::new();
+        for message in &messages {
+            match message {
+                Ok((batch, payload)) => {
+                    assert!(publish_size(20, payload.len()) <= 1024);
+                    sent.extend(batch.seqs());
+                }
+                Err(batch) => assert_eq!(batch.seqs(), [11], "only the giant is given up"),
+            }
+        }
+        assert_eq!(sent, (1..=10).collect::<Vec<_>>(), "in order, each once");
+        assert!(messages.len() >= 5, "{} messages", messages.len());
     }
 }

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use base64::Engine as _;
 
-const PYTHON: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
+use super::PYTHON;
+
 const PEERS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers");
 
 /// The EUI the test's gateway announces.

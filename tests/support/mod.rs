@@ -16,6 +16,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+/// The Python of the test peers' venv (`scripts/test` makes it).
+pub const PYTHON: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
+
 /// Generous: these are upper bounds for a slow, loaded CI machine, not expectations.
 pub const PATIENCE: Duration = Duration::from_secs(120);
 
@@ -152,7 +155,10 @@ impl Drop for Broker {
 /// Every message the subscriber received, by topic, in order.
 #[derive(Debug, Default)]
 pub struct Received {
+    /// Topic and payload as text (lossy for binary payloads).
     pub messages: Vec<(String, String)>,
+    /// The same payloads' bytes, message for message.
+    pub raw: Vec<Vec<u8>>,
 }
 
 impl Received {
@@ -172,6 +178,20 @@ impl Received {
             *counts.entry(value["seq"].as_i64().unwrap()).or_insert(0) += 1;
         }
         counts
+    }
+
+    /// `topic hex-payload` lines, as `mosquitto_sub -F '%t %x'` prints them: what both
+    /// reference decoders read.
+    pub fn hex_lines(&self) -> String {
+        self.messages
+            .iter()
+            .zip(&self.raw)
+            .filter(|((topic, _), _)| !topic.starts_with("probe/"))
+            .map(|((topic, _), bytes)| {
+                let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+                format!("{topic} {hex}\n")
+            })
+            .collect()
     }
 
     pub fn last_on(&self, topic: &str) -> Option<&str> {
@@ -203,7 +223,9 @@ fn spawn_sub(port: u16, id: &str, topic: &str) -> Child {
             "-c",
             "-i",
             id,
-            "-v",
+            // Hex payloads, so that binary batches and multi-line text survive the pipe.
+            "-F",
+            "%t %x",
         ])
         .args(["-t", topic, "-t", "probe/#"])
         .stdout(Stdio::piped())
@@ -232,12 +254,14 @@ impl Subscriber {
                 };
                 for line in BufReader::new(stdout).lines() {
                     let Ok(line) = line else { break };
-                    let (topic, payload) = line.split_once(' ').unwrap_or((&line, ""));
+                    let (topic, hex) = line.split_once(' ').unwrap_or((&line, ""));
+                    let bytes = cairn_adapters::codec::unhex(hex).unwrap();
                     let (lock, cvar) = &*shared;
-                    lock.lock()
-                        .unwrap()
+                    let mut received = lock.lock().unwrap();
+                    received
                         .messages
-                        .push((topic.to_string(), payload.to_string()));
+                        .push((topic.to_string(), String::from_utf8_lossy(&bytes).into()));
+                    received.raw.push(bytes);
                     cvar.notify_all();
                 }
                 let mut slot = current.lock().unwrap();
@@ -343,6 +367,77 @@ impl Drop for Subscriber {
     }
 }
 
+/// The readings in `hex_lines`, decoded by the independent Python decoder and by
+/// `cairn decode`; panics unless both decode every payload to the same readings.
+pub fn decode_both(hex_lines: &str) -> Vec<serde_json::Value> {
+    let run = |program: &str, args: &[&str]| {
+        let mut child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let input = hex_lines.to_string();
+        let writer = std::thread::spawn(move || {
+            std::io::Write::write_all(&mut stdin, input.as_bytes()).unwrap();
+        });
+        let out = child.wait_with_output().unwrap();
+        writer.join().unwrap();
+        assert!(
+            out.status.success(),
+            "{program} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let python = run(
+        PYTHON,
+        &[&format!(
+            "{}/tests/peers/cairn_decode.py",
+            env!("CARGO_MANIFEST_DIR")
+        )],
+    );
+    let cairn = run(cairn_bin(), &["decode", "--hex-lines"]);
+    assert_eq!(
+        python.len(),
+        cairn.len(),
+        "both decoders find as many readings"
+    );
+    for (p, c) in python.iter().zip(&cairn) {
+        assert_eq!(p, c, "the Python decoder and cairn decode disagree");
+    }
+    cairn
+}
+
+/// The readings in `hex_lines`, decoded in this process with Cairn's own decoder: cheap
+/// enough to run on every message a test waits for. Payloads that do not decode are skipped
+/// here; [`decode_both`] is the judge.
+pub fn decode_cairn_only(hex_lines: &str) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    let failed = cairn::decode::print_hex_lines(hex_lines.as_bytes(), &mut out);
+    assert_eq!(failed, 0, "every payload decodes");
+    String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// How many times each seq appears among decoded readings.
+pub fn count_seqs(readings: &[serde_json::Value]) -> BTreeMap<i64, usize> {
+    let mut counts = BTreeMap::new();
+    for reading in readings {
+        *counts.entry(reading["seq"].as_i64().unwrap()).or_insert(0) += 1;
+    }
+    counts
+}
+
 /// What arrived, counted by seq.
 #[derive(Debug)]
 pub struct SeqReport {
@@ -372,23 +467,30 @@ impl Cairn {
         Self::start_with_env(config, &[])
     }
 
-    /// [`Cairn::start`] with extra environment variables.
-    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Self {
+    /// [`Cairn::start`] without the start, for a test that prepares the data folder first;
+    /// [`Cairn::restart`] then starts it.
+    pub fn prepare(config: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut config = config.replace("{data}", &dir.path().join("data").display().to_string());
         if !config.lines().any(|l| l.starts_with("feed:")) {
             config.push_str("\nfeed: {listen: '127.0.0.1:0'}\n");
         }
         std::fs::write(dir.path().join("cairn.yaml"), config).unwrap();
-        let mut cairn = Self {
+        Self {
             dir,
             child: None,
             runs: 0,
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        };
+            env: Vec::new(),
+        }
+    }
+
+    /// [`Cairn::start`] with extra environment variables.
+    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Self {
+        let mut cairn = Self::prepare(config);
+        cairn.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         cairn.restart();
         cairn
     }
@@ -547,6 +649,25 @@ pub fn run_cairn(args: &[&str]) -> Output {
     Command::new(cairn_bin()).args(args).output().unwrap()
 }
 
+/// Waits until the feed reports `n` devices and all of them `finished` (finite sims).
+pub fn wait_devices_finished(feed: std::net::SocketAddr, n: usize) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let devices = feed::api(feed, "/api/devices");
+        let finished = devices.as_array().map_or(0, |d| {
+            d.iter().filter(|d| d["status"] == "finished").count()
+        });
+        if finished == n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "devices never finished: {devices}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// A test config: one simulated counter device at `rate` readings/s, `limit` readings in all.
 pub fn sim_config(broker_port: u16, rate: u32, limit: u64, extra_buffer: &str) -> String {
     format!(
@@ -554,5 +675,114 @@ pub fn sim_config(broker_port: u16, rate: u32, limit: u64, extra_buffer: &str) -
          mqtt:\n  host: 127.0.0.1\n  port: {broker_port}\n  keepalive: 5s\n  reconnect_min: 100ms\n  reconnect_max: 1s\n\
          buffer:\n  commit_interval: 5ms\n{extra_buffer}\
          devices:\n  - name: counter\n    type: sim\n    rate: {rate}\n    limit: {limit}\n    values:\n      - name: n\n        counter: {{}}\n"
+    )
+}
+
+/// The typical site of the link issues: five devices with two to six values each (temperatures,
+/// a pump, a pulse counter, a text mode, a power meter), each at `rate` readings/s up to
+/// `limit` readings, seeded. With `decimals`, values are rounded to what such sensors resolve;
+/// without, floats keep the noise's full precision. `mqtt` is extra lines of the mqtt section.
+pub fn site_config(broker_port: u16, mqtt: &str, decimals: bool, rate: f64, limit: u64) -> String {
+    let d = |places: u8| {
+        if decimals {
+            format!(", decimals: {places}")
+        } else {
+            String::new()
+        }
+    };
+    let device = |name: &str, seed: u64, values: &[String]| {
+        let values: String = values.iter().map(|v| format!("      - {v}\n")).collect();
+        format!(
+            "  - name: {name}\n    type: sim\n    rate: {rate}\n    limit: {limit}\n    seed: {seed}\n    values:\n{values}"
+        )
+    };
+    let devices = [
+        device(
+            "weather",
+            1,
+            &[
+                format!(
+                    "{{name: temperature, unit: °C, sine: {{mean: 14, amplitude: 6, period: 10m, noise: 0.2}}{}}}",
+                    d(1)
+                ),
+                format!(
+                    "{{name: humidity, unit: '%', sine: {{mean: 60, amplitude: 15, period: 20m, noise: 0.5}}{}}}",
+                    d(0)
+                ),
+                format!(
+                    "{{name: pressure, unit: hPa, random_walk: {{start: 1013, step: 0.3, min: 980, max: 1040}}{}}}",
+                    d(1)
+                ),
+            ],
+        ),
+        device(
+            "pumps",
+            2,
+            &[
+                "{name: running, toggle: {period: 2m}}".to_string(),
+                format!(
+                    "{{name: level, unit: m, random_walk: {{start: 2.5, step: 0.01, min: 0, max: 5}}{}}}",
+                    d(2)
+                ),
+                "{name: pulses, counter: {start: 100000, step: 1}}".to_string(),
+            ],
+        ),
+        device(
+            "meter",
+            3,
+            &[
+                format!(
+                    "{{name: power, unit: W, random_walk: {{start: 1500, step: 20, min: 0, max: 5000}}{}}}",
+                    d(0)
+                ),
+                format!(
+                    "{{name: voltage, unit: V, sine: {{mean: 230, amplitude: 2, period: 15m, noise: 0.3}}{}}}",
+                    d(1)
+                ),
+                format!(
+                    "{{name: current, unit: A, sine: {{mean: 6.5, amplitude: 1, period: 15m, noise: 0.05}}{}}}",
+                    d(2)
+                ),
+                "{name: energy, unit: Wh, counter: {start: 5000000, step: 3}}".to_string(),
+                format!(
+                    "{{name: power_factor, random_walk: {{start: 0.95, step: 0.005, min: 0.8, max: 1}}{}}}",
+                    d(3)
+                ),
+                format!(
+                    "{{name: frequency, unit: Hz, sine: {{mean: 50, amplitude: 0.05, period: 5m, noise: 0.01}}{}}}",
+                    d(2)
+                ),
+            ],
+        ),
+        device(
+            "tank",
+            4,
+            &[
+                format!(
+                    "{{name: level, unit: '%', sine: {{mean: 70, amplitude: 20, period: 30m, noise: 0.3}}{}}}",
+                    d(1)
+                ),
+                "{name: mode, cycle: {states: [auto, manual, auto, service], every: 5m}}"
+                    .to_string(),
+            ],
+        ),
+        device(
+            "boiler",
+            5,
+            &[
+                format!(
+                    "{{name: temperature, unit: °C, sine: {{mean: 65, amplitude: 5, period: 10m, noise: 0.3}}{}}}",
+                    d(1)
+                ),
+                "{name: burner, toggle: {period: 3m}}".to_string(),
+            ],
+        ),
+    ];
+    format!(
+        "gateway:\n  id: test\n  data_dir: {{data}}\n\
+         mqtt:\n  host: 127.0.0.1\n  port: {broker_port}\n  keepalive: 5s\n  reconnect_min: 100ms\n  reconnect_max: 1s\n{mqtt}\
+         buffer:\n  commit_interval: 5ms\n\
+         devices:\n{}",
+        devices.concat()
     )
 }

@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use super::free_port;
+use super::{PYTHON, free_port};
 
 /// The simulated device; stopped on drop.
 pub struct ModbusServer {
@@ -39,9 +39,8 @@ impl ModbusServer {
 
     /// Starts the server (again) where it was.
     pub fn restart(&mut self) {
-        let python = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/modbus_server.py");
-        let mut command = Command::new(python);
+        let mut command = Command::new(PYTHON);
         command.arg(script);
         match &self.rtu {
             Some(tty) => command.arg("--rtu").arg(tty),

@@ -1,11 +1,12 @@
-//! The `cbor` encoding's body: many readings in one CBOR map (RFC 8949), column by column, so
-//! that names and types are written once per batch and neighbouring values look alike.
-//! `docs/wire-format.md` is the specification; this file follows it.
+//! The `cbor` encoding's body: many readings in one CBOR map (RFC 8949), a block per device and
+//! column by column within it, so that names and types are written once per block and
+//! neighbouring values look alike. `docs/wire-format.md` is the specification; this file
+//! follows it.
 //!
 //! ```text
-//! { "d": [device names], "di": [device index per reading]   (only with several devices),
-//!   "s": [seq, Δ, Δ...], "t": [ms, Δ, Δ...], "h": true   (only for history),
-//!   "c": [ {"n": name, "k": "f"|"i"|"d"|"b"|"s", "e": places (for "d"), "v": [cells]} ] }
+//! { "b": [ { "d": device, "s": [seq, Δ, Δ...], "t": [ms, Δ, Δ...],
+//!            "c": [ {"n": name, "k": "f"|"i"|"d"|"b"|"s", "e": places (for "d"), "v": [cells]} ] } ],
+//!   "h": true   (only for history) }
 //! ```
 //! A cell is `null` where a reading lacks the value. Integer and decimal cells are deltas from
 //! the previous present cell of the column; a decimal cell `m` stands for `m / 10^e`.
@@ -56,36 +57,48 @@ impl Kind {
     }
 }
 
-/// One column being built: a cell per reading.
+/// One column being built: a cell per reading of its block.
 struct Column<'r> {
     name: &'r str,
     kind: Kind,
     cells: Vec<Option<&'r Value>>,
 }
 
-/// The body of a batch of `records` (all of them, in order). `historical` marks a backlog
-/// batch.
+/// The body of a batch of `records` (all of them: per device in their order, devices in the
+/// order they first appear). `historical` marks a backlog batch.
 pub fn encode(records: &[Record], historical: bool) -> Vec<u8> {
-    let mut devices: Vec<&str> = Vec::new();
-    let mut device_index: Vec<u64> = Vec::with_capacity(records.len());
+    let mut blocks: Vec<(&str, Vec<&Record>)> = Vec::new();
+    for record in records {
+        match blocks.iter_mut().find(|(d, _)| *d == &*record.device) {
+            Some((_, rows)) => rows.push(record),
+            None => blocks.push((&record.device, vec![record])),
+        }
+    }
+    // Writing to a Vec cannot fail; the results are ignored for that reason.
+    let mut e = Encoder::new(Vec::with_capacity(64 + records.len() * 16));
+    let _ = e.map(1 + u64::from(historical));
+    let _ = e.str("b").and_then(|e| e.array(blocks.len() as u64));
+    for (device, rows) in &blocks {
+        write_block(&mut e, device, rows);
+    }
+    if historical {
+        let _ = e.str("h").and_then(|e| e.bool(true));
+    }
+    e.into_writer()
+}
+
+/// One device's readings: `{"d", "s", "t", "c"}`.
+fn write_block(e: &mut Encoder<Vec<u8>>, device: &str, rows: &[&Record]) {
     let mut columns: Vec<Column> = Vec::new();
     let mut by_key: HashMap<(&str, Kind), usize> = HashMap::new();
-    for (row, record) in records.iter().enumerate() {
-        let device = match devices.iter().position(|d| *d == &*record.device) {
-            Some(i) => i,
-            None => {
-                devices.push(&record.device);
-                devices.len() - 1
-            }
-        };
-        device_index.push(device as u64);
+    for (row, record) in rows.iter().enumerate() {
         for (name, value) in &record.values {
             let kind = Kind::of(value);
             let i = *by_key.entry((name, kind)).or_insert_with(|| {
                 columns.push(Column {
                     name,
                     kind,
-                    cells: vec![None; records.len()],
+                    cells: vec![None; rows.len()],
                 });
                 columns.len() - 1
             });
@@ -94,31 +107,14 @@ pub fn encode(records: &[Record], historical: bool) -> Vec<u8> {
             columns[i].cells[row].get_or_insert(value);
         }
     }
-
-    // Writing to a Vec cannot fail; the results are ignored for that reason.
-    let mut e = Encoder::new(Vec::with_capacity(64 + records.len() * 16));
-    let keys = 4 + u64::from(devices.len() > 1) + u64::from(historical);
-    let _ = e.map(keys);
-    let _ = e.str("d").and_then(|e| e.array(devices.len() as u64));
-    for device in &devices {
-        let _ = e.str(device);
-    }
-    if devices.len() > 1 {
-        let _ = e.str("di").and_then(|e| e.array(device_index.len() as u64));
-        for i in &device_index {
-            let _ = e.u64(*i);
-        }
-    }
-    delta_array(&mut e, "s", records.iter().map(|r| r.seq));
-    delta_array(&mut e, "t", records.iter().map(|r| r.ts_ms));
-    if historical {
-        let _ = e.str("h").and_then(|e| e.bool(true));
-    }
+    let _ = e.map(4);
+    let _ = e.str("d").and_then(|e| e.str(device));
+    delta_array(e, "s", rows.iter().map(|r| r.seq));
+    delta_array(e, "t", rows.iter().map(|r| r.ts_ms));
     let _ = e.str("c").and_then(|e| e.array(columns.len() as u64));
     for column in &columns {
-        write_column(&mut e, column);
+        write_column(e, column);
     }
-    e.into_writer()
 }
 
 /// `key: [first, second - first, ...]`.
@@ -216,101 +212,98 @@ fn shortest_float(
     }
 }
 
-/// Reads a batch body back into readings, checking every length and index. Unknown keys are
-/// skipped, so later versions may add some.
+/// Reads a batch body back into readings, checking every length. Unknown keys are skipped,
+/// so later versions may add some.
 pub fn decode(body: &[u8]) -> Result<Vec<Decoded>, DecodeError> {
     let mut d = Decoder::new(body);
     let keys = definite(d.map())?;
-    let mut devices: Option<Vec<Arc<str>>> = None;
-    let mut device_index: Option<Vec<u64>> = None;
-    let mut seqs: Option<Vec<i64>> = None;
-    let mut times: Option<Vec<i64>> = None;
+    let mut blocks: Option<Vec<Block>> = None;
     let mut historical = false;
-    let mut columns: Option<Vec<(Arc<str>, Vec<Option<Value>>)>> = None;
     for _ in 0..keys {
         match d.str()? {
-            "d" => {
+            "b" => {
                 let n = definite(d.array())?;
-                let mut names = Vec::new();
+                let mut read = Vec::new();
                 for _ in 0..n {
-                    names.push(Arc::from(d.str()?));
+                    read.push(read_block(&mut d)?);
                 }
-                devices = Some(names);
+                blocks = Some(read);
             }
-            "di" => {
-                let n = definite(d.array())?;
-                let mut indexes = Vec::new();
-                for _ in 0..n {
-                    indexes.push(d.u64()?);
-                }
-                device_index = Some(indexes);
-            }
-            "s" => seqs = Some(undelta(&mut d)?),
-            "t" => times = Some(undelta(&mut d)?),
             "h" => historical = d.bool()?,
-            "c" => {
-                let n = definite(d.array())?;
-                let mut decoded = Vec::new();
-                for _ in 0..n {
-                    decoded.push(read_column(&mut d)?);
-                }
-                columns = Some(decoded);
-            }
             _ => d.skip()?,
         }
     }
     if d.position() != body.len() {
         return Err(DecodeError::Invalid("bytes after the batch".into()));
     }
-    let missing = |key: &str| DecodeError::Invalid(format!("no `{key}`"));
-    let devices = devices.ok_or_else(|| missing("d"))?;
-    let seqs = seqs.ok_or_else(|| missing("s"))?;
-    let times = times.ok_or_else(|| missing("t"))?;
-    let columns = columns.ok_or_else(|| missing("c"))?;
-    let n = seqs.len();
-    let wrong = |what: &str| DecodeError::Invalid(format!("`{what}` does not have one entry per reading"));
-    if times.len() != n {
-        return Err(wrong("t"));
-    }
-    if columns.iter().any(|(_, cells)| cells.len() != n) {
-        return Err(wrong("c"));
-    }
-    let device_of = |row: usize| -> Result<Arc<str>, DecodeError> {
-        let index = match &device_index {
-            Some(indexes) => *indexes.get(row).ok_or_else(|| wrong("di"))?,
-            None if devices.len() == 1 => 0,
-            None => return Err(DecodeError::Invalid("several devices but no `di`".into())),
-        };
-        devices
-            .get(index as usize)
-            .cloned()
-            .ok_or_else(|| DecodeError::Invalid(format!("device index {index} out of range")))
-    };
-    if device_index.as_ref().is_some_and(|i| i.len() != n) {
-        return Err(wrong("di"));
-    }
-    let mut cells: Vec<std::vec::IntoIter<Option<Value>>> = Vec::new();
-    let mut names = Vec::new();
-    for (name, column) in columns {
-        names.push(name);
-        cells.push(column.into_iter());
-    }
-    (0..n)
-        .map(|row| {
+    let blocks = blocks.ok_or_else(|| DecodeError::Invalid("no `b`".into()))?;
+    let mut readings = Vec::new();
+    for block in blocks {
+        let mut cells: Vec<std::vec::IntoIter<Option<Value>>> = Vec::new();
+        let mut names = Vec::new();
+        for (name, column) in block.columns {
+            names.push(name);
+            cells.push(column.into_iter());
+        }
+        for (seq, ts_ms) in block.seqs.into_iter().zip(block.times) {
             let values = names
                 .iter()
                 .zip(cells.iter_mut())
                 .filter_map(|(name, column)| Some((name.clone(), column.next().flatten()?)))
                 .collect();
-            Ok(Decoded {
-                device: device_of(row)?,
-                seq: seqs[row],
-                ts_ms: times[row],
+            readings.push(Decoded {
+                device: block.device.clone(),
+                seq,
+                ts_ms,
                 values,
                 historical,
-            })
-        })
-        .collect()
+            });
+        }
+    }
+    Ok(readings)
+}
+
+/// One device's block, decoded and checked.
+struct Block {
+    device: Arc<str>,
+    seqs: Vec<i64>,
+    times: Vec<i64>,
+    columns: Vec<(Arc<str>, Vec<Option<Value>>)>,
+}
+
+fn read_block(d: &mut Decoder) -> Result<Block, DecodeError> {
+    let keys = definite(d.map())?;
+    let (mut device, mut seqs, mut times, mut columns) = (None, None, None, None);
+    for _ in 0..keys {
+        match d.str()? {
+            "d" => device = Some(Arc::<str>::from(d.str()?)),
+            "s" => seqs = Some(undelta(d)?),
+            "t" => times = Some(undelta(d)?),
+            "c" => {
+                let n = definite(d.array())?;
+                let mut read = Vec::new();
+                for _ in 0..n {
+                    read.push(read_column(d)?);
+                }
+                columns = Some(read);
+            }
+            _ => d.skip()?,
+        }
+    }
+    let missing = |key: &str| DecodeError::Invalid(format!("a block without `{key}`"));
+    let block = Block {
+        device: device.ok_or_else(|| missing("d"))?,
+        seqs: seqs.ok_or_else(|| missing("s"))?,
+        times: times.ok_or_else(|| missing("t"))?,
+        columns: columns.ok_or_else(|| missing("c"))?,
+    };
+    let n = block.seqs.len();
+    if block.times.len() != n || block.columns.iter().any(|(_, cells)| cells.len() != n) {
+        return Err(DecodeError::Invalid(
+            "`t` or a column does not have one entry per reading".into(),
+        ));
+    }
+    Ok(block)
 }
 
 /// A definite length; the encoding never writes indefinite ones.
@@ -356,7 +349,9 @@ fn read_column(d: &mut Decoder) -> Result<(Arc<str>, Vec<Option<Value>>), Decode
         return Err(DecodeError::Invalid(format!("{places} decimal places")));
     }
     let (Some(name), Some(kind), Some(cells)) = (name, kind, cells) else {
-        return Err(DecodeError::Invalid("a column needs `n`, `k` and `v`".into()));
+        return Err(DecodeError::Invalid(
+            "a column needs `n`, `k` and `v`".into(),
+        ));
     };
     let mut cell_decoder = Decoder::new(&d.input()[cells]);
     Ok((name, read_cells(&mut cell_decoder, kind, places)?))
@@ -386,7 +381,11 @@ fn read_cells(d: &mut Decoder, kind: &str, places: u8) -> Result<Vec<Option<Valu
             "f" => Value::Float(d.f64()?),
             "b" => Value::Bool(d.bool()?),
             "s" => Value::Text(d.str()?.to_string()),
-            other => return Err(DecodeError::Invalid(format!("unknown column kind `{other}`"))),
+            other => {
+                return Err(DecodeError::Invalid(format!(
+                    "unknown column kind `{other}`"
+                )));
+            }
         };
         cells.push(Some(value));
     }
@@ -402,17 +401,16 @@ mod tests {
             seq,
             device: Arc::from(device),
             ts_ms,
-            values: values
-                .into_iter()
-                .map(|(n, v)| (Arc::from(n), v))
-                .collect(),
+            values: values.into_iter().map(|(n, v)| (Arc::from(n), v)).collect(),
         }
     }
 
     fn round_trip(records: &[Record], historical: bool) {
         let decoded = decode(&encode(records, historical)).unwrap();
         assert_eq!(decoded.len(), records.len());
-        for (d, r) in decoded.iter().zip(records) {
+        // Readings come back device by device, each device's in order.
+        for r in records {
+            let d = decoded.iter().find(|d| d.seq == r.seq).unwrap();
             assert_eq!(
                 (&d.device, d.seq, d.ts_ms, d.historical),
                 (&r.device, r.seq, r.ts_ms, historical)
@@ -456,7 +454,10 @@ mod tests {
                 15,
                 "mast",
                 0,
-                vec![("mode", Value::Int(3)), ("inf", Value::Float(f64::INFINITY))],
+                vec![
+                    ("mode", Value::Int(3)),
+                    ("inf", Value::Float(f64::INFINITY)),
+                ],
             ),
             record(16, "mast", -5, vec![]),
         ];
@@ -487,10 +488,7 @@ mod tests {
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
-        let good = encode(
-            &[record(1, "a", 5, vec![("x", Value::Int(1))])],
-            false,
-        );
+        let good = encode(&[record(1, "a", 5, vec![("x", Value::Int(1))])], false);
         for cut in 0..good.len() {
             assert!(decode(&good[..cut]).is_err(), "cut at {cut}");
         }

@@ -126,8 +126,8 @@ fn json_reading(payload: &[u8], device: &str) -> Result<Decoded, DecodeError> {
     }
     let reading: Reading =
         serde_json::from_slice(payload).map_err(|e| DecodeError::Json(e.to_string()))?;
-    let ts = humantime::parse_rfc3339(&reading.ts)
-        .map_err(|e| DecodeError::Json(format!("ts: {e}")))?;
+    let ts =
+        humantime::parse_rfc3339(&reading.ts).map_err(|e| DecodeError::Json(format!("ts: {e}")))?;
     let values = reading
         .values
         .into_iter()
@@ -168,7 +168,8 @@ mod tests {
             (Encoding::Cbor, Compression::Zstd),
             (Encoding::Cbor, Compression::Deflate),
         ] {
-            let payload = Encoder::new(encoding, compression).encode(&[record.clone()], false);
+            let payload =
+                Encoder::new(encoding, compression).encode(std::slice::from_ref(&record), false);
             assert_eq!(payload[0] == b'{', encoding == Encoding::Json);
             let decoded = decode(&payload, "tank").unwrap();
             assert_eq!(decoded.len(), 1);
@@ -178,8 +179,41 @@ mod tests {
             );
             assert_eq!(decoded[0].values, record.values);
         }
-        assert!(matches!(decode(&[0x13, 1], "x"), Err(DecodeError::UnknownFormat(0x13))));
-        assert!(matches!(decode(&[0x20], "x"), Err(DecodeError::UnknownFormat(0x20))));
+        assert!(matches!(
+            decode(&[0x13, 1], "x"),
+            Err(DecodeError::UnknownFormat(0x13))
+        ));
+        assert!(matches!(
+            decode(&[0x20], "x"),
+            Err(DecodeError::UnknownFormat(0x20))
+        ));
         assert!(matches!(decode(&[], "x"), Err(DecodeError::Empty)));
+    }
+
+    #[test]
+    fn the_specification_example_is_what_cairn_writes() {
+        let spec = include_str!("../../../docs/wire-format.md");
+        let hex = spec
+            .split("In bytes (hex), with the first byte `10`:\n\n```\n")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .unwrap();
+        let expected = cairn_adapters::codec::unhex(hex.replace('\n', " ").trim()).unwrap();
+        let reading = |seq, ts_ms, t, pump| Record {
+            seq,
+            device: Arc::from("mast"),
+            ts_ms,
+            values: vec![
+                (Arc::from("temperature"), Value::Float(t)),
+                (Arc::from("pump"), Value::Bool(pump)),
+            ],
+        };
+        let records = [
+            reading(41, 1_795_600_800_000, 21.5, true),
+            reading(42, 1_795_600_801_000, 21.6, false),
+        ];
+        let payload = Encoder::new(Encoding::Cbor, Compression::None).encode(&records, false);
+        let hex: String = payload.iter().map(|b| format!("{b:02x} ")).collect();
+        assert_eq!(payload, expected, "cairn writes: {hex}");
     }
 }
