@@ -196,3 +196,89 @@ fn a_batch_too_large_for_max_message_is_split() {
     let stats = cairn.wait_stats("drained", |s| s["backlog"] == 0);
     assert_eq!(stats.get("dropped (oversize)"), Some(&0));
 }
+
+#[test]
+fn an_oversized_reading_and_an_oversized_retained_command_stop_nothing() {
+    use support::modbus::ModbusServer;
+    use support::serial::SerialPair;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start();
+    let sub = Subscriber::start(&broker, "cairn/test/#");
+    let serial = SerialPair::start(dir.path());
+    let server = ModbusServer::start();
+    // A uart device allowed lines longer than any message, and a Modbus point that takes
+    // commands (so that Cairn subscribes to `.../set`).
+    let config = format!(
+        "gateway: {{id: test, data_dir: '{{data}}'}}\n\
+         mqtt: {{host: 127.0.0.1, port: {broker}, reconnect_min: 100ms, reconnect_max: 1s, encoding: cbor, batch: {{linger: 100ms}}}}\n\
+         devices:\n\
+         \x20 - name: probe\n    type: uart\n    port: {port}\n    baud: 115200\n    lines: {{format: key_value, max_length: 400000}}\n    values: [{{name: note, field: N}}, {{name: t, field: T}}]\n\
+         \x20 - name: boiler\n    type: modbus\n    tcp: {{host: 127.0.0.1, port: {modbus}}}\n    interval: 200ms\n    points: [{{name: setpoint, table: holding, address: 11, scale: 0.1, writable: true}}]\n",
+        broker = broker.port,
+        port = serial.port.display(),
+        modbus = server.port,
+    );
+    let cairn = Cairn::start(&config);
+    cairn.wait_log("Device online device=probe");
+    // A 300 kB reading: larger than the 128 KiB default mqtt.max_message.
+    let mut line = b"N=".to_vec();
+    line.extend(std::iter::repeat_n(b'x', 300_000));
+    line.extend(b"\nT=1\n");
+    serial.send(&line);
+    // A retained 300 kB command, as a careless publisher might leave on the broker.
+    let big = dir.path().join("big.txt");
+    std::fs::write(&big, "9".repeat(300_000)).unwrap();
+    let status = std::process::Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &broker.port.to_string(),
+            "-q",
+            "1",
+            "-r",
+        ])
+        .args(["-t", "cairn/test/boiler/setpoint/set", "-f"])
+        .arg(&big)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    serial.send(b"T=2\n");
+    // The uplink goes on: later readings of both devices arrive.
+    assert!(sub.wait_until(PATIENCE, |r| {
+        let readings = support::decode_cairn_only(&r.hex_lines());
+        readings.iter().any(|r| r["values"]["t"] == 2)
+            && readings.iter().filter(|r| r["device"] == "boiler").count() >= 20
+    }));
+    let readings = decode_both(&sub.with(|r| r.hex_lines()));
+    assert!(
+        readings.iter().all(|r| r["values"].get("note").is_none()),
+        "the oversized reading never left"
+    );
+    let devices = support::feed::api(cairn.feed(), "/api/devices");
+    let probe = devices
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == "probe")
+        .unwrap();
+    assert_eq!(probe["errors"]["oversize_reading"], 1, "{probe}");
+    // The retained command was read, ignored and counted; the connection was never cut.
+    let status = support::feed::api(cairn.feed(), "/api/status");
+    assert!(
+        status["uplink"]["ignored_commands"].as_u64().unwrap() >= 1,
+        "{status}"
+    );
+    assert_eq!(
+        cairn.log().matches("MQTT connected").count(),
+        1,
+        "{}",
+        cairn.log()
+    );
+    // A write still works afterwards.
+    broker.publish("cairn/test/boiler/setpoint/set", "21.5", false);
+    assert!(sub.wait_until(PATIENCE, |r| {
+        r.last_on("cairn/test/boiler/setpoint/result")
+            .is_some_and(|p| p.contains("\"ok\":true"))
+    }));
+}

@@ -144,3 +144,35 @@ fn lora_devices_are_checked_against_each_other() {
         ],
     );
 }
+
+#[test]
+fn what_no_message_could_carry_is_refused() {
+    let device = |description: &str| {
+        format!(
+            "gateway: {{id: gw}}\ndevices:\n  - name: mast\n    description: {description}\n    type: sim\n    values: [{{name: t, counter: {{}}}}]\n"
+        )
+    };
+    // A 300 kB description makes a metadata message larger than the 128 KiB default.
+    refused(
+        &device(&"x".repeat(300_000)),
+        &["devices[0]", "does not fit `mqtt.max_message`"],
+    );
+    refused(
+        "gateway: {id: gw}\nmqtt: {compression: zstd}\n",
+        &["mqtt.compression", "`encoding: cbor` only"],
+    );
+    refused(
+        "gateway: {id: gw}\nmqtt: {encoding: cbor, max_message: 512MB}\n",
+        &["mqtt.max_message", "256 MiB"],
+    );
+    refused(
+        "gateway: {id: gw}\nmqtt: {max_message: 4KiB, batch: {max_bytes: 8KiB}}\n",
+        &["mqtt.batch.max_bytes"],
+    );
+    refused(
+        "gateway: {id: gw}\ndevices:\n  - {name: batch, type: sim, values: [{name: t, counter: {}}]}\n",
+        &["devices[0].name", "gateway-level topic"],
+    );
+    let (ok, stderr) = check(&device("a pump"));
+    assert!(ok, "{stderr}");
+}

@@ -112,6 +112,7 @@ pub async fn status(_: Authorized, State(state): State<AppState>) -> Json<serde_
             "connected": uplink.connected,
             "since": rfc3339(uplink.since),
             "last_error": uplink.last_error,
+            "ignored_commands": uplink.ignored_commands,
         },
         "backlog": {
             "readings": stats.backlog,

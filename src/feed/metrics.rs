@@ -82,13 +82,20 @@ pub async fn metrics(_: Authorized, State(state): State<AppState>) -> impl IntoR
         "Readings dropped by the retention policy, by reason.",
         &dropped,
     );
-    let uplink = state.uplink.borrow().connected;
+    let uplink = state.uplink.borrow().clone();
     family(
         &mut out,
         "cairn_uplink_connected",
         "gauge",
         "1 while the MQTT broker has accepted the connection.",
-        &one(f64::from(u8::from(uplink))),
+        &one(f64::from(u8::from(uplink.connected))),
+    );
+    family(
+        &mut out,
+        "cairn_commands_ignored_total",
+        "counter",
+        "MQTT command messages ignored: retained, or larger than a command may be.",
+        &one(uplink.ignored_commands as f64),
     );
 
     let views = state.hub.devices();
