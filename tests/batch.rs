@@ -39,7 +39,13 @@ fn batches_lose_nothing_through_broker_restarts_and_kills() {
     let mut broker = Broker::start();
     let sub = Subscriber::start(&broker, "cairn/test/#");
     // Five devices at 60 readings/s each, 1,200 each per run.
-    let mut cairn = Cairn::start(&site_config(broker.port, ZSTD_GATEWAY, true, 60.0, 1200));
+    let mut cairn = Cairn::start(&site_config(
+        broker.port,
+        ZSTD_GATEWAY,
+        true,
+        "rate: 60",
+        1200,
+    ));
     let batches = |r: &support::Received| {
         r.messages
             .iter()
@@ -141,7 +147,7 @@ fn json_stays_the_contract_and_costs_more_than_batches_at_the_proxy() {
         let sub = Subscriber::start(&broker, "cairn/test/#");
         broker.stop();
         let proxy = Proxy::start(port);
-        let cairn = Cairn::start(&site_config(proxy.port, mqtt, decimals, 400.0, 400));
+        let cairn = Cairn::start(&site_config(proxy.port, mqtt, decimals, "rate: 400", 400));
         cairn.wait_stats("2,000 readings buffered", |s| s["backlog"] == 2000);
         broker.restart();
         let readings = {
@@ -184,7 +190,7 @@ fn a_batch_too_large_for_max_message_is_split() {
     let sub = Subscriber::start(&broker, "cairn/test/#");
     // 1,000 readings per batch allowed, but no message above 2 KiB: batches must split.
     let mqtt = "  encoding: cbor\n  max_message: 2KiB\n  batch: {max_readings: 1000, max_bytes: 2KiB, linger: 2s, group: gateway}\n";
-    let cairn = Cairn::start(&site_config(broker.port, mqtt, false, 200.0, 200));
+    let cairn = Cairn::start(&site_config(broker.port, mqtt, false, "rate: 200", 200));
     let (_, duplicates) = expect_all(&sub, 1000);
     assert_eq!(duplicates, 0);
     // A PUBLISH is its payload, the topic, and at most 9 bytes of headers.

@@ -679,10 +679,11 @@ pub fn sim_config(broker_port: u16, rate: u32, limit: u64, extra_buffer: &str) -
 }
 
 /// The typical site of the link issues: five devices with two to six values each (temperatures,
-/// a pump, a pulse counter, a text mode, a power meter), each at `rate` readings/s up to
-/// `limit` readings, seeded. With `decimals`, values are rounded to what such sensors resolve;
-/// without, floats keep the noise's full precision. `mqtt` is extra lines of the mqtt section.
-pub fn site_config(broker_port: u16, mqtt: &str, decimals: bool, rate: f64, limit: u64) -> String {
+/// a pump, a pulse counter, a text mode, a power meter), each paced by `pace` (`rate: 400` or
+/// `interval: 1s`) up to `limit` readings, seeded. With `decimals`, values are rounded to what
+/// such sensors resolve; without, floats keep the noise's full precision. `mqtt` is extra
+/// lines of the mqtt section.
+pub fn site_config(broker_port: u16, mqtt: &str, decimals: bool, pace: &str, limit: u64) -> String {
     let d = |places: u8| {
         if decimals {
             format!(", decimals: {places}")
@@ -693,7 +694,7 @@ pub fn site_config(broker_port: u16, mqtt: &str, decimals: bool, rate: f64, limi
     let device = |name: &str, seed: u64, values: &[String]| {
         let values: String = values.iter().map(|v| format!("      - {v}\n")).collect();
         format!(
-            "  - name: {name}\n    type: sim\n    rate: {rate}\n    limit: {limit}\n    seed: {seed}\n    values:\n{values}"
+            "  - name: {name}\n    type: sim\n    {pace}\n    limit: {limit}\n    seed: {seed}\n    values:\n{values}"
         )
     };
     let devices = [
