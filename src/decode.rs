@@ -10,7 +10,7 @@ use crate::uplink::encoding::json::{Values, rfc3339_millis};
 use crate::uplink::encoding::{self, DecodeError};
 
 /// Topics of the MQTT contract that carry no readings.
-const NOT_READINGS: [&str; 4] = ["/status", "/meta", "/set", "/result"];
+const NOT_READINGS: [&str; 5] = ["/status", "/meta", "/set", "/result", "/summary"];
 
 /// Whether `topic` is one of the contract's topics without readings.
 pub fn carries_readings(topic: &str) -> bool {

@@ -80,7 +80,12 @@ fn batches_lose_nothing_through_broker_restarts_and_kills() {
     let weather = readings.iter().find(|r| r["device"] == "weather").unwrap();
     let t = weather["values"]["temperature"].as_f64().unwrap();
     assert_eq!((t * 10.0).round() / 10.0, t, "{t} has one decimal");
-    assert!(readings.iter().all(|r| r["historical"] == false));
+    // What the killed run left in the outbox is history to the next run, flagged so.
+    let historical = readings.iter().filter(|r| r["historical"] == true).count();
+    assert!(
+        historical > 0 && historical < readings.len(),
+        "{historical} historical"
+    );
 }
 
 #[test]

@@ -48,7 +48,8 @@ async fn a_client_gets_a_snapshot_then_every_reading_with_the_mqtt_fields() {
     // The same fields as the MQTT payload, plus the device name.
     let last_seq = readings.last().unwrap()["seq"].as_i64().unwrap();
     assert!(sub.wait_until(PATIENCE, |r| r.data().any(|(_, v)| v["seq"] == last_seq)));
-    let published: Vec<serde_json::Value> = sub.with(|r| r.data().map(|(_, v)| v).collect());
+    let published: Vec<serde_json::Value> =
+        sub.with(|r| r.data().map(|(_, v)| v.clone()).collect());
     for reading in &readings {
         let mqtt = published
             .iter()

@@ -249,7 +249,7 @@ fn writes_over_mqtt_reach_the_device_and_are_answered() {
     assert_eq!(later["value"], 5);
     broker.stop();
     broker.restart();
-    cairn.wait_log("Retained command ignored");
+    cairn.wait_log("Command ignored: commands are at most 4 KiB and never retained");
     let polled = sub.values_of("meter").len();
     assert!(sub.wait_until(PATIENCE, |r| {
         r.data().filter(|(t, _)| *t == "cairn/test/meter").count() > polled

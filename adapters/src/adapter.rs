@@ -48,6 +48,8 @@ pub struct DeviceCounters {
     readings: AtomicU64,
     requests: AtomicU64,
     restarts: AtomicU64,
+    suppressed_readings: AtomicU64,
+    suppressed_values: AtomicU64,
     errors: Mutex<BTreeMap<&'static str, u64>>,
 }
 
@@ -75,6 +77,23 @@ impl DeviceCounters {
     /// Counts one restart.
     pub fn count_restart(&self) {
         self.restarts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts values that report-by-exception withheld from a reading, and whether the whole
+    /// reading was withheld.
+    pub fn count_suppressed(&self, values: u64, whole_reading: bool) {
+        self.suppressed_values.fetch_add(values, Ordering::Relaxed);
+        if whole_reading {
+            self.suppressed_readings.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// (readings, values) that report-by-exception withheld.
+    pub fn suppressed(&self) -> (u64, u64) {
+        (
+            self.suppressed_readings.load(Ordering::Relaxed),
+            self.suppressed_values.load(Ordering::Relaxed),
+        )
     }
 
     /// Counts one device-level error of `kind` (bad checksum, parse failure, timeout...).

@@ -77,8 +77,8 @@ pub enum AdapterConfig {
     Lora(Box<LoraConfig>),
 }
 
-/// A value a device produces, as announced in its metadata.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A value a device produces, as announced in its metadata, with how it is reported.
+#[derive(Debug, Clone, PartialEq)]
 pub struct ValueInfo {
     /// The value's name in readings.
     pub name: String,
@@ -88,6 +88,10 @@ pub struct ValueInfo {
     pub writable: bool,
     /// Decimal places it is rounded to, when the config or its scaling bounds them.
     pub decimals: Option<u8>,
+    /// Report by exception, when configured.
+    pub report: Option<crate::report::ReportConfig>,
+    /// How urgently it travels.
+    pub priority: crate::report::Priority,
 }
 
 impl AdapterConfig {

@@ -9,6 +9,7 @@ use serde::Deserialize;
 use crate::config::ValueInfo;
 use crate::decimal;
 use crate::reading::Value;
+use crate::report::{Priority, ReportConfig};
 use crate::uart::{Endian, FieldType};
 
 /// One configured value: which field it comes from, how to scale it, its unit.
@@ -38,6 +39,12 @@ pub struct ValueSpec {
     /// the rounded value). An integer field with `scale` or `offset` gets the places they give
     /// it by default.
     pub decimals: Option<u8>,
+    /// Report by exception: a deadband, `min_interval`, `max_interval` (default: every
+    /// reading).
+    pub report: Option<ReportConfig>,
+    /// `alarm`: goes before everything else, and retention drops it last (default `normal`).
+    #[serde(default)]
+    pub priority: Priority,
 }
 
 impl ValueSpec {
@@ -53,6 +60,8 @@ impl ValueSpec {
             scale: None,
             offset: None,
             decimals: None,
+            report: None,
+            priority: Priority::Normal,
         }
     }
 
@@ -79,6 +88,8 @@ impl ValueSpec {
             decimals: self.decimals.or_else(|| {
                 (scaled && integer).then(|| decimal::scaled_places(self.scale, self.offset))
             }),
+            report: self.report.clone(),
+            priority: self.priority,
         }
     }
 }
@@ -134,6 +145,11 @@ pub fn problems(
                 &format!("values[{i}].name"),
                 format!("`{}` appears twice", spec.name),
             );
+        }
+        if let Some(report) = &spec.report {
+            report.problems(&format!("values[{i}].report"), &mut |path, message| {
+                push(&path, message)
+            });
         }
         if !layout {
             continue;

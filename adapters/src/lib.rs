@@ -14,6 +14,7 @@ pub mod lora;
 pub mod modbus;
 pub mod profiles;
 pub mod reading;
+pub mod report;
 pub mod serial;
 pub mod sim;
 pub mod state;
@@ -23,4 +24,5 @@ pub use adapter::{Adapter, AdapterContext, AdapterError, DeviceCounters, DeviceS
 pub use command::{Command, CommandResult};
 pub use config::{AdapterConfig, AdapterKind, ValueInfo};
 pub use reading::{Reading, Value};
+pub use report::{Priority, ReportConfig};
 pub use state::{MemoryState, StateStore};

@@ -58,6 +58,8 @@ pub struct Reading {
     /// RSSI and SNR) travels as values too, so that it is stored, published and charted like
     /// any measurement.
     pub values: Vec<(Arc<str>, Value)>,
+    /// How urgently it travels; the gateway's pipeline sets it from the config.
+    pub priority: crate::report::Priority,
 }
 
 impl Reading {
@@ -67,6 +69,7 @@ impl Reading {
             device,
             ts: SystemTime::now(),
             values,
+            priority: Default::default(),
         }
     }
 }

@@ -11,6 +11,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use crate::adapter::{Adapter, AdapterContext, AdapterError, DeviceStatus};
 use crate::config::ValueInfo;
 use crate::reading::{Reading, Value};
+use crate::report::{Priority, ReportConfig};
 
 /// Below this period the adapter wakes every `MIN_TICK` and emits the readings that fell due,
 /// because tokio timers cannot fire 100,000 times a second.
@@ -52,8 +53,16 @@ pub struct SimValue {
     pub toggle: Option<Toggle>,
     /// Text states that follow each other (operating modes).
     pub cycle: Option<Cycle>,
+    /// A number that steps between two levels (a load switched on and off).
+    pub square: Option<Square>,
     /// Round to this many decimal places, as a real sensor resolves.
     pub decimals: Option<u8>,
+    /// Report by exception: a deadband, `min_interval`, `max_interval` (default: every
+    /// reading).
+    pub report: Option<ReportConfig>,
+    /// `alarm`: goes before everything else, and retention drops it last (default `normal`).
+    #[serde(default)]
+    pub priority: Priority,
 }
 
 /// `mean + amplitude * sin(2 pi t / period) + noise`, with t the wall clock.
@@ -111,6 +120,21 @@ pub struct Toggle {
     pub period: Duration,
 }
 
+/// `high` for the first half of each period, `low` for the second.
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Square {
+    /// The level of the second half.
+    #[serde(default)]
+    pub low: f64,
+    /// The level of the first half.
+    pub high: f64,
+    /// Length of one full cycle.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub period: Duration,
+}
+
 /// Each state in turn, each held for `every`.
 #[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -143,6 +167,7 @@ impl SimValue {
             self.counter.is_some(),
             self.toggle.is_some(),
             self.cycle.is_some(),
+            self.square.is_some(),
         ]
         .into_iter()
         .filter(|set| *set)
@@ -191,7 +216,7 @@ impl SimConfig {
                 problems.push((
                     format!("values[{i}]"),
                     format!(
-                        "`{}` needs exactly one of sine, random_walk, counter, toggle, cycle",
+                        "`{}` needs exactly one of sine, random_walk, counter, toggle, cycle, square",
                         value.name
                     ),
                 ));
@@ -214,6 +239,16 @@ impl SimConfig {
             {
                 problems.push((at("toggle.period"), "must be longer than zero".into()));
             }
+            if let Some(s) = &value.square
+                && s.period.is_zero()
+            {
+                problems.push((at("square.period"), "must be longer than zero".into()));
+            }
+            if let Some(report) = &value.report {
+                report.problems(&at("report"), &mut |path, message| {
+                    problems.push((path, message))
+                });
+            }
             if let Some(c) = &value.cycle {
                 if c.states.is_empty() {
                     problems.push((at("cycle.states"), "needs at least one state".into()));
@@ -234,6 +269,8 @@ impl SimConfig {
                 unit: v.unit.clone(),
                 writable: false,
                 decimals: v.decimals,
+                report: v.report.clone(),
+                priority: v.priority,
             })
             .collect()
     }
@@ -292,6 +329,9 @@ impl SimAdapter {
                 Value::Int(c.start.wrapping_add(c.step.wrapping_mul(n as i64)))
             } else if let Some(tg) = &spec.toggle {
                 Value::Bool((t % tg.period.as_secs_f64()) < tg.period.as_secs_f64() / 2.0)
+            } else if let Some(s) = &spec.square {
+                let first_half = (t % s.period.as_secs_f64()) < s.period.as_secs_f64() / 2.0;
+                Value::Float(if first_half { s.high } else { s.low })
             } else if let Some(c) = &spec.cycle {
                 let index = (t / c.every.as_secs_f64()) as usize % c.states.len().max(1);
                 Value::Text(c.states.get(index).cloned().unwrap_or_default())
@@ -305,6 +345,7 @@ impl SimAdapter {
             device: device.clone(),
             ts,
             values,
+            priority: Default::default(),
         }
     }
 
@@ -376,7 +417,10 @@ mod tests {
             counter: None,
             toggle: None,
             cycle: None,
+            square: None,
             decimals: None,
+            report: None,
+            priority: Priority::Normal,
         }
     }
 

@@ -3,7 +3,7 @@
 use std::fmt;
 
 use cairn_adapters::config::{CommonKeys, deserialize_device};
-use cairn_adapters::{AdapterConfig, AdapterKind};
+use cairn_adapters::{AdapterConfig, AdapterKind, Priority, ReportConfig, ValueInfo};
 use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
@@ -14,8 +14,30 @@ pub struct DeviceConfig {
     pub name: String,
     /// Free text for people (published in the device's metadata).
     pub description: Option<String>,
+    /// `alarm`: every reading of the device goes before everything else (default `normal`).
+    pub priority: Priority,
+    /// Report by exception for every value that has no `report` of its own.
+    pub report: Option<ReportConfig>,
     /// The adapter settings.
     pub adapter: AdapterConfig,
+}
+
+impl DeviceConfig {
+    /// The device's values with its own `priority` and `report` applied: a value's own
+    /// `report` wins, and the higher priority of the value and the device counts.
+    pub fn values(&self) -> Vec<ValueInfo> {
+        self.adapter
+            .values()
+            .into_iter()
+            .map(|mut value| {
+                value.priority = value.priority.max(self.priority);
+                if value.report.is_none() {
+                    value.report = self.report.clone();
+                }
+                value
+            })
+            .collect()
+    }
 }
 
 /// One schema per adapter type: the adapter's settings plus `name`, `description` and `type`,
@@ -43,6 +65,8 @@ impl schemars::JsonSchema for DeviceConfig {
                         "type": "string",
                         "description": "Free text for people (published in the device's metadata)."
                     }));
+                    properties.insert("priority".into(), generator.subschema_for::<Priority>().to_value());
+                    properties.insert("report".into(), generator.subschema_for::<ReportConfig>().to_value());
                     properties.insert("type".into(), serde_json::json!({
                         "const": kind.as_str(),
                         "description": "The adapter; it must come before the adapter's own settings."
@@ -69,6 +93,8 @@ impl schemars::JsonSchema for DeviceConfig {
 struct Common {
     name: Option<String>,
     description: Option<String>,
+    priority: Option<Priority>,
+    report: Option<ReportConfig>,
 }
 
 impl CommonKeys for Common {
@@ -76,6 +102,8 @@ impl CommonKeys for Common {
         match key {
             "name" => self.name = Some(map.next_value()?),
             "description" => self.description = Some(map.next_value()?),
+            "priority" => self.priority = Some(map.next_value()?),
+            "report" => self.report = Some(map.next_value()?),
             _ => return Ok(false),
         }
         Ok(true)
@@ -102,6 +130,8 @@ impl<'de> Deserialize<'de> for DeviceConfig {
                 Ok(DeviceConfig {
                     name,
                     description: common.description,
+                    priority: common.priority.unwrap_or_default(),
+                    report: common.report,
                     adapter,
                 })
             }

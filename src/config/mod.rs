@@ -105,9 +105,17 @@ pub struct MqttConfig {
     /// Compression of `cbor` batches: `none` (default), `zstd`, or `deflate` (zlib).
     #[serde(default = "default_compression")]
     pub compression: Compression,
-    /// How `cbor` batches are filled.
+    /// How `cbor` batches are filled (the live lane's; see `lanes` for the backlog's).
     #[serde(default)]
     pub batch: BatchConfig,
+    /// Live readings first, the backlog paced behind them.
+    #[serde(default)]
+    pub lanes: LanesConfig,
+    /// Most bytes published and not yet acknowledged, so that a slow link never holds more
+    /// than it can carry in a few seconds ahead of a live reading (default 1 MiB).
+    #[serde(default = "default_inflight_bytes")]
+    #[schemars(schema_with = "size_schema")]
+    pub max_inflight_bytes: ByteSize,
     /// The largest PUBLISH packet Cairn sends (topic and headers included); batches split to
     /// fit, and a reading that cannot fit is dropped and counted. Default 128 KiB, which
     /// every common broker accepts (AWS IoT Core's limit).
@@ -168,6 +176,57 @@ pub struct BatchConfig {
     pub group: Grouping,
 }
 
+/// `mqtt.lanes:` — how the live lane and the backlog share the link.
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LanesConfig {
+    /// A reading committed less than this long ago is live; older unsent ones are backlog,
+    /// sent behind the live ones and marked as history (default 1m).
+    #[serde(default = "default_live_age", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub live_age: Duration,
+    /// Bytes per second the backlog still gets while live readings wait (default 1 KiB); with
+    /// no live reading waiting, it takes the whole link.
+    #[serde(default = "default_backlog_rate")]
+    #[schemars(schema_with = "size_schema")]
+    pub backlog_rate: ByteSize,
+    /// Readings per backlog message (`cbor`; default 1000).
+    #[serde(default = "default_backlog_readings")]
+    pub backlog_readings: usize,
+    /// How often a summary of the lanes goes upstream, retained, on `<prefix>/<gateway>/summary`
+    /// (default 15m; `0s`: never).
+    #[serde(default = "default_summary_every", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub summary_every: Duration,
+}
+
+impl Default for LanesConfig {
+    fn default() -> Self {
+        Self {
+            live_age: default_live_age(),
+            backlog_rate: default_backlog_rate(),
+            backlog_readings: default_backlog_readings(),
+            summary_every: default_summary_every(),
+        }
+    }
+}
+
+fn default_live_age() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_backlog_rate() -> ByteSize {
+    ByteSize::kib(1)
+}
+fn default_backlog_readings() -> usize {
+    1000
+}
+fn default_summary_every() -> Duration {
+    Duration::from_secs(15 * 60)
+}
+fn default_inflight_bytes() -> ByteSize {
+    ByteSize::mib(1)
+}
+
 impl Default for BatchConfig {
     fn default() -> Self {
         Self {
@@ -208,7 +267,7 @@ const MAX_MESSAGE: u64 = 268_435_455;
 
 /// Device names that are gateway-level topics (`<prefix>/<gateway>/status` and the
 /// gateway-wide batches), and so cannot be a device's topic level.
-pub const RESERVED_NAMES: [&str; 2] = ["status", "batch"];
+pub const RESERVED_NAMES: [&str; 3] = ["status", "batch", "summary"];
 
 /// `mqtt.tls:` — rustls settings.
 #[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
@@ -425,6 +484,8 @@ impl Default for MqttConfig {
             encoding: default_encoding(),
             compression: default_compression(),
             batch: BatchConfig::default(),
+            lanes: LanesConfig::default(),
+            max_inflight_bytes: default_inflight_bytes(),
             max_message: default_max_message(),
         }
     }
@@ -625,8 +686,17 @@ impl Config {
                 ),
             );
         }
-        if mqtt.batch.max_readings == 0 {
-            push("mqtt.batch.max_readings", "must be at least 1".into());
+        if mqtt.batch.max_readings == 0 || mqtt.lanes.backlog_readings == 0 {
+            push(
+                "mqtt.batch.max_readings",
+                "`batch.max_readings` and `lanes.backlog_readings` must be at least 1".into(),
+            );
+        }
+        if mqtt.max_inflight_bytes.as_u64() < 256 {
+            push(
+                "mqtt.max_inflight_bytes",
+                "must be at least 256 bytes".into(),
+            );
         }
         if mqtt.batch.max_bytes.as_u64() < 256 || mqtt.batch.max_bytes.as_u64() > max_message {
             push(
@@ -710,6 +780,11 @@ impl Config {
             }
             for (path, message) in d.adapter.problems() {
                 problems.push(Problem::new(at, format!("devices[{i}].{path}"), message));
+            }
+            if let Some(report) = &d.report {
+                report.problems(&format!("devices[{i}].report"), &mut |path, message| {
+                    problems.push(Problem::new(at, path, message))
+                });
             }
             for value in d.adapter.values().iter().filter(|v| v.writable) {
                 if !is_topic_level(&value.name) {

@@ -113,7 +113,7 @@ impl History {
                 sqlx::query("INSERT INTO history (device, ts_ms, payload) VALUES (?, ?, ?)")
                     .bind(&*record.device)
                     .bind(record.ts_ms)
-                    .bind(json::reading(record))
+                    .bind(json::reading(record, false))
                     .execute(&mut *tx)
                     .await?;
             }
@@ -182,6 +182,7 @@ mod tests {
 
     fn reading(ts_ms: i64, value: f64) -> LiveEvent {
         LiveEvent::Reading(Arc::new(Record {
+            priority: Default::default(),
             seq: 1,
             device: Arc::from("tank"),
             ts_ms,

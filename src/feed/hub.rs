@@ -383,7 +383,7 @@ fn reading_head(seq: u64, device: &str) -> String {
 
 /// A reading message: the `json` encoding's object with the feed's fields in front.
 fn reading_text(seq: u64, record: &Record) -> Utf8Bytes {
-    let body = json::reading(record);
+    let body = json::reading(record, false);
     let body = String::from_utf8_lossy(body.get(1..).unwrap_or_default());
     Utf8Bytes::from(reading_head(seq, &record.device) + &body)
 }
@@ -431,6 +431,7 @@ mod tests {
         let values: serde_json::Map<String, serde_json::Value> =
             serde_json::from_str(values).unwrap();
         LiveEvent::Reading(Arc::new(Record {
+            priority: Default::default(),
             seq,
             device: Arc::from(device),
             ts_ms: 1_795_600_800_000,

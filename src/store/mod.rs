@@ -21,8 +21,9 @@ use sqlx::sqlite::{
 };
 use sqlx::{Connection, Row, SqliteConnection};
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 
-use cairn_adapters::Value;
+use cairn_adapters::{Priority, Value};
 
 use crate::config::{BufferConfig, Synchronous};
 pub use state::DeviceState;
@@ -39,6 +40,8 @@ pub struct Record {
     pub ts_ms: i64,
     /// Its values, typed, in the adapter's order.
     pub values: Vec<(Arc<str>, Value)>,
+    /// How urgently it travels.
+    pub priority: Priority,
 }
 
 /// Why readings left the outbox without being delivered.
@@ -135,6 +138,7 @@ pub enum StoreError {
 pub struct StoreReader {
     pool: SqlitePool,
     committed: watch::Receiver<i64>,
+    timeline: Timeline,
     stats: watch::Receiver<Stats>,
     pulse: Pulse,
 }
@@ -165,6 +169,60 @@ pub(crate) enum Done {
     Delivered(Vec<i64>),
     /// They can never be delivered, for this reason.
     Undeliverable(Vec<i64>, DropReason),
+}
+
+/// When the readings of this run were committed, so that the uplink can tell the newest (its
+/// live lane) from the backlog by a clock that cannot jump. One entry per 100 ms at most, over
+/// the last hour.
+#[derive(Debug, Clone)]
+pub(crate) struct Timeline(Arc<std::sync::Mutex<TimelineInner>>);
+
+#[derive(Debug)]
+struct TimelineInner {
+    /// The last seq committed before the oldest entry (or before this run).
+    floor: i64,
+    commits: std::collections::VecDeque<(Instant, i64)>,
+}
+
+/// How far back the timeline reaches, and how finely.
+const TIMELINE_SPAN: Duration = Duration::from_secs(3600);
+const TIMELINE_STEP: Duration = Duration::from_millis(100);
+
+impl Timeline {
+    fn new(floor: i64) -> Self {
+        Self(Arc::new(std::sync::Mutex::new(TimelineInner {
+            floor,
+            commits: Default::default(),
+        })))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, TimelineInner> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Readings up to `seq` were committed just now.
+    fn committed(&self, seq: i64) {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        match inner.commits.back_mut() {
+            // Coalesced entries take the later instant: rows may seem younger, never older.
+            Some(last) if now - last.0 < TIMELINE_STEP => *last = (now, seq),
+            _ => inner.commits.push_back((now, seq)),
+        }
+        while let Some(&(at, seq)) = inner.commits.front() {
+            if now - at < TIMELINE_SPAN {
+                break;
+            }
+            inner.floor = seq;
+            inner.commits.pop_front();
+        }
+    }
+
+    fn committed_at(&self, at: Instant) -> i64 {
+        let inner = self.lock();
+        let i = inner.commits.partition_point(|(t, _)| *t <= at);
+        i.checked_sub(1).map_or(inner.floor, |i| inner.commits[i].1)
+    }
 }
 
 /// The uplink's handle to delete acknowledged readings.
@@ -231,6 +289,7 @@ pub async fn open(
         .map_err(db_err)?;
     let stats = Stats::from(&state);
     let (committed_tx, committed) = watch::channel(state.next_seq - 1);
+    let timeline = Timeline::new(state.next_seq - 1);
     let (stats_tx, stats_rx) = watch::channel(stats);
     let (ack_tx, ack_rx) = mpsc::unbounded_channel();
     let writer = Writer::new(
@@ -238,7 +297,7 @@ pub async fn open(
         conn,
         config,
         state,
-        committed_tx,
+        (committed_tx, timeline.clone()),
         stats_tx,
         ack_rx,
     );
@@ -247,6 +306,7 @@ pub async fn open(
         StoreReader {
             pool,
             committed,
+            timeline,
             stats: stats_rx,
             pulse,
         },
@@ -261,15 +321,29 @@ impl StoreReader {
         self.pulse.age()
     }
 
-    /// Up to `limit` unsent rows with `seq > after`, oldest first.
-    pub async fn unsent(&self, after: i64, limit: usize) -> Result<Unsent, sqlx::Error> {
-        let rows = sqlx::query(
-            "SELECT seq, device, ts_ms, payload FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
-        )
-        .bind(after)
-        .bind(limit as i64)
-        .fetch_all(&self.pool)
-        .await?;
+    /// Up to `limit` unsent rows of `priority` with `after < seq <= upto`, oldest first.
+    pub async fn unsent(
+        &self,
+        priority: Priority,
+        after: i64,
+        upto: i64,
+        limit: usize,
+    ) -> Result<Unsent, sqlx::Error> {
+        // Written out per priority so that alarms are found through their partial index.
+        let sql = match priority {
+            Priority::Normal => {
+                "SELECT seq, device, ts_ms, payload FROM outbox WHERE seq > ? AND seq <= ? AND priority = 0 ORDER BY seq LIMIT ?"
+            }
+            Priority::Alarm => {
+                "SELECT seq, device, ts_ms, payload FROM outbox WHERE seq > ? AND seq <= ? AND priority > 0 ORDER BY seq LIMIT ?"
+            }
+        };
+        let rows = sqlx::query(sql)
+            .bind(after)
+            .bind(upto)
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await?;
         let mut names = row::Names::default();
         let mut devices: BTreeMap<String, Arc<str>> = BTreeMap::new();
         let mut unsent = Unsent::default();
@@ -292,6 +366,7 @@ impl StoreReader {
                         device,
                         ts_ms: r.try_get(2)?,
                         values,
+                        priority,
                     });
                 }
                 Err(e) => {
@@ -301,6 +376,44 @@ impl StoreReader {
             }
         }
         Ok(unsent)
+    }
+
+    /// The last `seq` committed at or before `at` (within the last hour of this run; before
+    /// that, or before the run, the last `seq` the outbox held when it opened).
+    pub fn committed_at(&self, at: Instant) -> i64 {
+        self.timeline.committed_at(at)
+    }
+
+    /// Unsent readings of `priority` with `seq > after`: how many, their size as counted
+    /// against `max_bytes`, and when the oldest was taken.
+    pub async fn count_after(
+        &self,
+        priority: Priority,
+        after: i64,
+    ) -> Result<(u64, u64, Option<i64>), sqlx::Error> {
+        let sql = match priority {
+            Priority::Normal => {
+                "SELECT COUNT(*), COALESCE(SUM(LENGTH(device) + LENGTH(payload)), 0), MIN(ts_ms) FROM outbox WHERE seq > ? AND priority = 0"
+            }
+            Priority::Alarm => {
+                "SELECT COUNT(*), COALESCE(SUM(LENGTH(device) + LENGTH(payload)), 0), MIN(ts_ms) FROM outbox WHERE seq > ? AND priority > 0"
+            }
+        };
+        let row = sqlx::query(sql).bind(after).fetch_one(&self.pool).await?;
+        let rows: i64 = row.try_get(0)?;
+        let content: i64 = row.try_get(1)?;
+        Ok((
+            rows as u64,
+            content as u64 + rows as u64 * ROW_OVERHEAD,
+            row.try_get(2)?,
+        ))
+    }
+
+    /// When the oldest unsent reading of normal priority was taken, if there is one.
+    pub async fn oldest_normal_ms(&self) -> Result<Option<i64>, sqlx::Error> {
+        sqlx::query_scalar("SELECT ts_ms FROM outbox WHERE priority = 0 ORDER BY seq LIMIT 1")
+            .fetch_optional(&self.pool)
+            .await
     }
 
     /// The timestamp of the oldest unsent reading, if any.

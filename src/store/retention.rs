@@ -45,17 +45,33 @@ pub async fn delete(conn: &mut SqliteConnection, seqs: &[i64]) -> Result<(u64, u
     Ok(total)
 }
 
-/// Deletes the oldest rows until at least `excess` bytes are freed.
+/// Deletes the oldest rows until at least `excess` bytes are freed: rows of the first of
+/// `priorities` first, then of the next.
 pub async fn drop_oldest(
     conn: &mut SqliteConnection,
     excess: u64,
+    priorities: &[i64],
+) -> Result<(u64, u64), sqlx::Error> {
+    let mut total = (0, 0);
+    for &priority in priorities {
+        let freed = drop_oldest_of(conn, excess.saturating_sub(total.1), priority).await?;
+        total = (total.0 + freed.0, total.1 + freed.1);
+    }
+    Ok(total)
+}
+
+async fn drop_oldest_of(
+    conn: &mut SqliteConnection,
+    excess: u64,
+    priority: i64,
 ) -> Result<(u64, u64), sqlx::Error> {
     let mut total = (0, 0);
     while total.1 < excess {
         // Find the cut-off first so that exactly the oldest rows go, then delete them in one go.
         let sizes: Vec<(i64, i64)> = sqlx::query_as(
-            "SELECT seq, LENGTH(device) + LENGTH(payload) FROM outbox ORDER BY seq LIMIT ?",
+            "SELECT seq, LENGTH(device) + LENGTH(payload) FROM outbox WHERE priority = ? ORDER BY seq LIMIT ?",
         )
+        .bind(priority)
         .bind(STEP)
         .fetch_all(&mut *conn)
         .await?;
@@ -72,9 +88,10 @@ pub async fn drop_oldest(
             }
         }
         let query = sqlx::query(
-            "DELETE FROM outbox WHERE seq <= ? RETURNING LENGTH(device) + LENGTH(payload)",
+            "DELETE FROM outbox WHERE seq <= ? AND priority = ? RETURNING LENGTH(device) + LENGTH(payload)",
         )
-        .bind(cutoff);
+        .bind(cutoff)
+        .bind(priority);
         let (rows, bytes) = sum_freed(conn, query).await?;
         total = (total.0 + rows, total.1 + bytes);
     }

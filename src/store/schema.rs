@@ -70,9 +70,18 @@ pub async fn migrate(conn: &mut SqliteConnection) -> Result<State, sqlx::Error> 
         // Version 3: `payload` holds the reading's typed values (`row.rs`), not an MQTT
         // payload. Older rows keep their JSON and are read as they are: nothing is rewritten,
         // so an upgrade costs no time and no disk space, and cannot fail halfway.
-        sqlx::raw_sql("PRAGMA user_version = 3;")
-            .execute(&mut *conn)
-            .await?;
+        // Alarm readings (`priority` 1) go first and are dropped last; the partial index finds
+        // the few of them without scanning the backlog. A column with a constant default is
+        // added without rewriting a row.
+        sqlx::raw_sql(
+            "BEGIN;
+             ALTER TABLE outbox ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+             CREATE INDEX outbox_alarms ON outbox (seq) WHERE priority > 0;
+             PRAGMA user_version = 3;
+             COMMIT;",
+        )
+        .execute(&mut *conn)
+        .await?;
     }
     load_state(conn).await
 }

@@ -14,6 +14,7 @@ use crate::live::LiveBus;
 
 fn reading(device: &str, n: i64) -> Reading {
     Reading {
+        priority: Default::default(),
         device: Arc::from(device),
         ts: SystemTime::now(),
         values: vec![(Arc::from("n"), Value::Int(n))],
@@ -61,7 +62,7 @@ impl Running {
 
     async fn all_unsent(&self) -> Vec<Record> {
         self.reader
-            .unsent(0, usize::MAX >> 1)
+            .unsent(Priority::Normal, 0, i64::MAX, usize::MAX >> 1)
             .await
             .unwrap()
             .records

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use cairn_adapters::Reading;
+use cairn_adapters::{Priority, Reading};
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{Connection, QueryBuilder, SqliteConnection};
 use tokio::sync::{mpsc, watch};
@@ -15,7 +15,9 @@ use tracing::{debug, error, info, warn};
 
 use super::retention::{self, CHUNK};
 use super::schema::{State, drop_key};
-use super::{Done, DropReason, Pulse, Record, Stats, StoreError, connect_options, row, row_bytes};
+use super::{
+    Done, DropReason, Pulse, Record, Stats, StoreError, Timeline, connect_options, row, row_bytes,
+};
 use crate::backoff::Backoff;
 use crate::config::{BufferConfig, WhenFull};
 use crate::live::{LiveBus, LiveEvent};
@@ -38,6 +40,7 @@ pub struct Writer {
     state: State,
     stats: Stats,
     committed: watch::Sender<i64>,
+    timeline: Timeline,
     stats_tx: watch::Sender<Stats>,
     acks: mpsc::UnboundedReceiver<Done>,
     pulse: Pulse,
@@ -77,7 +80,7 @@ impl Writer {
         conn: SqliteConnection,
         config: &BufferConfig,
         state: State,
-        committed: watch::Sender<i64>,
+        (committed, timeline): (watch::Sender<i64>, Timeline),
         stats_tx: watch::Sender<Stats>,
         acks: mpsc::UnboundedReceiver<Done>,
     ) -> Self {
@@ -94,6 +97,7 @@ impl Writer {
             state,
             stats,
             committed,
+            timeline,
             stats_tx,
             acks,
             pulse: Pulse::new(),
@@ -274,7 +278,11 @@ impl Writer {
         for reading in &batch.readings {
             let payload = row::encode(&reading.values);
             let size = row_bytes(&reading.device, payload.len());
-            if self.when_full == WhenFull::DropNewest && state.bytes + size > self.max_bytes {
+            // An alarm is never refused: older readings of normal priority make room for it.
+            if self.when_full == WhenFull::DropNewest
+                && reading.priority == Priority::Normal
+                && state.bytes + size > self.max_bytes
+            {
                 refused += 1;
                 continue;
             }
@@ -283,6 +291,7 @@ impl Writer {
                 device: reading.device.clone(),
                 ts_ms: unix_millis(reading.ts),
                 values: reading.values.clone(),
+                priority: reading.priority,
             }));
             rows.push(payload);
             state.next_seq += 1;
@@ -294,12 +303,14 @@ impl Writer {
             .entry(DropReason::BufferFull)
             .and_modify(|n| *n += refused);
         for (chunk, payloads) in records.chunks(CHUNK).zip(rows.chunks(CHUNK)) {
-            let mut insert = QueryBuilder::new("INSERT INTO outbox (seq, device, ts_ms, payload) ");
+            let mut insert =
+                QueryBuilder::new("INSERT INTO outbox (seq, device, ts_ms, payload, priority) ");
             insert.push_values(chunk.iter().zip(payloads), |mut row, (record, payload)| {
                 row.push_bind(record.seq)
                     .push_bind(&*record.device)
                     .push_bind(record.ts_ms)
-                    .push_bind(&payload[..]);
+                    .push_bind(&payload[..])
+                    .push_bind(i64::from(record.priority == Priority::Alarm));
             });
             insert
                 .build()
@@ -308,9 +319,15 @@ impl Writer {
                 .await?;
         }
 
-        if state.bytes > self.max_bytes && self.when_full == WhenFull::DropOldest {
+        if state.bytes > self.max_bytes {
+            // Alarms go last, and under `drop_newest` only readings of normal priority go (the
+            // outbox is then over its limit by alarms alone).
+            let priorities: &[i64] = match self.when_full {
+                WhenFull::DropOldest => &[0, 1],
+                WhenFull::DropNewest => &[0],
+            };
             let (rows, bytes) =
-                retention::drop_oldest(&mut tx, state.bytes - self.max_bytes).await?;
+                retention::drop_oldest(&mut tx, state.bytes - self.max_bytes, priorities).await?;
             record_drop(&mut state, rows, bytes, DropReason::MaxBytes);
         }
 
@@ -358,6 +375,7 @@ impl Writer {
         self.stats = stats.clone();
         self.stats_tx.send_replace(stats);
         if !records.is_empty() {
+            self.timeline.committed(self.state.next_seq - 1);
             self.committed.send_replace(self.state.next_seq - 1);
         }
         Ok(records)

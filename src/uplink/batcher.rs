@@ -186,6 +186,7 @@ mod tests {
 
     fn record(seq: i64, device: &str) -> Record {
         Record {
+            priority: Default::default(),
             seq,
             device: Arc::from(device),
             ts_ms: seq,

@@ -1,4 +1,5 @@
-//! The in-flight window: which outbox rows each MQTT packet id stands for.
+//! The in-flight window: which outbox rows each MQTT packet id stands for, and how many
+//! messages and bytes travel unacknowledged.
 //!
 //! rumqttc assigns packet ids inside its event loop, so a publish is first *queued* (we know
 //! its rows, not its id); the `Outgoing::Publish(pkid)` event that follows, in the same order,
@@ -6,9 +7,35 @@
 
 use std::collections::{HashMap, VecDeque};
 
-/// The outbox rows a publish carried: a batch, one reading, or none (status, metadata,
-/// command answers).
-pub type Carried = Vec<i64>;
+use super::lanes::Lane;
+
+/// What a publish carried: a batch or a reading of some lane, or nothing of the outbox
+/// (status, metadata, command answers).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Carried {
+    /// The lane its rows came from; `None` for control messages.
+    pub lane: Option<Lane>,
+    /// The outbox rows.
+    pub seqs: Vec<i64>,
+    /// The size of the PUBLISH.
+    pub bytes: usize,
+}
+
+impl Carried {
+    /// A message of `lane` carrying `seqs` in a PUBLISH of `bytes`.
+    pub fn rows(lane: Lane, seqs: Vec<i64>, bytes: usize) -> Self {
+        Self {
+            lane: Some(lane),
+            seqs,
+            bytes,
+        }
+    }
+
+    /// A control message.
+    pub fn control() -> Self {
+        Self::default()
+    }
+}
 
 /// Publishes sent on the current connection and not yet acknowledged.
 #[derive(Debug, Default)]
@@ -17,21 +44,33 @@ pub struct Inflight {
     by_pkid: HashMap<u16, Carried>,
     /// Messages carrying rows, queued or awaiting their ack: what the window counts.
     messages: usize,
+    /// Their bytes.
+    bytes: usize,
 }
 
 impl Inflight {
     /// A publish was handed to the client.
     pub fn queued(&mut self, carried: Carried) {
-        self.messages += usize::from(!carried.is_empty());
+        if carried.lane.is_some() {
+            self.messages += 1;
+            self.bytes += carried.bytes;
+        }
         self.queued.push_back(carried);
     }
 
+    fn done(&mut self, carried: &Carried) {
+        if carried.lane.is_some() {
+            self.messages -= 1;
+            self.bytes -= carried.bytes;
+        }
+    }
+
     /// The event loop wrote the oldest queued publish with `pkid` (0 for QoS 0, which is then
-    /// as delivered as it will ever be). Returns the rows a QoS 0 publish carried.
+    /// as delivered as it will ever be). Returns what a QoS 0 publish carried.
     pub fn written(&mut self, pkid: u16) -> Option<Carried> {
         let carried = self.queued.pop_front()?;
         if pkid == 0 {
-            self.messages -= usize::from(!carried.is_empty());
+            self.done(&carried);
             Some(carried)
         } else {
             self.by_pkid.insert(pkid, carried);
@@ -43,13 +82,18 @@ impl Inflight {
     /// know (a duplicate ack).
     pub fn acked(&mut self, pkid: u16) -> Option<Carried> {
         let carried = self.by_pkid.remove(&pkid)?;
-        self.messages -= usize::from(!carried.is_empty());
+        self.done(&carried);
         Some(carried)
     }
 
     /// Messages carrying rows, queued or awaiting their ack.
     pub fn messages(&self) -> usize {
         self.messages
+    }
+
+    /// Their bytes.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Publishes handed to the client and not yet written by its event loop.
@@ -70,31 +114,31 @@ mod tests {
     #[test]
     fn maps_packet_ids_to_rows_in_order() {
         let mut inflight = Inflight::default();
-        inflight.queued(vec![]);
-        inflight.queued(vec![10, 12]);
-        inflight.queued(vec![11]);
-        assert_eq!(inflight.messages(), 2);
+        inflight.queued(Carried::control());
+        inflight.queued(Carried::rows(Lane::Backlog, vec![10, 12], 300));
+        inflight.queued(Carried::rows(Lane::Live, vec![11], 40));
+        assert_eq!((inflight.messages(), inflight.bytes()), (2, 340));
         assert_eq!(inflight.written(1), None);
         assert_eq!(inflight.written(2), None);
         assert_eq!(inflight.written(3), None);
-        assert_eq!(inflight.acked(3), Some(vec![11]));
+        assert_eq!(inflight.acked(3).unwrap().seqs, [11]);
         assert_eq!(inflight.acked(3), None, "a duplicate ack is ignored");
-        assert_eq!(inflight.acked(2), Some(vec![10, 12]));
-        assert_eq!(inflight.messages(), 0);
+        assert_eq!(inflight.acked(2).unwrap().seqs, [10, 12]);
+        assert_eq!((inflight.messages(), inflight.bytes()), (0, 0));
         assert!(
             !inflight.is_empty(),
             "the control message is still unacknowledged"
         );
-        assert_eq!(inflight.acked(1), Some(vec![]));
+        assert_eq!(inflight.acked(1), Some(Carried::control()));
         assert!(inflight.is_empty());
     }
 
     #[test]
     fn qos0_rows_count_as_done_once_written() {
         let mut inflight = Inflight::default();
-        inflight.queued(vec![5]);
-        assert_eq!(inflight.written(0), Some(vec![5]));
-        assert_eq!(inflight.messages(), 0);
+        inflight.queued(Carried::rows(Lane::Live, vec![5], 30));
+        assert_eq!(inflight.written(0).unwrap().seqs, [5]);
+        assert_eq!((inflight.messages(), inflight.bytes()), (0, 0));
         assert!(inflight.is_empty());
     }
 }

@@ -17,10 +17,12 @@
 pub mod batcher;
 pub mod encoding;
 mod inflight;
+pub mod lanes;
 mod options;
 pub mod topics;
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use rumqttc::{
@@ -34,11 +36,13 @@ use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
 use crate::commands::{SetRequest, SetResult, UplinkEnd};
-use crate::config::{BatchConfig, MqttConfig};
-use crate::store::{Acker, DropReason, StoreReader};
+use crate::config::{BatchConfig, LanesConfig, MqttConfig};
+use crate::store::{Acker, DropReason, StoreReader, Unsent};
 use batcher::{Batch, Batcher};
+use cairn_adapters::Priority;
 use encoding::Encoder;
-use inflight::Inflight;
+use inflight::{Carried, Inflight};
+use lanes::{Cursors, Delivered, Lane, Pacer};
 use topics::{DeviceMeta, Topics};
 
 /// Rows read from the outbox at a time (at least a batch).
@@ -118,7 +122,12 @@ pub struct Uplink {
     answers: Option<mpsc::Receiver<SetResult>>,
     encoder: Encoder,
     batch: BatchConfig,
+    lanes: LanesConfig,
     max_message: u64,
+    max_inflight_bytes: usize,
+    delivered: Arc<Delivered>,
+    /// When the last lane summary went upstream, with the delivered counts then.
+    summarised: Option<(Instant, [u64; 3])>,
 }
 
 impl Uplink {
@@ -162,13 +171,22 @@ impl Uplink {
             answers,
             encoder: Encoder::new(config.encoding, config.compression),
             batch: config.batch.clone(),
+            lanes: config.lanes.clone(),
             max_message: config.max_message.as_u64(),
+            max_inflight_bytes: config.max_inflight_bytes.as_u64() as usize,
+            delivered: Arc::default(),
+            summarised: None,
         })
     }
 
     /// The link's state, for the feed and the logs.
     pub fn status(&self) -> watch::Receiver<UplinkStatus> {
         self.status.subscribe()
+    }
+
+    /// Readings delivered per lane, for the feed's drain rates.
+    pub fn delivered(&self) -> Arc<Delivered> {
+        self.delivered.clone()
     }
 
     /// Connects, drains, reconnects with backoff, until `cancel` fires; then leaves cleanly.
@@ -234,7 +252,7 @@ impl Uplink {
 
         let mut inflight = Inflight::default();
         client.try_publish(self.topics.status(), QoS::AtLeastOnce, true, "online")?;
-        inflight.queued(Vec::new());
+        inflight.queued(Carried::control());
         for device in &self.devices {
             client.try_publish(
                 self.topics.meta(&device.name),
@@ -242,7 +260,7 @@ impl Uplink {
                 true,
                 device.payload(),
             )?;
-            inflight.queued(Vec::new());
+            inflight.queued(Carried::control());
         }
         if self.commands.is_some() {
             // Commands sent while the link was down are not delivered later (clean session):
@@ -252,16 +270,14 @@ impl Uplink {
 
         // Every connect starts from the oldest unacknowledged row: whatever was in flight on
         // the last connection may or may not have arrived.
-        let mut drain = Drain {
-            committed: self.reader.committed(),
-            cursor: 0,
-            batcher: Batcher::new(&self.batch, self.encoder.single()),
-            ready: VecDeque::new(),
-        };
+        let mut drain = Drain::new(self, self.reader.committed());
         loop {
             self.fill(&client, &mut inflight, &mut drain).await?;
-            let room = inflight.messages() < self.window;
-            let linger = drain.batcher.deadline();
+            let room = self.room(&inflight);
+            let linger = drain.lane(Lane::Live).batcher.deadline();
+            let paced =
+                (!drain.lane(Lane::Backlog).ready.is_empty()).then(|| drain.pacer.ready_at());
+            let summary = self.summary_due();
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => {
@@ -276,72 +292,204 @@ impl Uplink {
                 }
                 Ok(()) = drain.committed.changed(), if room => {}
                 () = sleep_until(linger), if room && linger.is_some() => {}
+                () = sleep_until(paced), if room && paced.is_some() => {}
+                () = sleep_until(summary), if summary.is_some() => {
+                    self.summarise(&client, &mut inflight).await?;
+                }
                 // Only while the queue is nearly empty, so that the window always fits beside.
                 Some(answer) = next_answer(answers), if inflight.unwritten() < ANSWER_ROOM => {
                     let topic = self.topics.result(&answer.device, &answer.point);
                     client.try_publish(topic, QoS::AtLeastOnce, false, answer.payload)?;
-                    inflight.queued(Vec::new());
+                    inflight.queued(Carried::control());
                 }
             }
         }
     }
 
-    /// Publishes batches while the window has room: sealed ones first, then those whose
-    /// linger ran out, then batches made from rows read ahead from the outbox.
+    /// Whether the window has room for another message.
+    fn room(&self, inflight: &Inflight) -> bool {
+        inflight.messages() < self.window && inflight.bytes() < self.max_inflight_bytes
+    }
+
+    /// The last row of the backlog: rows committed longer than `live_age` ago.
+    fn boundary(&self, now: Instant) -> i64 {
+        now.checked_sub(self.lanes.live_age)
+            .map_or(0, |at| self.reader.committed_at(at))
+    }
+
+    /// Unsent rows of `priority` in `(after, upto]`; rows that cannot be read are given up.
+    async fn read(
+        &self,
+        priority: Priority,
+        after: i64,
+        upto: i64,
+        limit: usize,
+    ) -> Result<Unsent, UplinkError> {
+        let mut unsent = self.reader.unsent(priority, after, upto, limit).await?;
+        if !unsent.undecodable.is_empty() {
+            self.acker.give_up(
+                std::mem::take(&mut unsent.undecodable),
+                DropReason::Undecodable,
+            );
+        }
+        Ok(unsent)
+    }
+
+    /// Publishes while the window has room: alarms first; then the backlog's share of the
+    /// link (all of it when no live reading waits); then the live lane; then the backlog.
     async fn fill(
         &mut self,
         client: &AsyncClient,
         inflight: &mut Inflight,
         drain: &mut Drain,
     ) -> Result<(), UplinkError> {
-        let hold = READ_AHEAD.max(2 * drain.batcher.max_readings());
-        while inflight.messages() < self.window {
+        while self.room(inflight) {
             let now = Instant::now();
-            if let Some(batch) = drain.ready.pop_front() {
-                self.publish(client, inflight, batch)?;
-            } else if let Some(batch) = drain.batcher.due(now) {
-                drain.ready.push_back(batch);
-            } else if drain.batcher.held() >= hold {
-                drain.ready.extend(drain.batcher.largest());
-            } else if drain.cursor < *drain.committed.borrow_and_update() {
-                let limit = READ_AHEAD.max(drain.batcher.max_readings());
-                let unsent = self.reader.unsent(drain.cursor, limit).await?;
-                drain.cursor = if unsent.last > 0 {
+            let committed = *drain.committed.borrow_and_update();
+            // Alarms, before everything.
+            if let Some(batch) = drain.lane(Lane::Alarm).ready.pop_front() {
+                if self
+                    .publish(client, inflight, drain, Lane::Alarm, batch)?
+                    .blocked
+                {
+                    break;
+                }
+                continue;
+            }
+            if drain.alarms_seen < committed {
+                let unsent = self
+                    .read(
+                        Priority::Alarm,
+                        drain.cursors.alarm(),
+                        committed,
+                        READ_AHEAD,
+                    )
+                    .await?;
+                if unsent.records.len() < READ_AHEAD {
+                    drain.alarms_seen = committed;
+                }
+                drain.cursors.alarm_read(unsent.last);
+                drain.take(Lane::Alarm, unsent, now);
+                drain.seal(Lane::Alarm, now);
+                continue;
+            }
+            let live_from = drain.cursors.live_from(self.boundary(now));
+            let live = drain.lane(Lane::Live);
+            let live_waiting =
+                !live.ready.is_empty() || live.batcher.held() > 0 || live_from < committed;
+            // The backlog's share while live readings wait; all of the link when none do.
+            if !drain.lane(Lane::Backlog).ready.is_empty()
+                && (!live_waiting || drain.pacer.allows(now))
+            {
+                let batch = drain.lanes[2].ready.pop_front();
+                if let Some(batch) = batch {
+                    let sent = self.publish(client, inflight, drain, Lane::Backlog, batch)?;
+                    if live_waiting {
+                        drain.pacer.spend(sent.bytes);
+                    }
+                    if sent.blocked {
+                        break;
+                    }
+                }
+                continue;
+            }
+            // The live lane.
+            if let Some(batch) = drain.lane(Lane::Live).ready.pop_front() {
+                if self
+                    .publish(client, inflight, drain, Lane::Live, batch)?
+                    .blocked
+                {
+                    break;
+                }
+                continue;
+            }
+            if let Some(batch) = drain.lane(Lane::Live).batcher.due(now) {
+                drain.lane(Lane::Live).ready.push_back(batch);
+                continue;
+            }
+            if live_from < committed {
+                let unsent = self
+                    .read(Priority::Normal, live_from, committed, drain.read_limit)
+                    .await?;
+                drain.cursors.live_read(if unsent.last > 0 {
                     unsent.last
                 } else {
-                    *drain.committed.borrow()
-                };
-                if !unsent.undecodable.is_empty() {
-                    self.acker
-                        .give_up(unsent.undecodable, DropReason::Undecodable);
-                }
-                for record in unsent.records {
-                    drain.ready.extend(drain.batcher.push(record, now));
-                }
-            } else {
+                    committed
+                });
+                drain.take(Lane::Live, unsent, now);
+                continue;
+            }
+            // The backlog, oldest first, while nothing of it waits to be sent.
+            let hold = drain.hold;
+            let backlog = drain.lane(Lane::Backlog);
+            if !backlog.ready.is_empty() {
                 break;
             }
+            if backlog.batcher.held() >= hold {
+                let largest = backlog.batcher.largest();
+                backlog.ready.extend(largest);
+                continue;
+            }
+            if let Some((after, upto)) = drain.cursors.backlog() {
+                let unsent = self
+                    .read(Priority::Normal, after, upto, drain.read_limit)
+                    .await?;
+                drain
+                    .cursors
+                    .backlog_read((unsent.last > 0).then_some(unsent.last));
+                drain.take(Lane::Backlog, unsent, now);
+                continue;
+            }
+            // The backlog's last rows, in batches that will not fill any more.
+            if drain.seal(Lane::Backlog, now) {
+                continue;
+            }
+            break;
         }
         Ok(())
     }
 
     /// Encodes `batch` and hands it to the client, split into as many messages as
-    /// `mqtt.max_message` needs; a single reading that cannot fit is given up, counted.
+    /// `mqtt.max_message` and the in-flight byte window need; a single reading that cannot
+    /// fit any message is given up, counted. What does not fit in the window now goes back to
+    /// the front of its lane.
     fn publish(
         &mut self,
         client: &AsyncClient,
         inflight: &mut Inflight,
+        drain: &mut Drain,
+        lane: Lane,
         batch: Batch,
-    ) -> Result<(), UplinkError> {
+    ) -> Result<Sent, UplinkError> {
         let topic = match &batch.device {
             Some(device) => self.topics.data(device).to_string(),
             None => self.topics.batch(),
         };
-        for message in fit(&self.encoder, topic.len(), self.max_message, batch) {
+        let limit = self.max_message.min(self.max_inflight_bytes as u64);
+        let historical = lane == Lane::Backlog;
+        let mut sent = Sent::default();
+        let mut messages = fit(&self.encoder, topic.len(), limit, historical, batch).into_iter();
+        while let Some(message) = messages.next() {
             match message {
                 Ok((batch, payload)) => {
+                    let size = publish_size(topic.len(), payload.len()) as usize;
+                    if inflight.messages() > 0
+                        && (inflight.bytes() + size > self.max_inflight_bytes
+                            || inflight.messages() >= self.window)
+                    {
+                        let rest: Vec<Batch> = std::iter::once(batch)
+                            .chain(messages.filter_map(Result::ok).map(|(b, _)| b))
+                            .collect();
+                        let ready = &mut drain.lane(lane).ready;
+                        for batch in rest.into_iter().rev() {
+                            ready.push_front(batch);
+                        }
+                        sent.blocked = true;
+                        return Ok(sent);
+                    }
                     client.try_publish(&topic, self.qos, false, payload)?;
-                    inflight.queued(batch.seqs());
+                    inflight.queued(Carried::rows(lane, batch.seqs(), size));
+                    sent.bytes += size;
                 }
                 Err(batch) => {
                     warn!(topic = %topic, seqs = ?batch.seqs(), "Reading too large for mqtt.max_message; dropped and counted");
@@ -349,6 +497,65 @@ impl Uplink {
                 }
             }
         }
+        Ok(sent)
+    }
+
+    /// When the next lane summary is due, if summaries are on.
+    fn summary_due(&self) -> Option<Instant> {
+        let every = self.lanes.summary_every;
+        (!every.is_zero()).then(|| {
+            self.summarised
+                .map_or_else(Instant::now, |(at, _)| at + every)
+        })
+    }
+
+    /// Publishes the lanes' depths and drain rates, retained, on `.../summary`.
+    async fn summarise(
+        &mut self,
+        client: &AsyncClient,
+        inflight: &mut Inflight,
+    ) -> Result<(), UplinkError> {
+        let now = Instant::now();
+        let delivered = Lane::ALL.map(|lane| self.delivered.get(lane));
+        let depths = lanes::depths(&self.reader, self.lanes.live_age).await?;
+        let elapsed = self
+            .summarised
+            .map(|(at, before)| (now.saturating_duration_since(at).as_secs_f64(), before));
+        let mut lanes = serde_json::Map::new();
+        for (i, (lane, depth)) in depths.iter().enumerate() {
+            let rate = elapsed.and_then(|(secs, before)| {
+                (secs > 0.0).then(|| delivered[i].saturating_sub(before[i]) as f64 / secs)
+            });
+            lanes.insert(
+                lane.as_str().into(),
+                serde_json::json!({
+                    "readings": depth.readings,
+                    "bytes": depth.bytes,
+                    "oldest": depth.oldest_ms.map(encoding::json::rfc3339_millis),
+                    "drain_per_s": rate,
+                    "eta_s": rate.filter(|r| *r > 0.0).map(|r| (depth.readings as f64 / r).ceil()),
+                }),
+            );
+        }
+        let stats = self.reader.stats();
+        let dropped: serde_json::Map<String, serde_json::Value> = stats
+            .dropped
+            .iter()
+            .map(|(reason, n)| (reason.as_str().to_string(), serde_json::json!(n)))
+            .collect();
+        let payload = serde_json::json!({
+            "ts": encoding::json::rfc3339_millis(crate::pipeline::unix_millis(SystemTime::now())),
+            "lanes": lanes,
+            "dropped": dropped,
+        });
+        client.try_publish(
+            self.topics.summary(),
+            QoS::AtLeastOnce,
+            true,
+            payload.to_string(),
+        )?;
+        inflight.queued(Carried::control());
+        self.summarised = Some((now, delivered));
         Ok(())
     }
 
@@ -356,13 +563,13 @@ impl Uplink {
     fn handle(&self, event: Event, inflight: &mut Inflight) -> bool {
         match event {
             Event::Outgoing(Outgoing::Publish(pkid)) => {
-                if let Some(seqs) = inflight.written(pkid).filter(|s| !s.is_empty()) {
-                    self.acker.ack(seqs);
+                if let Some(carried) = inflight.written(pkid) {
+                    self.done(carried);
                 }
             }
             Event::Incoming(Packet::PubAck(ack)) => {
-                if let Some(seqs) = inflight.acked(ack.pkid).filter(|s| !s.is_empty()) {
-                    self.acker.ack(seqs);
+                if let Some(carried) = inflight.acked(ack.pkid) {
+                    self.done(carried);
                 }
                 return true;
             }
@@ -370,6 +577,14 @@ impl Uplink {
             other => debug!(event = ?other, "MQTT event"),
         }
         false
+    }
+
+    /// The rows of a delivered message can go.
+    fn done(&self, carried: Carried) {
+        if let Some(lane) = carried.lane {
+            self.delivered.add(lane, carried.seqs.len());
+            self.acker.ack(carried.seqs);
+        }
     }
 
     /// Hands a `.../set` message to the command router.
@@ -413,7 +628,7 @@ impl Uplink {
                 {
                     break;
                 }
-                inflight.queued(Vec::new());
+                inflight.queued(Carried::control());
                 offline_sent = true;
             }
             match tokio::time::timeout_at(deadline, events.poll()).await {
@@ -440,9 +655,10 @@ fn fit(
     encoder: &Encoder,
     topic: usize,
     max_message: u64,
+    historical: bool,
     batch: Batch,
 ) -> Vec<Result<(Batch, Vec<u8>), Batch>> {
-    let payload = encoder.encode(&batch.records, false);
+    let payload = encoder.encode(&batch.records, historical);
     if publish_size(topic, payload.len()) <= max_message {
         return vec![Ok((batch, payload))];
     }
@@ -450,19 +666,92 @@ fn fit(
         return vec![Err(batch)];
     }
     let (head, tail) = batch.split();
-    let mut messages = fit(encoder, topic, max_message, head);
-    messages.extend(fit(encoder, topic, max_message, tail));
+    let mut messages = fit(encoder, topic, max_message, historical, head);
+    messages.extend(fit(encoder, topic, max_message, historical, tail));
     messages
+}
+
+/// What one publish did: bytes handed to the client, and whether the window stopped it.
+#[derive(Debug, Default)]
+struct Sent {
+    bytes: usize,
+    blocked: bool,
+}
+
+/// One lane's batches on a connection: those being filled, and those sealed and waiting.
+struct LaneQueue {
+    batcher: Batcher,
+    ready: VecDeque<Batch>,
 }
 
 /// Where the draining of the outbox stands on one connection.
 struct Drain {
     committed: watch::Receiver<i64>,
-    /// The last row read from the outbox.
-    cursor: i64,
-    batcher: Batcher,
-    /// Batches sealed and waiting for room in the window.
-    ready: VecDeque<Batch>,
+    cursors: Cursors,
+    /// The committed seq up to which alarms were looked for.
+    alarms_seen: i64,
+    /// Alarm, live and backlog, in that order.
+    lanes: [LaneQueue; 3],
+    pacer: Pacer,
+    /// Rows read from the outbox at a time.
+    read_limit: usize,
+    /// Rows the backlog's batcher may hold before its fullest batch goes early.
+    hold: usize,
+}
+
+impl Drain {
+    fn new(uplink: &Uplink, committed: watch::Receiver<i64>) -> Self {
+        let single = uplink.encoder.single();
+        let at_once = BatchConfig {
+            linger: Duration::ZERO,
+            ..uplink.batch.clone()
+        };
+        let backlog = BatchConfig {
+            max_readings: uplink.lanes.backlog_readings,
+            ..at_once.clone()
+        };
+        let queue = |config: &BatchConfig| LaneQueue {
+            batcher: Batcher::new(config, single),
+            ready: VecDeque::new(),
+        };
+        let lanes = [queue(&at_once), queue(&uplink.batch), queue(&backlog)];
+        let most = lanes
+            .iter()
+            .map(|l| l.batcher.max_readings())
+            .max()
+            .unwrap_or(1);
+        Self {
+            cursors: Cursors::new(uplink.boundary(Instant::now())),
+            committed,
+            alarms_seen: 0,
+            lanes,
+            pacer: Pacer::new(uplink.lanes.backlog_rate.as_u64()),
+            read_limit: READ_AHEAD.max(most),
+            hold: READ_AHEAD.max(2 * most),
+        }
+    }
+
+    fn lane(&mut self, lane: Lane) -> &mut LaneQueue {
+        &mut self.lanes[lane as usize]
+    }
+
+    /// Rows read for `lane` go into its batches; full ones are sealed.
+    fn take(&mut self, lane: Lane, unsent: Unsent, now: Instant) {
+        let queue = self.lane(lane);
+        for record in unsent.records {
+            queue.ready.extend(queue.batcher.push(record, now));
+        }
+    }
+
+    /// Seals `lane`'s open batches whose linger is over; whether there was one.
+    fn seal(&mut self, lane: Lane, now: Instant) -> bool {
+        let queue = self.lane(lane);
+        let before = queue.ready.len();
+        while let Some(batch) = queue.batcher.due(now) {
+            queue.ready.push_back(batch);
+        }
+        queue.ready.len() > before
+    }
 }
 
 /// Sleeps until `deadline`; never, without one.
@@ -494,6 +783,7 @@ mod tests {
     #[test]
     fn a_batch_splits_until_each_message_fits_and_a_giant_is_given_up() {
         let record = |seq: i64, text: usize| Record {
+            priority: Default::default(),
             seq,
             device: Arc::from("d"),
             ts_ms: seq,
@@ -507,7 +797,7 @@ mod tests {
                 .chain([record(11, 5000)])
                 .collect(),
         };
-        let messages = fit(&encoder, 20, 1024, batch);
+        let messages = fit(&encoder, 20, 1024, false, batch);
         let mut sent = Vec::new();
         for message in &messages {
             match message {

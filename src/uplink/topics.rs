@@ -35,6 +35,11 @@ impl Topics {
         format!("{}/batch", self.base)
     }
 
+    /// `<prefix>/<gateway>/summary`: the retained summary of the lanes.
+    pub fn summary(&self) -> String {
+        format!("{}/summary", self.base)
+    }
+
     /// `<prefix>/<gateway>/<device>/meta`: retained device metadata.
     pub fn meta(&self, device: &str) -> String {
         format!("{}/{device}/meta", self.base)

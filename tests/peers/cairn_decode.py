@@ -124,7 +124,7 @@ def main():
         if not line:
             continue
         topic, _, hexed = line.partition(" ")
-        if topic.endswith(("/status", "/meta", "/set", "/result")):
+        if topic.endswith(("/status", "/meta", "/set", "/result", "/summary")):
             continue
         try:
             for reading in decode(topic, bytes.fromhex(hexed)):

@@ -304,6 +304,8 @@ impl LoraConfig {
             unit: unit.map(Into::into),
             writable: false,
             decimals: None,
+            report: None,
+            priority: Default::default(),
         };
         let mut values: Vec<ValueInfo> = Vec::new();
         if let Some(forwarder) = &self.forwarder {

@@ -166,6 +166,11 @@ impl ModbusConfig {
             for (field, message) in point.problems() {
                 problems.push((format!("points[{i}].{field}"), message));
             }
+            if let Some(report) = &point.report {
+                report.problems(&format!("points[{i}].report"), &mut |path, message| {
+                    problems.push((path, message))
+                });
+            }
         }
         problems
     }
@@ -180,6 +185,8 @@ impl ModbusConfig {
                 unit: p.unit.clone(),
                 writable: p.writable,
                 decimals: p.decimals(),
+                report: p.report.clone(),
+                priority: p.priority,
             })
             .collect()
     }

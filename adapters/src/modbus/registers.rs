@@ -4,6 +4,7 @@ use serde::Deserialize;
 
 use crate::decimal;
 use crate::reading::Value;
+use crate::report::{Priority, ReportConfig};
 
 /// The four Modbus data tables.
 #[derive(
@@ -111,6 +112,12 @@ pub struct Point {
     /// Round to this many decimal places. An integer register with `scale` or `offset` has
     /// the places they give it by default (`scale: 0.1` gives 1).
     pub decimals: Option<u8>,
+    /// Report by exception: a deadband, `min_interval`, `max_interval` (default: every
+    /// reading).
+    pub report: Option<ReportConfig>,
+    /// `alarm`: goes before everything else, and retention drops it last (default `normal`).
+    #[serde(default)]
+    pub priority: Priority,
 }
 
 /// What a write puts into the device.
@@ -364,6 +371,8 @@ impl Point {
             unit: None,
             interval: None,
             decimals: None,
+            report: None,
+            priority: crate::report::Priority::Normal,
             writable: false,
         }
     }

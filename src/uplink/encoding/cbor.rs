@@ -398,6 +398,7 @@ mod tests {
 
     fn record(seq: i64, device: &str, ts_ms: i64, values: Vec<(&str, Value)>) -> Record {
         Record {
+            priority: Default::default(),
             seq,
             device: Arc::from(device),
             ts_ms,

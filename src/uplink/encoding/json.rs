@@ -9,20 +9,24 @@ use serde::ser::{SerializeMap, Serializer};
 
 use crate::store::Record;
 
-/// `{"seq":1234,"ts":"2026-11-25T10:00:00.123Z","values":{"temperature":21.5}}`.
+/// `{"seq":1234,"ts":"2026-11-25T10:00:00.123Z","values":{"temperature":21.5}}`, and
+/// `"historical":true` after the values for a reading of the backlog.
 ///
 /// Non-finite floats have no JSON form and are written as `null`.
-pub fn reading(record: &Record) -> Vec<u8> {
+pub fn reading(record: &Record, historical: bool) -> Vec<u8> {
     #[derive(Serialize)]
     struct Payload<'a> {
         seq: i64,
         ts: String,
         values: Values<'a>,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        historical: bool,
     }
     let payload = Payload {
         seq: record.seq,
         ts: rfc3339_millis(record.ts_ms),
         values: Values(&record.values),
+        historical,
     };
     // Serializing plain data to a Vec cannot fail: no I/O, no non-string keys.
     serde_json::to_vec(&payload).unwrap_or_default()
@@ -58,6 +62,7 @@ mod tests {
             seq: 1234,
             device: Arc::from("mast"),
             ts_ms: 1_795_600_800_123,
+            priority: Default::default(),
             values: vec![
                 (Arc::from("temperature"), Value::Float(21.5)),
                 (Arc::from("count"), Value::Int(-3)),
@@ -66,10 +71,15 @@ mod tests {
                 (Arc::from("broken"), Value::Float(f64::NAN)),
             ],
         };
-        let text = String::from_utf8(reading(&record)).unwrap();
+        let text = String::from_utf8(reading(&record, false)).unwrap();
         assert_eq!(
             text,
             r#"{"seq":1234,"ts":"2026-11-25T10:00:00.123Z","values":{"temperature":21.5,"count":-3,"pump":true,"mode":"auto","broken":null}}"#
+        );
+        let old = String::from_utf8(reading(&record, true)).unwrap();
+        assert!(
+            old.ends_with(r#""broken":null},"historical":true}"#),
+            "{old}"
         );
     }
 }

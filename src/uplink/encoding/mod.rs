@@ -85,7 +85,7 @@ impl Encoder {
     /// The payload for `records`; `json` takes exactly one.
     pub fn encode(&self, records: &[Record], historical: bool) -> Vec<u8> {
         match (self.encoding, records) {
-            (Encoding::Json, [record]) => json::reading(record),
+            (Encoding::Json, [record]) => json::reading(record, historical),
             _ => {
                 let body = cbor::encode(records, historical);
                 let mut payload = vec![format_byte(self.compression)];
@@ -157,6 +157,7 @@ mod tests {
     #[test]
     fn both_encodings_decode_and_formats_are_told_apart() {
         let record = Record {
+            priority: Default::default(),
             seq: 7,
             device: Arc::from("tank"),
             ts_ms: 1_795_600_800_123,
@@ -200,6 +201,7 @@ mod tests {
             .unwrap();
         let expected = cairn_adapters::codec::unhex(hex.replace('\n', " ").trim()).unwrap();
         let reading = |seq, ts_ms, t, pump| Record {
+            priority: Default::default(),
             seq,
             device: Arc::from("mast"),
             ts_ms,

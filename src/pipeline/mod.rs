@@ -1,15 +1,22 @@
 //! Between adapters and the store: the bounded channels readings travel on, and the one task
 //! that prepares each reading before it is committed. It rounds values to their configured
-//! precision and refuses, counted, a reading that no MQTT message could carry, so that such a
-//! reading never reaches the outbox (where it would block the uplink for good).
+//! precision, withholds what report-by-exception says need not go ([`exception`]), marks
+//! alarm readings, and refuses, counted, a reading that no MQTT message could carry, so that
+//! such a reading never reaches the outbox (where it would block the uplink for good).
+//! What it withholds costs neither disk nor link.
+
+mod exception;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use cairn_adapters::{DeviceCounters, Reading, Value, decimal};
+use cairn_adapters::{DeviceCounters, Priority, Reading, ReportConfig, Value, decimal};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tracing::debug;
+
+use exception::Reported;
 
 use crate::config::Config;
 use crate::supervisor::DeviceHandle;
@@ -37,12 +44,25 @@ pub fn unix_millis(ts: SystemTime) -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// What the pipeline applies to one device's readings.
+/// What the pipeline applies to one value.
+struct ValuePolicy {
+    decimals: Option<u8>,
+    report: Option<ReportConfig>,
+    priority: Priority,
+}
+
+/// What the pipeline applies to one device's readings, and what it remembers of them.
 struct DevicePolicy {
-    decimals: HashMap<Arc<str>, u8>,
+    values: HashMap<Arc<str>, ValuePolicy>,
+    /// Whether any value reports by exception (most devices: none, and nothing is looked up).
+    exceptions: bool,
+    /// The last report of each value that reports by exception.
+    reported: HashMap<Arc<str>, Reported>,
     /// The most bytes a reading may take in its largest form (`json`).
     max_reading: usize,
     counters: Arc<DeviceCounters>,
+    /// The device's own priority.
+    priority: Priority,
 }
 
 /// The pipeline task's settings, built from the config.
@@ -60,17 +80,26 @@ impl Pipeline {
             .devices()
             .zip(devices)
             .map(|(device, handle)| {
-                let decimals = device
-                    .adapter
+                let values: HashMap<Arc<str>, ValuePolicy> = device
                     .values()
                     .into_iter()
-                    .filter_map(|v| Some((Arc::from(v.name.as_str()), v.decimals?)))
+                    .map(|v| {
+                        let policy = ValuePolicy {
+                            decimals: v.decimals,
+                            report: v.report,
+                            priority: v.priority,
+                        };
+                        (Arc::from(v.name.as_str()), policy)
+                    })
                     .collect();
                 let topic = topics.data(&handle.name).len().max(batch_topic);
                 let policy = DevicePolicy {
-                    decimals,
+                    exceptions: values.values().any(|v| v.report.is_some()),
+                    values,
+                    reported: HashMap::new(),
                     max_reading: max_message.saturating_sub(topic + MESSAGE_ROOM),
                     counters: handle.counters.clone(),
+                    priority: device.priority,
                 };
                 (handle.name.clone(), policy)
             })
@@ -80,7 +109,11 @@ impl Pipeline {
 
     /// Prepares readings from `readings` and hands them to `store`, until every adapter has
     /// dropped its sender; then `store` closes, and the store commits what is left.
-    pub async fn run(self, mut readings: mpsc::Receiver<Reading>, store: mpsc::Sender<Reading>) {
+    pub async fn run(
+        mut self,
+        mut readings: mpsc::Receiver<Reading>,
+        store: mpsc::Sender<Reading>,
+    ) {
         let mut batch = Vec::with_capacity(BATCH);
         while readings.recv_many(&mut batch, BATCH).await > 0 {
             for mut reading in batch.drain(..) {
@@ -91,17 +124,45 @@ impl Pipeline {
         }
     }
 
-    /// Rounds `reading` in place; false when it must not go on.
-    fn prepare(&self, reading: &mut Reading) -> bool {
-        let Some(policy) = self.devices.get(&reading.device) else {
+    /// Rounds `reading`, withholds values by exception and sets its priority, in place;
+    /// false when it must not go on.
+    fn prepare(&mut self, reading: &mut Reading) -> bool {
+        let Some(policy) = self.devices.get_mut(&reading.device) else {
             return true;
         };
-        if !policy.decimals.is_empty() {
-            for (name, value) in &mut reading.values {
-                if let (Value::Float(x), Some(places)) = (&mut *value, policy.decimals.get(name)) {
-                    *x = decimal::round(*x, *places);
-                }
+        let now = Instant::now();
+        let before = reading.values.len();
+        let mut alarm = policy.priority == Priority::Alarm;
+        let (values, reported) = (&policy.values, &mut policy.reported);
+        reading.values.retain_mut(|(name, value)| {
+            let Some(value_policy) = values.get(name) else {
+                return true;
+            };
+            if let (Value::Float(x), Some(places)) = (&mut *value, value_policy.decimals) {
+                *x = decimal::round(*x, places);
             }
+            if let Some(config) = &value_policy.report {
+                if !exception::should_report(config, reported.get(name), value, now) {
+                    return false;
+                }
+                reported.insert(name.clone(), Reported::new(value.clone(), now));
+            }
+            alarm |= value_policy.priority == Priority::Alarm;
+            true
+        });
+        if policy.exceptions {
+            let withheld = (before - reading.values.len()) as u64;
+            if withheld > 0 {
+                policy
+                    .counters
+                    .count_suppressed(withheld, reading.values.is_empty());
+            }
+            if reading.values.is_empty() {
+                return false;
+            }
+        }
+        if alarm {
+            reading.priority = Priority::Alarm;
         }
         if size_bound(reading) <= policy.max_reading {
             return true;
