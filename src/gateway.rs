@@ -99,6 +99,7 @@ pub async fn run(
     )
     .context("cannot set up the MQTT uplink")?;
     let uplink_status = uplink.status();
+    let delivered = uplink.delivered();
     let uplink = tokio::spawn(uplink.run(stop_uplink.clone()));
 
     // The feed starts whatever the broker does, and stops last, so people on site see the
@@ -113,6 +114,8 @@ pub async fn run(
             uplink: uplink_status,
             store: reader.clone(),
             live: live.clone(),
+            delivered,
+            live_age: config.mqtt.lanes.live_age,
         };
         feed::start(
             &config.feed,

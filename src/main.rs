@@ -72,6 +72,35 @@ fn load(path: &Path) -> Result<Config, ExitCode> {
     })
 }
 
+/// The lanes as the running gateway reports them, or why they cannot be shown.
+fn print_lanes(feed: &cairn::config::FeedConfig) {
+    let Some(status) = cairn::feed::running_status(feed) else {
+        println!("lanes: not shown (the gateway is not running, or its feed is off)");
+        return;
+    };
+    for lane in cairn::uplink::lanes::Lane::ALL {
+        let name = lane.as_str();
+        let lane = &status["lanes"][name];
+        if lane.is_null() {
+            continue;
+        }
+        let mut line = format!(
+            "lane {name}: {} readings, {} bytes",
+            lane["readings"], lane["bytes"]
+        );
+        if let Some(oldest) = lane["oldest"].as_str() {
+            line += &format!(", oldest {oldest}");
+        }
+        if let Some(eta) = lane["eta_s"].as_f64() {
+            line += &format!(
+                ", draining {:.1}/s, empty in {eta:.0} s",
+                lane["drain_per_s"].as_f64().unwrap_or_default()
+            );
+        }
+        println!("{line}");
+    }
+}
+
 fn decode(runtime: &tokio::runtime::Runtime, args: DecodeArgs) -> ExitCode {
     if let Some(url) = &args.mqtt {
         let filter = args.topic.as_deref().unwrap_or("cairn/#");
@@ -162,6 +191,7 @@ fn main() -> ExitCode {
                     for (reason, n) in &stats.dropped {
                         println!("dropped ({}): {n}", reason.as_str());
                     }
+                    print_lanes(&config.feed);
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

@@ -16,26 +16,53 @@ use super::history::MAX_POINTS;
 use super::{AppState, Authorized};
 use crate::pipeline::unix_millis;
 use crate::store::StoreReader;
+use crate::uplink::lanes::{self, Delivered, Depth, Lane};
 
 /// Samples kept for rates: one a second over the last ten seconds.
 const RATE_SAMPLES: usize = 11;
 
-/// The outbox as sampled once a second: rates over the last ten seconds, and the oldest unsent
-/// reading. Sampled, so that however many clients ask, the feed queries the outbox once a
-/// second at most.
+/// The outbox as sampled once a second: rates over the last ten seconds, the oldest unsent
+/// reading, and each lane's depth and drain rate. Sampled, so that however many clients ask,
+/// the feed queries the outbox once a second at most.
 #[derive(Clone, Default)]
 pub struct Rates(Arc<Mutex<Samples>>);
 
 #[derive(Default)]
 struct Samples {
-    /// (when, accepted, delivered)
-    counts: VecDeque<(SystemTime, u64, u64)>,
+    /// (when, accepted, delivered, delivered per lane)
+    counts: VecDeque<(SystemTime, u64, u64, [u64; 3])>,
     oldest_unsent_ms: Option<i64>,
+    lanes: [Depth; 3],
+}
+
+/// One lane as the API and metrics show it.
+#[derive(Debug, Clone, Copy)]
+pub struct LaneView {
+    /// The lane.
+    pub lane: Lane,
+    /// Its share of the outbox.
+    pub depth: Depth,
+    /// Readings of it delivered per second over the last ten seconds.
+    pub drain_per_s: f64,
+}
+
+impl LaneView {
+    /// Seconds until the lane is empty at its current drain rate, when it drains at all.
+    pub fn eta_s(&self) -> Option<f64> {
+        (self.drain_per_s > 0.0).then(|| (self.depth.readings as f64 / self.drain_per_s).ceil())
+    }
 }
 
 impl Rates {
-    /// Samples the store every second until `cancel` fires.
-    pub async fn run(self, store: StoreReader, cancel: CancellationToken) {
+    /// Samples the store every second until `cancel` fires; `live_age` divides the live lane
+    /// from the backlog as the uplink does, and `delivered` counts what each lane delivered.
+    pub async fn run(
+        self,
+        store: StoreReader,
+        live_age: Duration,
+        delivered: Arc<Delivered>,
+        cancel: CancellationToken,
+    ) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
@@ -44,14 +71,19 @@ impl Rates {
             }
             let stats = store.stats();
             let oldest = store.oldest_unsent_ms().await.ok().flatten();
+            let lanes = lanes::depths(&store, live_age).await.ok();
+            let per_lane = Lane::ALL.map(|lane| delivered.get(lane));
             let mut samples = self.0.lock().unwrap_or_else(|p| p.into_inner());
             if samples.counts.len() == RATE_SAMPLES {
                 samples.counts.pop_front();
             }
             samples
                 .counts
-                .push_back((SystemTime::now(), stats.accepted, stats.delivered));
+                .push_back((SystemTime::now(), stats.accepted, stats.delivered, per_lane));
             samples.oldest_unsent_ms = oldest;
+            if let Some(lanes) = lanes {
+                samples.lanes = lanes.map(|(_, depth)| depth);
+            }
         }
     }
 
@@ -66,21 +98,65 @@ impl Rates {
     /// (readings in, readings published) per second.
     pub fn per_second(&self) -> (f64, f64) {
         let samples = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let samples = &samples.counts;
-        let (Some(first), Some(last)) = (samples.front(), samples.back()) else {
-            return (0.0, 0.0);
-        };
-        let span = last
-            .0
-            .duration_since(first.0)
-            .unwrap_or_default()
-            .as_secs_f64();
-        if span <= 0.0 {
-            return (0.0, 0.0);
+        match rate_span(&samples.counts) {
+            Some((first, last, span)) => (
+                last.1.saturating_sub(first.1) as f64 / span,
+                last.2.saturating_sub(first.2) as f64 / span,
+            ),
+            None => (0.0, 0.0),
         }
-        let rate = |a: u64, b: u64| b.saturating_sub(a) as f64 / span;
-        (rate(first.1, last.1), rate(first.2, last.2))
     }
+
+    /// Each lane's depth and drain rate, at the last sample.
+    pub fn lanes(&self) -> [LaneView; 3] {
+        let samples = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let span = rate_span(&samples.counts);
+        Lane::ALL.map(|lane| {
+            let i = lane as usize;
+            LaneView {
+                lane,
+                depth: samples.lanes[i],
+                drain_per_s: span.map_or(0.0, |(first, last, span)| {
+                    last.3[i].saturating_sub(first.3[i]) as f64 / span
+                }),
+            }
+        })
+    }
+}
+
+type Sample = (SystemTime, u64, u64, [u64; 3]);
+
+/// The first and last samples and the seconds between them, when there are two.
+fn rate_span(samples: &VecDeque<Sample>) -> Option<(&Sample, &Sample, f64)> {
+    let (first, last) = (samples.front()?, samples.back()?);
+    let span = last
+        .0
+        .duration_since(first.0)
+        .unwrap_or_default()
+        .as_secs_f64();
+    (span > 0.0).then_some((first, last, span))
+}
+
+/// The lanes as `/api/status` shows them.
+fn lanes_json(lanes: &[LaneView; 3], now: SystemTime) -> serde_json::Value {
+    let map: serde_json::Map<String, serde_json::Value> = lanes
+        .iter()
+        .map(|view| {
+            let oldest = view.depth.oldest_ms;
+            (
+                view.lane.as_str().to_string(),
+                json!({
+                    "readings": view.depth.readings,
+                    "bytes": view.depth.bytes,
+                    "oldest": oldest.map(|ms| rfc3339(from_millis(ms))),
+                    "oldest_age_s": oldest.map(|ms| (unix_millis(now) - ms).max(0) as f64 / 1000.0),
+                    "drain_per_s": view.drain_per_s,
+                    "eta_s": view.eta_s(),
+                }),
+            )
+        })
+        .collect();
+    serde_json::Value::Object(map)
 }
 
 fn rfc3339(ts: SystemTime) -> String {
@@ -120,6 +196,7 @@ pub async fn status(_: Authorized, State(state): State<AppState>) -> Json<serde_
             "oldest_unsent": oldest.map(|ms| rfc3339(from_millis(ms))),
             "oldest_age_s": oldest.map(|ms| (unix_millis(now) - ms).max(0) as f64 / 1000.0),
         },
+        "lanes": lanes_json(&state.rates.lanes(), now),
         "dropped": dropped,
         "accepted": stats.accepted,
         "delivered": stats.delivered,
@@ -147,6 +224,7 @@ pub async fn devices(_: Authorized, State(state): State<AppState>) -> Json<serde
                 "requests": d.counters.requests(),
                 "restarts": d.counters.restarts(),
                 "errors": d.counters.errors(),
+                "suppressed": {"readings": d.counters.suppressed().0, "values": d.counters.suppressed().1},
                 "units": view.map(|v| v.units.clone()),
                 "writable": d.writable,
             })
@@ -214,4 +292,38 @@ pub async fn history(
         .into_response(),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("history: {e}")).into_response(),
     }
+}
+
+/// `/api/status` of the gateway running with `config`, if its feed answers within a second:
+/// how `cairn stats` shows what only the running gateway knows (its lanes).
+pub fn running_status(config: &crate::config::FeedConfig) -> Option<serde_json::Value> {
+    use std::io::{Read, Write};
+    if !config.enabled {
+        return None;
+    }
+    let mut addr = config.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let timeout = Duration::from_secs(1);
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout).ok()?;
+    stream.set_read_timeout(Some(timeout)).ok()?;
+    let auth = config
+        .token
+        .as_deref()
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "GET /api/status HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.take(1 << 20).read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then_some(())?;
+    serde_json::from_str(body).ok()
 }

@@ -98,6 +98,50 @@ pub async fn metrics(_: Authorized, State(state): State<AppState>) -> impl IntoR
         &one(uplink.ignored_commands as f64),
     );
 
+    let lanes = state.rates.lanes();
+    let per_lane = |value: &dyn Fn(&super::api::LaneView) -> Option<f64>| {
+        lanes
+            .iter()
+            .filter_map(|l| Some((vec![("lane", l.lane.as_str())], value(l)?)))
+            .collect::<Vec<_>>()
+    };
+    family(
+        &mut out,
+        "cairn_lane_readings",
+        "gauge",
+        "Unsent readings per lane (alarm, live, backlog).",
+        &per_lane(&|l| Some(l.depth.readings as f64)),
+    );
+    family(
+        &mut out,
+        "cairn_lane_bytes",
+        "gauge",
+        "Their size as counted against buffer.max_bytes.",
+        &per_lane(&|l| Some(l.depth.bytes as f64)),
+    );
+    let now = crate::pipeline::unix_millis(std::time::SystemTime::now());
+    family(
+        &mut out,
+        "cairn_lane_oldest_age_seconds",
+        "gauge",
+        "Age of the oldest unsent reading per lane (absent when the lane is empty).",
+        &per_lane(&|l| Some((now - l.depth.oldest_ms?).max(0) as f64 / 1000.0)),
+    );
+    family(
+        &mut out,
+        "cairn_lane_drain_readings_per_second",
+        "gauge",
+        "Readings delivered per second per lane, over the last ten seconds.",
+        &per_lane(&|l| Some(l.drain_per_s)),
+    );
+    family(
+        &mut out,
+        "cairn_lane_eta_seconds",
+        "gauge",
+        "Seconds until the lane is empty at its drain rate (absent when it does not drain).",
+        &per_lane(&super::api::LaneView::eta_s),
+    );
+
     let views = state.hub.devices();
     let per_device = |value: &dyn Fn(&crate::supervisor::DeviceHandle) -> f64| {
         state
@@ -138,6 +182,24 @@ pub async fn metrics(_: Authorized, State(state): State<AppState>) -> impl IntoR
         "counter",
         "Times the device's adapter was restarted after a failure.",
         &per_device(&|d| d.counters.restarts() as f64),
+    );
+    let suppressed: Vec<_> = state
+        .devices
+        .iter()
+        .flat_map(|d| {
+            let (readings, values) = d.counters.suppressed();
+            [
+                (vec![("device", &*d.name), ("what", "readings")], readings as f64),
+                (vec![("device", &*d.name), ("what", "values")], values as f64),
+            ]
+        })
+        .collect();
+    family(
+        &mut out,
+        "cairn_device_suppressed_total",
+        "counter",
+        "Readings and values report-by-exception withheld (unchanged within the deadband).",
+        &suppressed,
     );
     let counts: Vec<_> = state
         .devices

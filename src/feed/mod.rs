@@ -6,6 +6,7 @@
 //! it serves whether or not the broker is reachable.
 
 mod api;
+pub use api::running_status;
 mod assets;
 pub mod history;
 pub mod hub;
@@ -52,6 +53,10 @@ pub struct FeedSources {
     pub store: StoreReader,
     /// Every committed reading and status change.
     pub live: LiveBus,
+    /// Readings the uplink delivered per lane.
+    pub delivered: Arc<crate::uplink::lanes::Delivered>,
+    /// What divides the live lane from the backlog.
+    pub live_age: Duration,
 }
 
 /// Everything a request handler may read.
@@ -111,7 +116,12 @@ pub async fn start(
         }
     };
     let rates = api::Rates::default();
-    tasks.spawn(rates.clone().run(sources.store.clone(), cancel.clone()));
+    tasks.spawn(rates.clone().run(
+        sources.store.clone(),
+        sources.live_age,
+        sources.delivered.clone(),
+        cancel.clone(),
+    ));
     let state = AppState {
         gateway: Arc::from(sources.gateway.as_str()),
         token: config.token.as_deref().map(Arc::from),

@@ -175,6 +175,10 @@ async function refresh() {
     $("uplink-state").textContent = (u.connected ? "connected" : "down") + " since " + ago(u.since) + (u.last_error && !u.connected ? " (" + u.last_error + ")" : "");
     $("backlog").textContent = status.backlog.readings + " readings, " + (status.backlog.bytes / 1024).toFixed(1) + " KiB";
     $("oldest").textContent = status.backlog.oldest_unsent ? ago(status.backlog.oldest_unsent) : "none";
+    // Each lane: its depth, and when it drains, how fast and how long it will take.
+    $("lanes").textContent = Object.entries(status.lanes).map(([name, lane]) =>
+      name + " " + lane.readings + (lane.eta_s != null ? " (" + lane.drain_per_s.toFixed(1) + "/s, empty in " + Math.round(lane.eta_s) + " s)" : "")
+    ).join(" · ");
     $("rates").textContent = status.readings_per_s.toFixed(1) + " / " + status.published_per_s.toFixed(1) + " per s";
     const dropped = Object.entries(status.dropped).filter(([, v]) => v > 0).map(([k, v]) => k + ": " + v).join(", ");
     $("dropped").textContent = dropped || "none";
