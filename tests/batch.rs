@@ -7,7 +7,8 @@ mod support;
 
 use support::proxy::Proxy;
 use support::{
-    Broker, Cairn, PATIENCE, Subscriber, count_seqs, decode_both, free_port, site_config,
+    Broker, Cairn, FAST_RECONNECT, PATIENCE, Subscriber, count_seqs, decode_both, free_port,
+    site_config,
 };
 
 const ZSTD_GATEWAY: &str = "  encoding: cbor\n  compression: zstd\n  batch: {max_readings: 100, linger: 200ms, group: gateway}\n";
@@ -41,7 +42,7 @@ fn batches_lose_nothing_through_broker_restarts_and_kills() {
     // Five devices at 60 readings/s each, 1,200 each per run.
     let mut cairn = Cairn::start(&site_config(
         broker.port,
-        ZSTD_GATEWAY,
+        &(FAST_RECONNECT.to_string() + ZSTD_GATEWAY),
         true,
         "rate: 60",
         1200,
@@ -152,7 +153,13 @@ fn json_stays_the_contract_and_costs_more_than_batches_at_the_proxy() {
         let sub = Subscriber::start(&broker, "cairn/test/#");
         broker.stop();
         let proxy = Proxy::start(port);
-        let cairn = Cairn::start(&site_config(proxy.port, mqtt, decimals, "rate: 400", 400));
+        let cairn = Cairn::start(&site_config(
+            proxy.port,
+            &(FAST_RECONNECT.to_string() + mqtt),
+            decimals,
+            "rate: 400",
+            400,
+        ));
         cairn.wait_stats("2,000 readings buffered", |s| s["backlog"] == 2000);
         broker.restart();
         let readings = {
@@ -195,7 +202,13 @@ fn a_batch_too_large_for_max_message_is_split() {
     let sub = Subscriber::start(&broker, "cairn/test/#");
     // 1,000 readings per batch allowed, but no message above 2 KiB: batches must split.
     let mqtt = "  encoding: cbor\n  max_message: 2KiB\n  batch: {max_readings: 1000, max_bytes: 2KiB, linger: 2s, group: gateway}\n";
-    let cairn = Cairn::start(&site_config(broker.port, mqtt, false, "rate: 200", 200));
+    let cairn = Cairn::start(&site_config(
+        broker.port,
+        &(FAST_RECONNECT.to_string() + mqtt),
+        false,
+        "rate: 200",
+        200,
+    ));
     let (_, duplicates) = expect_all(&sub, 1000);
     assert_eq!(duplicates, 0);
     // A PUBLISH is its payload, the topic, and at most 9 bytes of headers.

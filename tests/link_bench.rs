@@ -101,3 +101,126 @@ fn wire_bytes_per_reading() {
         println!("{name:<36} {a:>16.1} {b:>16.1}");
     }
 }
+
+/// A dial-up-class uplink for the drain benchmark: batches per gateway, live first.
+fn drain_mqtt(window: &str) -> String {
+    format!(
+        "  keepalive: 60s\n  connect_timeout: 30s\n  encoding: cbor\n  compression: zstd\n  max_inflight: 8\n  max_inflight_bytes: {window}\n\
+         \x20 batch: {{max_readings: 20, linger: 1s, group: gateway}}\n\
+         \x20 lanes: {{live_age: 30s, backlog_rate: 100, backlog_readings: 500}}\n"
+    )
+}
+
+#[test]
+#[ignore = "a benchmark: scripts/bench runs it"]
+fn live_first_after_an_hour_long_outage() {
+    // The site reads every 10 s per device: an hour is 1,800 readings.
+    const PER_DEVICE_HOUR: u64 = 360;
+    println!(
+        "\nafter a 1-hour outage (5 devices, a reading each 10 s; decimals), 600 ms round trip:"
+    );
+    for (rate, window) in [(2400, "1KiB"), (9600, "4KiB")] {
+        let hour = tempfile::tempdir().unwrap();
+        // The hour of the outage, under a clock run 200 times fast.
+        let config = site_config(free_port(), "", true, "interval: 10s", PER_DEVICE_HOUR);
+        let mut cairn = Cairn::start_with_env(
+            &config,
+            &[("LD_PRELOAD", FAKETIME), ("FAKETIME", "+0 x200")],
+        );
+        cairn.wait_stats("an hour of readings", |s| s["backlog"] == 1800);
+        assert!(cairn.stop());
+        copy_outbox(&cairn.dir.path().join("data"), hour.path());
+
+        // The link comes back: the site goes on reading, in real time now.
+        let broker = Broker::start();
+        let sub = Subscriber::start(&broker, "cairn/test/#");
+        let proxy = Proxy::start(broker.port);
+        proxy.set_rate(rate);
+        proxy.set_round_trip(std::time::Duration::from_millis(600));
+        let config = site_config(proxy.port, &drain_mqtt(window), true, "interval: 10s", 100);
+        let mut cairn = Cairn::prepare(&config);
+        let data = cairn.dir.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        copy_outbox(hour.path(), &data);
+        let start = std::time::Instant::now();
+        cairn.restart();
+        let history_done = |r: &support::Received| {
+            count_seqs(
+                &decode_cairn_only(&r.hex_lines())
+                    .into_iter()
+                    .filter(|r| r["historical"] == true)
+                    .collect::<Vec<_>>(),
+            )
+            .range(1..=1800)
+            .count()
+                == 1800
+        };
+        assert!(sub.wait_until(std::time::Duration::from_secs(1800), history_done));
+        let timed = sub.with(|r| r.timed_readings());
+        let first_live = timed
+            .iter()
+            .find(|(_, r)| r["historical"] == false)
+            .map(|(at, _)| (*at - start).as_secs_f64());
+        let drained = timed
+            .iter()
+            .filter(|(_, r)| r["historical"] == true)
+            .map(|(at, _)| (*at - start).as_secs_f64())
+            .fold(0.0, f64::max);
+        let live_before = timed
+            .iter()
+            .filter(|(at, r)| r["historical"] == false && (*at - start).as_secs_f64() < drained)
+            .count();
+        println!(
+            "  {rate:>5} bit/s: first live reading after {:.1} s; backlog of 1,800 drained in {drained:.0} s, \
+             with {live_before} live readings delivered meanwhile",
+            first_live.unwrap_or(f64::NAN)
+        );
+    }
+}
+
+#[test]
+#[ignore = "a benchmark: scripts/bench runs it"]
+fn report_by_exception_on_a_meter() {
+    // 20 registers polled each second for an hour, mostly steady with sensor noise.
+    const SECONDS: u64 = 3600;
+    println!(
+        "\nreport by exception: 20 registers at 1 s for an hour (steady, noise 0.02, decimals 2):"
+    );
+    for (name, report) in [
+        ("every reading", ""),
+        (
+            "deadband 0.1, heartbeat 5m",
+            "    report: {deadband: 0.1, max_interval: 5m}\n",
+        ),
+    ] {
+        let values: String = (0..20)
+            .map(|i| format!("      - {{name: r{i}, sine: {{mean: {}, amplitude: 0.05, period: 1h, noise: 0.02}}, decimals: 2}}\n", 100 + i * 10))
+            .collect();
+        let port = free_port();
+        let broker = Broker::start_on(port);
+        let sub = Subscriber::start(&broker, "cairn/test/#");
+        let proxy = Proxy::start(port);
+        let config = format!(
+            "gateway:\n  id: test\n  data_dir: {{data}}\nmqtt:\n  host: 127.0.0.1\n  port: {}\n  keepalive: 1h\n\
+             devices:\n  - name: meter\n    type: sim\n    interval: 1s\n    limit: {SECONDS}\n    seed: 9\n{report}    values:\n{values}",
+            proxy.port
+        );
+        let cairn = Cairn::start_with_env(
+            &config,
+            &[("LD_PRELOAD", FAKETIME), ("FAKETIME", "+0 x100")],
+        );
+        support::wait_devices_finished(cairn.feed(), 1);
+        cairn.wait_stats("drained", |s| s["backlog"] == 0);
+        let messages = sub.with(|r| r.data().count());
+        let values: usize = sub.with(|r| {
+            r.data()
+                .map(|(_, v)| v["values"].as_object().map_or(0, |o| o.len()))
+                .sum()
+        });
+        let (up, down) = proxy.bytes();
+        println!(
+            "  {name:<28} {messages:>5} messages, {values:>6} values, {:>8} bytes on the link (json)",
+            up + down
+        );
+    }
+}

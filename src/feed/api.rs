@@ -77,9 +77,12 @@ impl Rates {
             if samples.counts.len() == RATE_SAMPLES {
                 samples.counts.pop_front();
             }
-            samples
-                .counts
-                .push_back((SystemTime::now(), stats.accepted, stats.delivered, per_lane));
+            samples.counts.push_back((
+                SystemTime::now(),
+                stats.accepted,
+                stats.delivered,
+                per_lane,
+            ));
             samples.oldest_unsent_ms = oldest;
             if let Some(lanes) = lanes {
                 samples.lanes = lanes.map(|(_, depth)| depth);

@@ -189,8 +189,14 @@ pub async fn metrics(_: Authorized, State(state): State<AppState>) -> impl IntoR
         .flat_map(|d| {
             let (readings, values) = d.counters.suppressed();
             [
-                (vec![("device", &*d.name), ("what", "readings")], readings as f64),
-                (vec![("device", &*d.name), ("what", "values")], values as f64),
+                (
+                    vec![("device", &*d.name), ("what", "readings")],
+                    readings as f64,
+                ),
+                (
+                    vec![("device", &*d.name), ("what", "values")],
+                    values as f64,
+                ),
             ]
         })
         .collect();

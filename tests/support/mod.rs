@@ -159,6 +159,8 @@ pub struct Received {
     pub messages: Vec<(String, String)>,
     /// The same payloads' bytes, message for message.
     pub raw: Vec<Vec<u8>>,
+    /// When each message arrived.
+    pub at: Vec<Instant>,
     /// The `json` data messages, parsed once when they arrived: (index in `messages`, JSON).
     parsed: Vec<(usize, serde_json::Value)>,
     /// How many times each seq arrived in a `json` data message.
@@ -179,6 +181,24 @@ impl Received {
         self.messages
             .push((topic, String::from_utf8_lossy(&bytes).into()));
         self.raw.push(bytes);
+        self.at.push(Instant::now());
+    }
+
+    /// Every reading received, decoded in this process, with when its message arrived.
+    pub fn timed_readings(&self) -> Vec<(Instant, serde_json::Value)> {
+        let mut out = Vec::new();
+        for (((topic, _), bytes), at) in self.messages.iter().zip(&self.raw).zip(&self.at) {
+            if !cairn::decode::carries_readings(topic) || topic.starts_with("probe/") {
+                continue;
+            }
+            let mut lines = Vec::new();
+            if cairn::decode::print(Some(topic), bytes, &mut lines).is_ok() {
+                for line in String::from_utf8(lines).unwrap().lines() {
+                    out.push((*at, serde_json::from_str(line).unwrap()));
+                }
+            }
+        }
+        out
     }
 
     /// Data messages' payloads as JSON.
@@ -688,6 +708,10 @@ pub fn sim_config(broker_port: u16, rate: u32, limit: u64, extra_buffer: &str) -
     )
 }
 
+/// Lines of an `mqtt:` section for tests that stop and start brokers: a broker that comes back
+/// is found within a second.
+pub const FAST_RECONNECT: &str = "  keepalive: 5s\n  reconnect_min: 100ms\n  reconnect_max: 1s\n";
+
 /// The typical site of the link issues: five devices with two to six values each (temperatures,
 /// a pump, a pulse counter, a text mode, a power meter), each paced by `pace` (`rate: 400` or
 /// `interval: 1s`) up to `limit` readings, seeded. With `decimals`, values are rounded to what
@@ -791,7 +815,7 @@ pub fn site_config(broker_port: u16, mqtt: &str, decimals: bool, pace: &str, lim
     ];
     format!(
         "gateway:\n  id: test\n  data_dir: {{data}}\n\
-         mqtt:\n  host: 127.0.0.1\n  port: {broker_port}\n  keepalive: 5s\n  reconnect_min: 100ms\n  reconnect_max: 1s\n{mqtt}\
+         mqtt:\n  host: 127.0.0.1\n  port: {broker_port}\n{mqtt}\
          buffer:\n  commit_interval: 5ms\n\
          devices:\n{}",
         devices.concat()
