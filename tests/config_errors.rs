@@ -176,3 +176,15 @@ fn what_no_message_could_carry_is_refused() {
     let (ok, stderr) = check(&device("a pump"));
     assert!(ok, "{stderr}");
 }
+
+#[test]
+fn a_keepalive_mqtt_cannot_carry_is_refused() {
+    for keepalive in ["24h", "18h12m16s", "65536s", "7500ms"] {
+        refused(
+            &format!("gateway: {{id: gw}}\nmqtt: {{keepalive: {keepalive}}}\n"),
+            &["mqtt.keepalive"],
+        );
+    }
+    let (ok, stderr) = check("gateway: {id: gw}\nmqtt: {keepalive: 18h12m15s}\n");
+    assert!(ok, "{stderr}");
+}

@@ -654,6 +654,20 @@ impl Config {
         if mqtt.keepalive < Duration::from_secs(5) {
             push("mqtt.keepalive", "must be at least 5s".into());
         }
+        // CONNECT carries the keepalive in 16 bits of seconds: more would wrap (24h reaching
+        // the broker as 5.8 h, 18h12m16s as 0, which switches its check off).
+        if mqtt.keepalive > Duration::from_secs(u64::from(u16::MAX)) {
+            push(
+                "mqtt.keepalive",
+                format!(
+                    "{} is more than MQTT can carry: at most 65535s (18h12m15s)",
+                    humantime::format_duration(mqtt.keepalive)
+                ),
+            );
+        }
+        if mqtt.keepalive.subsec_nanos() != 0 {
+            push("mqtt.keepalive", "must be whole seconds".into());
+        }
         if mqtt.reconnect_min.is_zero() || mqtt.reconnect_min > mqtt.reconnect_max {
             push(
                 "mqtt.reconnect_min",

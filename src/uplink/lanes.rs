@@ -125,11 +125,12 @@ pub struct Pacer {
 }
 
 impl Pacer {
-    /// A bucket that fills at `bytes_per_second`, up to one second's worth.
+    /// A bucket that fills at `bytes_per_second`, up to one second's worth. It starts a
+    /// second in debt, so that the live lane goes first when a connection starts.
     pub fn new(bytes_per_second: u64) -> Self {
         Self {
             rate: bytes_per_second as f64,
-            tokens: bytes_per_second as f64,
+            tokens: -(bytes_per_second as f64),
             at: Instant::now(),
         }
     }
@@ -257,10 +258,13 @@ mod tests {
         let t0 = Instant::now();
         let mut pacer = Pacer::new(1000);
         pacer.at = t0;
-        assert!(pacer.allows(t0));
+        assert!(!pacer.allows(t0), "live first");
+        assert!(pacer.allows(t0 + Duration::from_secs(1)));
+        pacer.at = t0;
+        pacer.tokens = 0.0;
         pacer.spend(3000);
-        assert!(!pacer.allows(t0 + Duration::from_secs(1)));
-        assert!(pacer.allows(t0 + Duration::from_secs(2)));
-        assert_eq!(pacer.ready_at(), t0 + Duration::from_secs(2));
+        assert!(!pacer.allows(t0 + Duration::from_secs(2)));
+        assert_eq!(pacer.ready_at(), t0 + Duration::from_secs(3));
+        assert!(pacer.allows(t0 + Duration::from_secs(3)));
     }
 }
