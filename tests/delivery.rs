@@ -146,4 +146,16 @@ fn a_late_subscriber_gets_the_retained_status_and_metadata() {
     )
     .unwrap();
     assert_eq!(meta["adapter"], "sim");
+    // So is the summary of the lanes, sent when the connection started.
+    assert!(late.wait_until(Duration::from_secs(30), |r| {
+        r.last_on("cairn/test/summary").is_some()
+    }));
+    let summary: serde_json::Value = serde_json::from_str(
+        late.with(|r| r.last_on("cairn/test/summary").unwrap().to_string())
+            .as_str(),
+    )
+    .unwrap();
+    for lane in ["alarm", "live", "backlog"] {
+        assert!(summary["lanes"][lane]["readings"].is_u64(), "{summary}");
+    }
 }

@@ -295,3 +295,45 @@ async fn an_outbox_of_schema_2_keeps_its_rows_and_a_newer_one_is_refused() {
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn retention_drops_alarms_last_and_never_refuses_one() {
+    for when_full in [
+        crate::config::WhenFull::DropOldest,
+        crate::config::WhenFull::DropNewest,
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = BufferConfig {
+            max_bytes: ByteSize::kib(64),
+            when_full,
+            ..BufferConfig::default()
+        };
+        let running = start(&dir.path().join("o.db"), &config).await;
+        // An alarm first, then far more than fits.
+        let mut alarm = reading("dev", -1);
+        alarm.priority = Priority::Alarm;
+        running.tx.send(alarm.clone()).await.unwrap();
+        for n in 0..3000 {
+            running.tx.send(reading("dev", n)).await.unwrap();
+        }
+        // A late alarm when the outbox is full.
+        running.tx.send(alarm).await.unwrap();
+        let mut stats = running.reader.stats.clone();
+        stats
+            .wait_for(|s| s.accepted as i64 + s.dropped[&DropReason::BufferFull] as i64 == 3002)
+            .await
+            .unwrap();
+        let alarms = running
+            .reader
+            .unsent(Priority::Alarm, 0, i64::MAX, 100)
+            .await
+            .unwrap()
+            .records;
+        assert_eq!(alarms.len(), 2, "{when_full:?}: both alarms kept");
+        assert!(
+            running.reader.stats().dropped.values().sum::<u64>() > 0,
+            "{when_full:?}"
+        );
+        running.stop().await;
+    }
+}
