@@ -17,6 +17,7 @@ use crate::feed::{self, FeedSources};
 use crate::live::LiveBus;
 use crate::supervisor::{self, DeviceHandle};
 use crate::uplink::Uplink;
+use crate::uplink::meter::Meter;
 use crate::uplink::topics::DeviceMeta;
 use crate::{pipeline, reload, service, store};
 
@@ -89,6 +90,12 @@ pub async fn run(
         tokio::spawn(router.run(stop_uplink.clone()));
         end
     });
+    let meter = Arc::new(Meter::resume(Meter::from_saved(
+        &reader
+            .counters("link_")
+            .await
+            .context("cannot read the link's counters")?,
+    )));
     let uplink = Uplink::new(
         &config.mqtt,
         &config.gateway.id,
@@ -96,6 +103,8 @@ pub async fn run(
         reader.clone(),
         acker,
         commands,
+        &config.gateway.data_dir.join("link"),
+        meter.clone(),
     )
     .context("cannot set up the MQTT uplink")?;
     let uplink_status = uplink.status();

@@ -77,6 +77,11 @@ pub struct MqttConfig {
     #[serde(default = "default_keepalive", with = "humantime_serde")]
     #[schemars(with = "String")]
     pub keepalive: Duration,
+    /// How long an answer (an acknowledgement, a ping's response) may take before the link
+    /// counts as dead and is dropped, whatever the keepalive (default 30s).
+    #[serde(default = "default_dead_after", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub dead_after: Duration,
     /// How long a TCP+TLS+MQTT connect may take; satellite links need tens of seconds.
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     #[schemars(with = "String")]
@@ -238,6 +243,9 @@ impl Default for BatchConfig {
     }
 }
 
+fn default_dead_after() -> Duration {
+    Duration::from_secs(30)
+}
 fn default_encoding() -> Encoding {
     Encoding::Json
 }
@@ -475,6 +483,7 @@ impl Default for MqttConfig {
             password_file: None,
             tls: None,
             keepalive: default_keepalive(),
+            dead_after: default_dead_after(),
             connect_timeout: default_connect_timeout(),
             qos: default_qos(),
             topic_prefix: default_topic_prefix(),
@@ -664,6 +673,9 @@ impl Config {
                     humantime::format_duration(mqtt.keepalive)
                 ),
             );
+        }
+        if mqtt.dead_after < Duration::from_secs(2) {
+            push("mqtt.dead_after", "must be at least 2s".into());
         }
         if mqtt.keepalive.subsec_nanos() != 0 {
             push("mqtt.keepalive", "must be whole seconds".into());

@@ -169,6 +169,8 @@ pub(crate) enum Done {
     Delivered(Vec<i64>),
     /// They can never be delivered, for this reason.
     Undeliverable(Vec<i64>, DropReason),
+    /// Counters of the uplink's to keep across restarts (the link meter's).
+    Counters(Vec<(String, i64)>),
 }
 
 /// When the readings of this run were committed, so that the uplink can tell the newest (its
@@ -239,6 +241,11 @@ impl Acker {
     /// Gives up on `seqs`, which no message can carry; the writer deletes and counts them.
     pub fn give_up(&self, seqs: Vec<i64>, reason: DropReason) {
         let _ = self.0.send(Done::Undeliverable(seqs, reason));
+    }
+
+    /// Saves `counters` (keys of the outbox's meta table) in the writer's next transaction.
+    pub fn save_counters(&self, counters: Vec<(String, i64)>) {
+        let _ = self.0.send(Done::Counters(counters));
     }
 }
 
@@ -414,6 +421,16 @@ impl StoreReader {
         sqlx::query_scalar("SELECT ts_ms FROM outbox WHERE priority = 0 ORDER BY seq LIMIT 1")
             .fetch_optional(&self.pool)
             .await
+    }
+
+    /// Counters saved with [`Acker::save_counters`] whose keys start with `prefix`.
+    pub async fn counters(&self, prefix: &str) -> Result<BTreeMap<String, i64>, sqlx::Error> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT key, value FROM meta WHERE substr(key, 1, length(?1)) = ?1")
+                .bind(prefix)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().collect())
     }
 
     /// The timestamp of the oldest unsent reading, if any.

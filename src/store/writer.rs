@@ -55,6 +55,7 @@ struct Batch {
     readings: Vec<Reading>,
     acks: Vec<i64>,
     given_up: Vec<(Vec<i64>, DropReason)>,
+    counters: BTreeMap<String, i64>,
     check_age: bool,
 }
 
@@ -63,6 +64,7 @@ impl Batch {
         self.readings.is_empty()
             && self.acks.is_empty()
             && self.given_up.is_empty()
+            && self.counters.is_empty()
             && !self.check_age
     }
 
@@ -70,6 +72,7 @@ impl Batch {
         match done {
             Done::Delivered(seqs) => self.acks.extend(seqs),
             Done::Undeliverable(seqs, reason) => self.given_up.push((seqs, reason)),
+            Done::Counters(counters) => self.counters.extend(counters),
         }
     }
 }
@@ -339,6 +342,7 @@ impl Writer {
                     .iter()
                     .map(|(reason, n)| (drop_key(*reason), *n as i64)),
             )
+            .chain(batch.counters.iter().map(|(k, v)| (k.clone(), *v)))
             .collect();
         meta.push_values(&entries, |mut row, (key, value)| {
             row.push_bind(key).push_bind(*value);

@@ -18,6 +18,8 @@ pub mod batcher;
 pub mod encoding;
 mod inflight;
 pub mod lanes;
+pub mod link;
+pub mod meter;
 mod options;
 pub mod topics;
 
@@ -43,6 +45,8 @@ use cairn_adapters::Priority;
 use encoding::Encoder;
 use inflight::{Carried, Inflight};
 use lanes::{Cursors, Delivered, Lane, Pacer};
+use link::{Link, LinkError, LinkState};
+use meter::Meter;
 use topics::{DeviceMeta, Topics};
 
 /// Rows read from the outbox at a time (at least a batch).
@@ -81,9 +85,9 @@ pub enum UplinkError {
     /// The outbox could not be read.
     #[error("reading the outbox: {0}")]
     Store(#[from] sqlx::Error),
-    /// The TLS files could not be read.
-    #[error("TLS files: {0}")]
-    Tls(#[from] std::io::Error),
+    /// The link to the broker failed (refused, timed out, dead, TLS).
+    #[error("{0}")]
+    Link(#[from] LinkError),
 }
 
 impl From<rumqttc::ConnectionError> for UplinkError {
@@ -128,11 +132,14 @@ pub struct Uplink {
     delivered: Arc<Delivered>,
     /// When the last lane summary went upstream, with the delivered counts then.
     summarised: Option<(Instant, [u64; 3])>,
+    link: Arc<Link>,
+    meter: Arc<Meter>,
 }
 
 impl Uplink {
     /// An uplink for `gateway` that publishes `devices`' metadata, drains `reader`, and
     /// carries commands when given the router's `commands` end.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: &MqttConfig,
         gateway: &str,
@@ -140,10 +147,13 @@ impl Uplink {
         reader: StoreReader,
         acker: Acker,
         commands: Option<UplinkEnd>,
+        link_dir: &std::path::Path,
+        meter: Arc<Meter>,
     ) -> Result<Self, UplinkError> {
         let (requests, answers) = commands.map(|end| (end.requests, end.results)).unzip();
         let topics = Topics::new(&config.topic_prefix, gateway);
-        let (options, network) = options::build(config, gateway, &topics.status())?;
+        let link = Link::new(config, link_dir, meter.clone())?;
+        let (options, network) = options::build(config, gateway, &topics.status(), link.path());
         let endpoint = config.endpoint();
         let status = UplinkStatus {
             connected: false,
@@ -176,6 +186,8 @@ impl Uplink {
             max_inflight_bytes: config.max_inflight_bytes.as_u64() as usize,
             delivered: Arc::default(),
             summarised: None,
+            link: Arc::new(link),
+            meter,
         })
     }
 
@@ -189,10 +201,22 @@ impl Uplink {
         self.delivered.clone()
     }
 
+    /// What the link knows (answers awaited), for the feed.
+    pub fn link_state(&self) -> Arc<LinkState> {
+        self.link.state()
+    }
+
     /// Connects, drains, reconnects with backoff, until `cancel` fires; then leaves cleanly.
     pub async fn run(mut self, cancel: CancellationToken) {
         let mut backoff = Backoff::new(self.reconnect.0, self.reconnect.1);
         let mut answers = self.answers.take();
+        // Stopped after the last goodbye, so that its bytes are counted too.
+        let stop_saver = CancellationToken::new();
+        let saver = tokio::spawn(save_counters(
+            self.meter.clone(),
+            self.acker.clone(),
+            stop_saver.clone(),
+        ));
         loop {
             let error = match self.session(&cancel, &mut backoff, &mut answers).await {
                 Ok(()) => break,
@@ -213,6 +237,8 @@ impl Uplink {
             }
         }
         self.set_status(false, None);
+        stop_saver.cancel();
+        let _ = saver.await;
     }
 
     fn set_status(&self, connected: bool, last_error: Option<String>) {
@@ -227,12 +253,37 @@ impl Uplink {
         });
     }
 
-    /// One connection, from CONNECT to failure (`Err`) or shutdown (`Ok`).
+    /// One connection, from CONNECT to failure (`Err`) or shutdown (`Ok`): rumqttc on one
+    /// side of the link's socket, the link carrying its bytes to the broker on the other.
     async fn session(
         &mut self,
         cancel: &CancellationToken,
         backoff: &mut Backoff,
         answers: &mut Option<mpsc::Receiver<SetResult>>,
+    ) -> Result<(), UplinkError> {
+        let stop_link = CancellationToken::new();
+        let _stop_link = stop_link.clone().drop_guard();
+        let link = self.link.clone();
+        let mut carried = tokio::spawn(async move { link.carry(stop_link).await });
+        match self.converse(cancel, backoff, answers, &mut carried).await {
+            // rumqttc saw its socket close: the link knows why (refused, dead, TLS...).
+            Err(UplinkError::Connection(e)) => {
+                match tokio::time::timeout(Duration::from_millis(500), &mut carried).await {
+                    Ok(Ok(Err(link))) => Err(link.into()),
+                    _ => Err(UplinkError::Connection(e)),
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// The MQTT side of one connection.
+    async fn converse(
+        &mut self,
+        cancel: &CancellationToken,
+        backoff: &mut Backoff,
+        answers: &mut Option<mpsc::Receiver<SetResult>>,
+        carried: &mut tokio::task::JoinHandle<Result<(), LinkError>>,
     ) -> Result<(), UplinkError> {
         // Room for the window, the status and metadata messages, the subscription and answers.
         let capacity = self.window + self.devices.len() + 3 + ANSWER_ROOM;
@@ -241,6 +292,7 @@ impl Uplink {
         let connack = tokio::select! {
             () = cancel.cancelled() => return Ok(()),
             event = events.poll() => event?,
+            ended = &mut *carried => return Err(link_ended(ended)),
         };
         if let Event::Incoming(Packet::ConnAck(ack)) = &connack
             && ack.code != ConnectReturnCode::Success
@@ -290,6 +342,7 @@ impl Uplink {
                         backoff.reset();
                     }
                 }
+                ended = &mut *carried => return Err(link_ended(ended)),
                 Ok(()) = drain.committed.changed(), if room => {}
                 () = sleep_until(linger), if room && linger.is_some() => {}
                 () = sleep_until(paced), if room && paced.is_some() => {}
@@ -669,6 +722,35 @@ fn fit(
     let mut messages = fit(encoder, topic, max_message, historical, head);
     messages.extend(fit(encoder, topic, max_message, historical, tail));
     messages
+}
+
+/// How often the link meter's counters are saved: a crash loses at most this much of them.
+const SAVE_COUNTERS: Duration = Duration::from_secs(60);
+
+/// Saves the link meter's counters in the outbox every minute, and once more at shutdown.
+async fn save_counters(meter: Arc<Meter>, acker: Acker, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(SAVE_COUNTERS);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => break,
+            _ = tick.tick() => acker.save_counters(meter.saved()),
+        }
+    }
+    acker.save_counters(meter.saved());
+}
+
+/// Why the link's task ended, as the uplink's error.
+fn link_ended(ended: Result<Result<(), LinkError>, tokio::task::JoinError>) -> UplinkError {
+    let error = match ended {
+        Ok(Err(e)) => e,
+        Ok(Ok(())) => LinkError::Io(std::io::Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            "the broker closed the connection",
+        )),
+        Err(e) => LinkError::Io(std::io::Error::other(e.to_string())),
+    };
+    UplinkError::Link(error)
 }
 
 /// What one publish did: bytes handed to the client, and whether the window stopped it.

@@ -1,6 +1,10 @@
-//! rumqttc options from the validated config: endpoint, session, last will, TLS.
+//! rumqttc options from the validated config: the session, the last will, and the way to the
+//! broker, which is Cairn's own link ([`super::link`]) over a private Unix socket.
 
-use rumqttc::{LastWill, MqttOptions, NetworkOptions, QoS, TlsConfiguration, Transport};
+use std::path::Path;
+use std::time::Duration;
+
+use rumqttc::{LastWill, MqttOptions, NetworkOptions, QoS, Transport};
 
 use crate::config::MqttConfig;
 
@@ -9,21 +13,24 @@ use crate::config::MqttConfig;
 /// rather than cutting the connection, which would only bring it back at the next connect.
 const MAX_INCOMING: usize = 1024 * 1024;
 
-/// The options for every connection attempt, and the network options that carry the
-/// connect/flush timeout.
+/// The options for every connection attempt through the link's socket at `link`, and the
+/// network options that carry the connect/flush timeout.
 pub fn build(
     config: &MqttConfig,
     gateway: &str,
     status_topic: &str,
-) -> std::io::Result<(MqttOptions, NetworkOptions)> {
-    let endpoint = config.endpoint();
+    link: &Path,
+) -> (MqttOptions, NetworkOptions) {
     let client_id = config
         .client_id
         .clone()
         .unwrap_or_else(|| format!("cairn-{gateway}"));
-    let mut options = MqttOptions::new(client_id, endpoint.host, endpoint.port);
+    let mut options = MqttOptions::new(client_id, link.display().to_string(), 0);
     options
-        .set_keep_alive(config.keepalive)
+        .set_transport(Transport::Unix)
+        // rumqttc would ping every keepalive whatever the traffic; the link pings only when
+        // the link is idle, and writes the keepalive into CONNECT itself.
+        .set_keep_alive(Duration::ZERO)
         // The outbox, not the broker's session, is the truth about what is unsent; a clean
         // session on every connect keeps rumqttc from replaying a stale queue of its own.
         .set_clean_session(true)
@@ -38,30 +45,9 @@ pub fn build(
     if let Some(username) = &config.username {
         options.set_credentials(username, config.password.clone().unwrap_or_default());
     }
-    if endpoint.tls {
-        // rumqttc is built without a default crypto provider; ring cross-compiles to the Pi
-        // without a C toolchain beyond gcc. Installing twice is harmless.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let transport = match &config.tls {
-            Some(tls) => {
-                let ca = std::fs::read(&tls.ca_file.value)?;
-                let client_auth = match (&tls.cert_file, &tls.key_file) {
-                    (Some(cert), Some(key)) => {
-                        Some((std::fs::read(&cert.value)?, std::fs::read(&key.value)?))
-                    }
-                    _ => None,
-                };
-                Transport::tls_with_config(TlsConfiguration::Simple {
-                    ca,
-                    alpn: None,
-                    client_auth,
-                })
-            }
-            None => Transport::tls_with_default_config(),
-        };
-        options.set_transport(transport);
-    }
     let mut network = NetworkOptions::new();
-    network.set_connection_timeout(config.connect_timeout.as_secs().max(1));
-    Ok((options, network))
+    // The link bounds TCP and TLS by `connect_timeout`; this bounds the MQTT CONNECT on top,
+    // and each write's flush.
+    network.set_connection_timeout(2 * config.connect_timeout.as_secs().max(1));
+    (options, network)
 }
