@@ -109,6 +109,7 @@ pub async fn run(
     .context("cannot set up the MQTT uplink")?;
     let uplink_status = uplink.status();
     let delivered = uplink.delivered();
+    let link_state = uplink.link_state();
     let uplink = tokio::spawn(uplink.run(stop_uplink.clone()));
 
     // The feed starts whatever the broker does, and stops last, so people on site see the
@@ -125,6 +126,11 @@ pub async fn run(
             live: live.clone(),
             delivered,
             live_age: config.mqtt.lanes.live_age,
+            meter,
+            link: link_state,
+            // A third of the way to giving up on the link: long enough for a slow link's
+            // queue, short enough to show a silent one at once.
+            stall_after: config.mqtt.dead_after / 3,
         };
         feed::start(
             &config.feed,

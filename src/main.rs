@@ -179,7 +179,7 @@ fn main() -> ExitCode {
             };
             let path = config.buffer.path_in(&config.gateway.data_dir);
             match runtime.block_on(store::inspect(&path)) {
-                Ok((stats, oldest)) => {
+                Ok((stats, oldest, counters)) => {
                     println!("outbox: {}", path.display());
                     println!("backlog: {} readings, {} bytes", stats.backlog, stats.bytes);
                     if let Some(ms) = oldest {
@@ -191,6 +191,15 @@ fn main() -> ExitCode {
                     for (reason, n) in &stats.dropped {
                         println!("dropped ({}): {n}", reason.as_str());
                     }
+                    let link = cairn::uplink::meter::Meter::resume(
+                        cairn::uplink::meter::Meter::from_saved(&counters),
+                    )
+                    .counts();
+                    println!("link up: {} bytes", link.total.up);
+                    println!("link down: {} bytes", link.total.down);
+                    println!("link connects: {}", link.connects);
+                    println!("link today: {} bytes", link.day.bytes.total());
+                    println!("link this month: {} bytes", link.month.bytes.total());
                     print_lanes(&config.feed);
                     ExitCode::SUCCESS
                 }

@@ -116,3 +116,60 @@ fn publishes_over_tls_with_a_client_certificate() {
     assert_eq!(report.beyond, 0);
     cairn.wait_stats("the outbox to drain", |s| s["backlog"] == 0);
 }
+
+#[test]
+fn a_reconnect_resumes_the_tls_session() {
+    let pki = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        pki.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    make_pki(pki.path());
+    let p = |f: &str| pki.path().join(f).display().to_string();
+    let tls_port = free_port();
+    let plain_port = free_port();
+    let broker = Broker::start_with(
+        plain_port,
+        &format!(
+            "listener {tls_port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\n",
+            p("ca.crt"),
+            p("server.crt"),
+            p("server.key")
+        ),
+    );
+    let sub = Subscriber::start(&broker, "cairn/test/#");
+    let proxy = support::proxy::Proxy::start(tls_port);
+    // No devices: each connection carries the TLS handshake, CONNECT and the status only.
+    let config = format!(
+        "gateway: {{id: test, data_dir: '{{data}}'}}\n\
+         mqtt:\n  url: mqtts://localhost:{}\n  reconnect_min: 100ms\n  reconnect_max: 1s\n\
+         \x20 lanes: {{summary_every: 0s}}\n  tls:\n    ca_file: {}\n\
+         devices: []\n",
+        proxy.port,
+        p("ca.crt"),
+    );
+    let _cairn = Cairn::start(&config);
+    let onlines = |n: usize| {
+        sub.wait_until(std::time::Duration::from_secs(60), |r| {
+            r.messages
+                .iter()
+                .filter(|(t, p)| t == "cairn/test/status" && p == "online")
+                .count()
+                >= n
+        })
+    };
+    // TLS 1.3 session tickets come right after the handshake, before CONNACK and so before
+    // the status reaches the subscriber.
+    assert!(onlines(1));
+    proxy.cut();
+    assert!(onlines(2), "reconnected");
+    let connections = proxy.per_connection();
+    let (first, second) = (connections[0], *connections.last().unwrap());
+    println!("TLS connect: {first:?} bytes (up, down); reconnect: {second:?}");
+    // A full handshake sends the server's certificate (about 1 KB here); a resumed one does not.
+    assert!(
+        second.1 + 500 < first.1,
+        "the second connect resumed the session: {first:?} then {second:?}"
+    );
+}

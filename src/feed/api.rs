@@ -140,6 +140,19 @@ fn rate_span(samples: &VecDeque<Sample>) -> Option<(&Sample, &Sample, f64)> {
     (span > 0.0).then_some((first, last, span))
 }
 
+/// The link meter as `/api/status` shows it.
+fn link_json(c: &crate::uplink::meter::Counts) -> serde_json::Value {
+    let bytes = |b: &crate::uplink::meter::Bytes| json!({"up": b.up, "down": b.down});
+    json!({
+        "total": bytes(&c.total),
+        "connects": c.connects,
+        "connection": bytes(&c.connection),
+        "hour": bytes(&c.hour.bytes),
+        "today": bytes(&c.day.bytes),
+        "month": bytes(&c.month.bytes),
+    })
+}
+
 /// The lanes as `/api/status` shows them.
 fn lanes_json(lanes: &[LaneView; 3], now: SystemTime) -> serde_json::Value {
     let map: serde_json::Map<String, serde_json::Value> = lanes
@@ -175,6 +188,7 @@ pub async fn status(_: Authorized, State(state): State<AppState>) -> Json<serde_
     let stats = state.store.stats();
     let oldest = state.rates.oldest_unsent_ms();
     let uplink = state.uplink.borrow().clone();
+    let waiting = state.link.waiting();
     let now = SystemTime::now();
     let (readings_per_s, published_per_s) = state.rates.per_second();
     let dropped: serde_json::Map<String, serde_json::Value> = stats
@@ -192,7 +206,10 @@ pub async fn status(_: Authorized, State(state): State<AppState>) -> Json<serde_
             "since": rfc3339(uplink.since),
             "last_error": uplink.last_error,
             "ignored_commands": uplink.ignored_commands,
+            "waiting_s": waiting.map(|w| w.as_secs_f64()),
+            "stalled": uplink.connected && waiting.is_some_and(|w| w >= state.stall_after),
         },
+        "link": link_json(&state.meter.counts()),
         "backlog": {
             "readings": stats.backlog,
             "bytes": stats.bytes,

@@ -90,6 +90,49 @@ pub async fn metrics(_: Authorized, State(state): State<AppState>) -> impl IntoR
         "1 while the MQTT broker has accepted the connection.",
         &one(f64::from(u8::from(uplink.connected))),
     );
+    let link = state.meter.counts();
+    let directions = |b: crate::uplink::meter::Bytes| {
+        vec![
+            (vec![("direction", "up")], b.up as f64),
+            (vec![("direction", "down")], b.down as f64),
+        ]
+    };
+    family(
+        &mut out,
+        "cairn_uplink_bytes_total",
+        "counter",
+        "Bytes across the link to the broker at the socket, TLS included, since the outbox was made.",
+        &directions(link.total),
+    );
+    family(
+        &mut out,
+        "cairn_uplink_bytes_today",
+        "gauge",
+        "Bytes across the link today (UTC).",
+        &directions(link.day.bytes),
+    );
+    family(
+        &mut out,
+        "cairn_uplink_bytes_month",
+        "gauge",
+        "Bytes across the link this month (UTC).",
+        &directions(link.month.bytes),
+    );
+    family(
+        &mut out,
+        "cairn_uplink_connects_total",
+        "counter",
+        "Connections to the broker established since the outbox was made.",
+        &one(link.connects as f64),
+    );
+    let stalled = uplink.connected && state.link.waiting().is_some_and(|w| w >= state.stall_after);
+    family(
+        &mut out,
+        "cairn_uplink_stalled",
+        "gauge",
+        "1 while connected but an answer from the broker is overdue.",
+        &one(f64::from(u8::from(stalled))),
+    );
     family(
         &mut out,
         "cairn_commands_ignored_total",

@@ -57,6 +57,12 @@ pub struct FeedSources {
     pub delivered: Arc<crate::uplink::lanes::Delivered>,
     /// What divides the live lane from the backlog.
     pub live_age: Duration,
+    /// The bytes that crossed the link.
+    pub meter: Arc<crate::uplink::meter::Meter>,
+    /// Answers the link waits for.
+    pub link: Arc<crate::uplink::link::LinkState>,
+    /// How long an answer may wait before the link shows as stalled.
+    pub stall_after: Duration,
 }
 
 /// Everything a request handler may read.
@@ -69,6 +75,9 @@ struct AppState {
     history_keep: Duration,
     devices: Arc<[DeviceHandle]>,
     uplink: watch::Receiver<UplinkStatus>,
+    meter: Arc<crate::uplink::meter::Meter>,
+    link: Arc<crate::uplink::link::LinkState>,
+    stall_after: Duration,
     store: StoreReader,
     started: SystemTime,
     rates: api::Rates,
@@ -130,6 +139,9 @@ pub async fn start(
         history_keep: config.history.keep,
         devices: Arc::from(sources.devices),
         uplink: sources.uplink,
+        meter: sources.meter,
+        link: sources.link,
+        stall_after: sources.stall_after,
         store: sources.store,
         started: SystemTime::now(),
         rates,

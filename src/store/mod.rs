@@ -462,8 +462,11 @@ pub struct Unsent {
     pub last: i64,
 }
 
-/// Reads the counters of an outbox file without opening it for writing (for `cairn stats`).
-pub async fn inspect(path: &Path) -> Result<(Stats, Option<i64>), StoreError> {
+/// Reads the counters of an outbox file without opening it for writing (for `cairn stats`):
+/// its stats, when the oldest unsent reading was taken, and the uplink's saved counters.
+pub async fn inspect(
+    path: &Path,
+) -> Result<(Stats, Option<i64>, BTreeMap<String, i64>), StoreError> {
     let db_err = |source| StoreError::Database {
         path: path.to_path_buf(),
         source,
@@ -477,8 +480,13 @@ pub async fn inspect(path: &Path) -> Result<(Stats, Option<i64>), StoreError> {
         .fetch_optional(&mut conn)
         .await
         .map_err(db_err)?;
+    let counters: Vec<(String, i64)> =
+        sqlx::query_as("SELECT key, value FROM meta WHERE substr(key, 1, 5) = 'link_'")
+            .fetch_all(&mut conn)
+            .await
+            .map_err(db_err)?;
     let stats = Stats::from(&state);
-    Ok((stats, oldest))
+    Ok((stats, oldest, counters.into_iter().collect()))
 }
 
 #[cfg(test)]

@@ -202,7 +202,7 @@ async fn max_age_drops_old_readings_and_counts_them() {
         .unwrap();
     assert_eq!(running.all_unsent().await[0].seq, 2);
     running.stop().await;
-    let (stats, _) = inspect(&dir.path().join("o.db")).await.unwrap();
+    let (stats, _, _) = inspect(&dir.path().join("o.db")).await.unwrap();
     assert_eq!(stats.dropped[&DropReason::MaxAge], 1, "drop counts persist");
 }
 

@@ -19,6 +19,8 @@ pub struct Carried {
     pub seqs: Vec<i64>,
     /// The size of the PUBLISH.
     pub bytes: usize,
+    /// Counters to save in the outbox once the broker has it (a retained meta's fingerprint).
+    pub saves: Vec<(String, i64)>,
 }
 
 impl Carried {
@@ -28,12 +30,21 @@ impl Carried {
             lane: Some(lane),
             seqs,
             bytes,
+            saves: Vec::new(),
         }
     }
 
     /// A control message.
     pub fn control() -> Self {
         Self::default()
+    }
+
+    /// A control message whose acknowledgement saves `saves`.
+    pub fn saving(saves: Vec<(String, i64)>) -> Self {
+        Self {
+            saves,
+            ..Self::default()
+        }
     }
 }
 

@@ -305,14 +305,31 @@ impl Uplink {
         let mut inflight = Inflight::default();
         client.try_publish(self.topics.status(), QoS::AtLeastOnce, true, "online")?;
         inflight.queued(Carried::control());
+        // A retained meta goes again only when it changed, or a day after it last went (in
+        // case the broker lost its retained messages): on a metered link every reconnect
+        // otherwise pays for all of them.
+        let published = self.reader.counters("meta_").await?;
+        let now = crate::pipeline::unix_millis(SystemTime::now()) / 1000;
         for device in &self.devices {
+            let payload = device.payload();
+            let (hash, at) = (
+                format!("meta_hash_{}", device.name),
+                format!("meta_at_{}", device.name),
+            );
+            let print = fingerprint(&payload);
+            let fresh = published
+                .get(&at)
+                .is_some_and(|t| (0..META_REFRESH).contains(&(now - t)));
+            if fresh && published.get(&hash) == Some(&print) {
+                continue;
+            }
             client.try_publish(
                 self.topics.meta(&device.name),
                 QoS::AtLeastOnce,
                 true,
-                device.payload(),
+                payload,
             )?;
-            inflight.queued(Carried::control());
+            inflight.queued(Carried::saving(vec![(hash, print), (at, now)]));
         }
         if self.commands.is_some() {
             // Commands sent while the link was down are not delivered later (clean session):
@@ -632,11 +649,14 @@ impl Uplink {
         false
     }
 
-    /// The rows of a delivered message can go.
+    /// The rows of a delivered message can go, and what it asked to save is saved.
     fn done(&self, carried: Carried) {
         if let Some(lane) = carried.lane {
             self.delivered.add(lane, carried.seqs.len());
             self.acker.ack(carried.seqs);
+        }
+        if !carried.saves.is_empty() {
+            self.acker.save_counters(carried.saves);
         }
     }
 
@@ -722,6 +742,18 @@ fn fit(
     let mut messages = fit(encoder, topic, max_message, historical, head);
     messages.extend(fit(encoder, topic, max_message, historical, tail));
     messages
+}
+
+/// Seconds after which a retained meta goes again even unchanged.
+const META_REFRESH: i64 = 24 * 3600;
+
+/// A stable fingerprint of a payload (FNV-1a, 64 bits): the same bytes give the same number
+/// in every run and every Rust release, which std's hasher does not promise.
+fn fingerprint(bytes: &[u8]) -> i64 {
+    let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    hash as i64
 }
 
 /// How often the link meter's counters are saved: a crash loses at most this much of them.

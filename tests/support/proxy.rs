@@ -25,6 +25,8 @@ struct Faults {
     down: AtomicU64,
     connections: AtomicU64,
     live: Mutex<Vec<TcpStream>>,
+    /// Bytes (up, down) of each connection, in the order they came.
+    per_connection: Mutex<Vec<Arc<[AtomicU64; 2]>>>,
 }
 
 /// Forwards `127.0.0.1:port` to a target port, with faults switched at run time.
@@ -52,6 +54,8 @@ impl Proxy {
                     live.push(client.try_clone().unwrap());
                     live.push(server.try_clone().unwrap());
                 }
+                let counts: Arc<[AtomicU64; 2]> = Arc::default();
+                shared.per_connection.lock().unwrap().push(counts.clone());
                 for (from, to, up) in [
                     (
                         client.try_clone().unwrap(),
@@ -60,7 +64,7 @@ impl Proxy {
                     ),
                     (server, client, false),
                 ] {
-                    pipe(from, to, up, shared.clone());
+                    pipe(from, to, up, shared.clone(), counts.clone());
                 }
             }
         });
@@ -101,6 +105,17 @@ impl Proxy {
         )
     }
 
+    /// Bytes (client to server, server to client) of each connection so far, oldest first.
+    pub fn per_connection(&self) -> Vec<(u64, u64)> {
+        self.faults
+            .per_connection
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|c| (c[0].load(Ordering::Relaxed), c[1].load(Ordering::Relaxed)))
+            .collect()
+    }
+
     /// Connections accepted so far.
     pub fn connections(&self) -> u64 {
         self.faults.connections.load(Ordering::Relaxed)
@@ -109,7 +124,13 @@ impl Proxy {
 
 /// Copies `from` to `to`, holding each chunk back by the current delay and pacing it by the
 /// rate cap (order preserved), and counts what was delivered.
-fn pipe(mut from: TcpStream, mut to: TcpStream, up: bool, faults: Arc<Faults>) {
+fn pipe(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    up: bool,
+    faults: Arc<Faults>,
+    connection: Arc<[AtomicU64; 2]>,
+) {
     let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
     let reader_faults = faults.clone();
     std::thread::spawn(move || {
@@ -150,6 +171,7 @@ fn pipe(mut from: TcpStream, mut to: TcpStream, up: bool, faults: Arc<Faults>) {
                     break 'chunks;
                 }
                 counter.fetch_add(slice.len() as u64, Ordering::Relaxed);
+                connection[usize::from(!up)].fetch_add(slice.len() as u64, Ordering::Relaxed);
             }
         }
         let _ = to.shutdown(Shutdown::Both);

@@ -172,7 +172,10 @@ async function refresh() {
     const status = await api("/api/status");
     $("gateway").textContent = status.gateway;
     const u = status.uplink;
-    $("uplink-state").textContent = (u.connected ? "connected" : "down") + " since " + ago(u.since) + (u.last_error && !u.connected ? " (" + u.last_error + ")" : "");
+    $("uplink-state").textContent = (u.connected ? (u.stalled ? "stalled: no answer for " + Math.round(u.waiting_s) + " s" : "connected") : "down") + " since " + ago(u.since) + (u.last_error && !u.connected ? " (" + u.last_error + ")" : "");
+    $("uplink").className = "panel " + (!u.connected ? "down" : u.stalled ? "stalled" : "");
+    const kib = (b) => ((b.up + b.down) / 1024).toFixed(1) + " KiB";
+    $("link").textContent = kib(status.link.today) + " today, " + kib(status.link.month) + " this month, " + status.link.connects + " connects";
     $("backlog").textContent = status.backlog.readings + " readings, " + (status.backlog.bytes / 1024).toFixed(1) + " KiB";
     $("oldest").textContent = status.backlog.oldest_unsent ? ago(status.backlog.oldest_unsent) : "none";
     // Each lane: its depth, and when it drains, how fast and how long it will take.

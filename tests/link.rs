@@ -1,0 +1,199 @@
+//! Cairn's own link to the broker: a half-open link noticed whatever the keepalive, pings only
+//! when idle, and bytes counted at the socket exactly as the proxy saw them cross.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::feed::api;
+use support::proxy::Proxy;
+use support::{Broker, Cairn, PATIENCE, Subscriber, free_port};
+
+fn counter(port: u16, mqtt: &str, rate: u32, limit: u64) -> String {
+    format!(
+        "gateway: {{id: test, data_dir: '{{data}}'}}\n\
+         mqtt:\n  host: 127.0.0.1\n  port: {port}\n  reconnect_min: 100ms\n  reconnect_max: 1s\n{mqtt}\
+         devices:\n  - name: counter\n    type: sim\n    rate: {rate}\n    limit: {limit}\n    values: [{{name: n, counter: {{}}}}]\n"
+    )
+}
+
+/// Polls `/api/status` until `done` holds for its uplink; returns when.
+fn wait_uplink(cairn: &Cairn, what: &str, done: impl Fn(&serde_json::Value) -> bool) -> Instant {
+    let feed = cairn.feed();
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let status = api(feed, "/api/status");
+        if done(&status["uplink"]) {
+            return Instant::now();
+        }
+        assert!(Instant::now() < deadline, "{what} never: {status}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_half_open_link_is_noticed_within_dead_after_whatever_the_keepalive() {
+    let port = free_port();
+    let broker = Broker::start_on(port);
+    let sub = Subscriber::start(&broker, "cairn/test/#");
+    let proxy = Proxy::start(port);
+    // A keepalive of 10 minutes, which would take 10 to 20 minutes to notice a dead link.
+    let cairn = Cairn::start(&counter(
+        proxy.port,
+        "  keepalive: 10m\n  dead_after: 6s\n",
+        50,
+        1500,
+    ));
+    assert!(sub.wait_until(PATIENCE, |r| r.data().count() >= 100));
+    let t0 = Instant::now();
+    proxy.set_blackhole(true);
+    // Stalled (a third of dead_after) as soon as answers are overdue, then dropped as dead.
+    let stalled = wait_uplink(&cairn, "stalled", |u| u["stalled"] == true);
+    let dead = wait_uplink(&cairn, "down", |u| u["connected"] == false);
+    let (stalled, dead) = ((stalled - t0).as_secs_f64(), (dead - t0).as_secs_f64());
+    assert!(stalled < 5.0, "stalled shown after {stalled:.1} s");
+    assert!(dead < 6.0 + 3.0, "dead after {dead:.1} s");
+    assert!(
+        cairn.log().contains("the link is dead: no answer for 6s"),
+        "{}",
+        cairn.log()
+    );
+    proxy.set_blackhole(false);
+    let report = sub.expect_all_seqs(1500);
+    println!(
+        "half-open link: stalled shown after {stalled:.1} s, dropped after {dead:.1} s; {report:?}"
+    );
+}
+
+#[test]
+fn pings_go_only_when_the_link_is_idle_and_the_keepalive_reaches_the_broker() {
+    let port = free_port();
+    let broker = Broker::start_with(port, "log_type all\n");
+    let sub = Subscriber::start(&broker, "cairn/test/#");
+    // 15 s of readings with a 5 s keepalive, then silence.
+    let cairn = Cairn::start(&counter(port, "  keepalive: 5s\n", 10, 150));
+    let report = sub.expect_all_seqs(150);
+    assert_eq!(report.beyond, 0);
+    cairn.wait_log("Device finished");
+    // Idle for more than two keepalives.
+    std::thread::sleep(Duration::from_secs(12));
+    let log = broker.log();
+    let at = |line: &str| -> u64 { line.split(':').next().unwrap().trim().parse().unwrap() };
+    let publishes: Vec<u64> = log
+        .lines()
+        .filter(|l| l.contains("Received PUBLISH from cairn-test"))
+        .map(at)
+        .collect();
+    let pings: Vec<u64> = log
+        .lines()
+        .filter(|l| l.contains("Received PINGREQ from cairn-test"))
+        .map(at)
+        .collect();
+    let (first, last) = (publishes[0], *publishes.last().unwrap());
+    assert!(last - first >= 10, "readings flowed for {} s", last - first);
+    let while_busy = pings.iter().filter(|t| **t > first && **t < last).count();
+    assert_eq!(while_busy, 0, "no ping while readings flow: {pings:?}");
+    assert!(
+        pings.iter().any(|t| *t > last),
+        "a ping once idle: {pings:?}"
+    );
+    assert!(
+        log.contains("as cairn-test (p2, c1, k5)"),
+        "the broker was told the keepalive:\n{log}"
+    );
+}
+
+#[test]
+fn link_bytes_are_counted_at_the_socket_and_survive_a_restart() {
+    let port = free_port();
+    let broker = Broker::start_on(port);
+    let sub = Subscriber::start(&broker, "cairn/test/#");
+    let proxy = Proxy::start(port);
+    let mut cairn = Cairn::start(&counter(proxy.port, "", 100, 300));
+    sub.expect_all_seqs(300);
+    cairn.wait_stats("drained", |s| s["backlog"] == 0);
+    assert!(cairn.stop());
+    // Everything crossed: what Cairn counted at its socket is what the proxy carried.
+    let (up, down) = proxy.bytes();
+    let stats = cairn.stats();
+    assert_eq!(
+        (
+            stats["link up"] as u64,
+            stats["link down"] as u64,
+            stats["link connects"]
+        ),
+        (up, down, 1),
+        "{stats:?}"
+    );
+    assert_eq!(stats["link today"] as u64, up + down);
+    cairn.restart();
+    let metrics = |cairn: &Cairn| support::feed::http_get(cairn.feed(), "/metrics", None).1;
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let text = metrics(&cairn);
+        if text.contains("cairn_uplink_connects_total 2") {
+            let up_total: f64 = text
+                .lines()
+                .find(|l| l.starts_with("cairn_uplink_bytes_total{direction=\"up\"}"))
+                .and_then(|l| l.split_whitespace().last())
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!(
+                up_total as u64 > up,
+                "counts go on from the last run: {up_total} vs {up}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "{text}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_reconnect_sends_only_what_changed() {
+    let port = free_port();
+    let broker = Broker::start_on(port);
+    let sub = Subscriber::start(&broker, "cairn/test/#");
+    let proxy = Proxy::start(port);
+    let config = support::site_config(
+        proxy.port,
+        "  lanes: {summary_every: 0s}\n",
+        true,
+        "interval: 1h",
+        1,
+    );
+    let mut cairn = Cairn::start(&config);
+    let metas = |r: &support::Received| {
+        r.messages
+            .iter()
+            .filter(|(t, _)| t.ends_with("/meta"))
+            .count()
+    };
+    let onlines = |r: &support::Received| {
+        r.messages
+            .iter()
+            .filter(|(t, p)| t == "cairn/test/status" && p == "online")
+            .count()
+    };
+    assert!(sub.wait_until(PATIENCE, |r| metas(r) == 5));
+    support::wait_devices_finished(cairn.feed(), 5);
+    cairn.wait_stats("drained", |s| s["backlog"] == 0);
+    let first = proxy.per_connection()[0];
+    // The link drops; the metadata the broker holds is still the same.
+    proxy.cut();
+    assert!(sub.wait_until(PATIENCE, |r| onlines(r) == 2));
+    // And after a restart too.
+    assert!(cairn.stop());
+    cairn.restart();
+    assert!(sub.wait_until(PATIENCE, |r| onlines(r) == 3));
+    let connections = proxy.per_connection();
+    let last = *connections.last().unwrap();
+    println!("5-device site: first connect {first:?} bytes (up, down), a reconnect {last:?}");
+    assert_eq!(sub.with(metas), 5, "no meta went again");
+    assert!(
+        last.0 * 3 < first.0,
+        "the reconnect costs a fraction: {first:?} then {last:?}"
+    );
+}
