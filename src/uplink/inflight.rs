@@ -7,7 +7,10 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use tokio::time::Instant;
+
 use super::lanes::Lane;
+use super::window::Window;
 
 /// What a publish carried: a batch or a reading of some lane, or nothing of the outbox
 /// (status, metadata, command answers).
@@ -48,25 +51,48 @@ impl Carried {
     }
 }
 
-/// Publishes sent on the current connection and not yet acknowledged.
-#[derive(Debug, Default)]
+/// Publishes sent on the current connection and not yet acknowledged, and the byte window
+/// their acknowledgements size.
+#[derive(Debug)]
 pub struct Inflight {
-    queued: VecDeque<Carried>,
-    by_pkid: HashMap<u16, Carried>,
+    queued: VecDeque<(Instant, Carried)>,
+    by_pkid: HashMap<u16, (Instant, Carried)>,
     /// Messages carrying rows, queued or awaiting their ack: what the window counts.
     messages: usize,
     /// Their bytes.
     bytes: usize,
+    window: Window,
 }
 
 impl Inflight {
+    /// Nothing in flight, with a byte window of at most `cap`.
+    pub fn new(cap: usize) -> Self {
+        Self {
+            queued: VecDeque::new(),
+            by_pkid: HashMap::new(),
+            messages: 0,
+            bytes: 0,
+            window: Window::new(cap),
+        }
+    }
+
     /// A publish was handed to the client.
     pub fn queued(&mut self, carried: Carried) {
         if carried.lane.is_some() {
             self.messages += 1;
             self.bytes += carried.bytes;
         }
-        self.queued.push_back(carried);
+        self.queued.push_back((Instant::now(), carried));
+    }
+
+    /// Whether a message of `bytes` fits in the window now; with nothing in flight, any does.
+    pub fn fits(&self, bytes: usize) -> bool {
+        self.messages == 0 || self.bytes + bytes <= self.window.allowed()
+    }
+
+    /// The bytes the window allows now.
+    pub fn window(&self) -> usize {
+        self.window.allowed()
     }
 
     fn done(&mut self, carried: &Carried) {
@@ -79,12 +105,12 @@ impl Inflight {
     /// The event loop wrote the oldest queued publish with `pkid` (0 for QoS 0, which is then
     /// as delivered as it will ever be). Returns what a QoS 0 publish carried.
     pub fn written(&mut self, pkid: u16) -> Option<Carried> {
-        let carried = self.queued.pop_front()?;
+        let (sent, carried) = self.queued.pop_front()?;
         if pkid == 0 {
             self.done(&carried);
             Some(carried)
         } else {
-            self.by_pkid.insert(pkid, carried);
+            self.by_pkid.insert(pkid, (sent, carried));
             None
         }
     }
@@ -92,7 +118,10 @@ impl Inflight {
     /// The broker acknowledged `pkid`. Returns what it carried, or `None` for an id we do not
     /// know (a duplicate ack).
     pub fn acked(&mut self, pkid: u16) -> Option<Carried> {
-        let carried = self.by_pkid.remove(&pkid)?;
+        let (sent, carried) = self.by_pkid.remove(&pkid)?;
+        if carried.lane.is_some() {
+            self.window.acked(carried.bytes, sent, Instant::now());
+        }
         self.done(&carried);
         Some(carried)
     }
@@ -124,7 +153,7 @@ mod tests {
 
     #[test]
     fn maps_packet_ids_to_rows_in_order() {
-        let mut inflight = Inflight::default();
+        let mut inflight = Inflight::new(1 << 20);
         inflight.queued(Carried::control());
         inflight.queued(Carried::rows(Lane::Backlog, vec![10, 12], 300));
         inflight.queued(Carried::rows(Lane::Live, vec![11], 40));
@@ -146,7 +175,7 @@ mod tests {
 
     #[test]
     fn qos0_rows_count_as_done_once_written() {
-        let mut inflight = Inflight::default();
+        let mut inflight = Inflight::new(1 << 20);
         inflight.queued(Carried::rows(Lane::Live, vec![5], 30));
         assert_eq!(inflight.written(0).unwrap().seqs, [5]);
         assert_eq!((inflight.messages(), inflight.bytes()), (0, 0));

@@ -20,8 +20,10 @@ mod inflight;
 pub mod lanes;
 pub mod link;
 pub mod meter;
+pub mod network;
 mod options;
 pub mod topics;
+pub mod window;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -210,6 +212,7 @@ impl Uplink {
     pub async fn run(mut self, cancel: CancellationToken) {
         let mut backoff = Backoff::new(self.reconnect.0, self.reconnect.1);
         let mut answers = self.answers.take();
+        let mut network = network::Watch::new();
         // Stopped after the last goodbye, so that its bytes are counted too.
         let stop_saver = CancellationToken::new();
         let saver = tokio::spawn(save_counters(
@@ -234,6 +237,9 @@ impl Uplink {
             tokio::select! {
                 () = cancel.cancelled() => break,
                 () = tokio::time::sleep(retry_in) => {}
+                () = network.changed() => {
+                    info!(broker = %self.broker, "The local network changed; connecting now");
+                }
             }
         }
         self.set_status(false, None);
@@ -302,7 +308,7 @@ impl Uplink {
         info!(broker = %self.broker, backlog = self.reader.stats().backlog, "MQTT connected");
         self.set_status(true, None);
 
-        let mut inflight = Inflight::default();
+        let mut inflight = Inflight::new(self.max_inflight_bytes);
         client.try_publish(self.topics.status(), QoS::AtLeastOnce, true, "online")?;
         inflight.queued(Carried::control());
         // A retained meta goes again only when it changed, or a day after it last went (in
@@ -378,7 +384,7 @@ impl Uplink {
 
     /// Whether the window has room for another message.
     fn room(&self, inflight: &Inflight) -> bool {
-        inflight.messages() < self.window && inflight.bytes() < self.max_inflight_bytes
+        inflight.messages() < self.window && inflight.bytes() < inflight.window()
     }
 
     /// The last row of the backlog: rows committed longer than `live_age` ago.
@@ -535,18 +541,18 @@ impl Uplink {
             Some(device) => self.topics.data(device).to_string(),
             None => self.topics.batch(),
         };
-        let limit = self.max_message.min(self.max_inflight_bytes as u64);
+        // No message larger than the window, so that none holds the link longer than the
+        // window's queue: batches split down to single readings for that; only a reading
+        // beyond `max_message` is given up.
+        let limits = (inflight.window() as u64, self.max_message);
         let historical = lane == Lane::Backlog;
         let mut sent = Sent::default();
-        let mut messages = fit(&self.encoder, topic.len(), limit, historical, batch).into_iter();
+        let mut messages = fit(&self.encoder, topic.len(), limits, historical, batch).into_iter();
         while let Some(message) = messages.next() {
             match message {
                 Ok((batch, payload)) => {
                     let size = publish_size(topic.len(), payload.len()) as usize;
-                    if inflight.messages() > 0
-                        && (inflight.bytes() + size > self.max_inflight_bytes
-                            || inflight.messages() >= self.window)
-                    {
+                    if !inflight.fits(size) || inflight.messages() >= self.window {
                         let rest: Vec<Batch> = std::iter::once(batch)
                             .chain(messages.filter_map(Result::ok).map(|(b, _)| b))
                             .collect();
@@ -722,25 +728,31 @@ impl Uplink {
     }
 }
 
-/// `batch` encoded into messages of at most `max_message` bytes on a topic of `topic` bytes,
-/// halving it until each fits; a single reading that cannot fit comes back as `Err`.
+/// `batch` encoded into messages on a topic of `topic` bytes, halving it while a message is
+/// larger than `split_above`; a single reading larger than `max_message` comes back as `Err`.
 fn fit(
     encoder: &Encoder,
     topic: usize,
-    max_message: u64,
+    (split_above, max_message): (u64, u64),
     historical: bool,
     batch: Batch,
 ) -> Vec<Result<(Batch, Vec<u8>), Batch>> {
     let payload = encoder.encode(&batch.records, historical);
-    if publish_size(topic, payload.len()) <= max_message {
+    let size = publish_size(topic, payload.len());
+    if batch.records.len() < 2 {
+        return vec![if size <= max_message {
+            Ok((batch, payload))
+        } else {
+            Err(batch)
+        }];
+    }
+    if size <= split_above.min(max_message) {
         return vec![Ok((batch, payload))];
     }
-    if batch.records.len() < 2 {
-        return vec![Err(batch)];
-    }
     let (head, tail) = batch.split();
-    let mut messages = fit(encoder, topic, max_message, historical, head);
-    messages.extend(fit(encoder, topic, max_message, historical, tail));
+    let limits = (split_above, max_message);
+    let mut messages = fit(encoder, topic, limits, historical, head);
+    messages.extend(fit(encoder, topic, limits, historical, tail));
     messages
 }
 
@@ -911,7 +923,7 @@ mod tests {
                 .chain([record(11, 5000)])
                 .collect(),
         };
-        let messages = fit(&encoder, 20, 1024, false, batch);
+        let messages = fit(&encoder, 20, (1024, 1024), false, batch);
         let mut sent = Vec::new();
         for message in &messages {
             match message {
