@@ -110,6 +110,7 @@ pub async fn run(
     let uplink_status = uplink.status();
     let delivered = uplink.delivered();
     let link_state = uplink.link_state();
+    let budget = uplink.budget();
     let uplink = tokio::spawn(uplink.run(stop_uplink.clone()));
 
     // The feed starts whatever the broker does, and stops last, so people on site see the
@@ -131,6 +132,7 @@ pub async fn run(
             // A third of the way to giving up on the link: long enough for a slow link's
             // queue, short enough to show a silent one at once.
             stall_after: config.mqtt.dead_after / 3,
+            budget,
         };
         feed::start(
             &config.feed,

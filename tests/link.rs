@@ -197,3 +197,80 @@ fn a_reconnect_sends_only_what_changed() {
         "the reconnect costs a fraction: {first:?} then {last:?}"
     );
 }
+
+#[test]
+fn a_tiny_budget_pauses_the_backlog_then_thins_live_then_sends_only_alarms() {
+    let port = free_port();
+    let mut broker = Broker::start_on(port);
+    let sub = Subscriber::start(&broker, "cairn/test/#");
+    broker.stop();
+    let alarm = "  - name: alarm\n    type: sim\n    rate: 5\n    values:\n      - {name: high_level, square: {low: 0, high: 1, period: 4s}, report: {}, priority: alarm}\n";
+    let mqtt = format!(
+        "{}  budget: {{day: 40KiB, thin_to: 3s}}\n  lanes: {{summary_every: 0s}}\n",
+        support::FAST_RECONNECT
+    );
+    let cairn =
+        Cairn::start(&(support::site_config(port, &mqtt, false, "rate: 5", 100_000) + alarm));
+    // A backlog first, then the link, and a budget that runs out within seconds.
+    cairn.wait_stats("a backlog", |s| s["backlog"] >= 150);
+    broker.restart();
+    let feed = cairn.feed();
+    let deadline = Instant::now() + PATIENCE;
+    let used_up = loop {
+        let status = api(feed, "/api/status");
+        if status["budget"]["step"] == "alarms_only" {
+            break std::time::SystemTime::now();
+        }
+        assert!(Instant::now() < deadline, "{status}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // Alarms still go; nothing else taken after the budget ran out does.
+    let later = |r: &serde_json::Value| {
+        humantime::parse_rfc3339(r["ts"].as_str().unwrap()).unwrap()
+            > used_up + Duration::from_secs(1)
+    };
+    assert!(sub.wait_until(PATIENCE, |r| {
+        r.timed_readings()
+            .iter()
+            .any(|(_, x)| x["device"] == "alarm" && later(x))
+    }));
+    std::thread::sleep(Duration::from_secs(2));
+    let readings = sub.with(|r| r.timed_readings());
+    let late: Vec<&serde_json::Value> = readings
+        .iter()
+        .map(|(_, r)| r)
+        .filter(|r| later(r))
+        .collect();
+    assert!(late.iter().all(|r| r["device"] == "alarm"), "{late:?}");
+    // The documented order, each step logged once and counted.
+    let log = cairn.log();
+    let at = |text: &str| {
+        assert_eq!(log.matches(text).count(), 1, "`{text}` once:\n{log}");
+        log.find(text).unwrap()
+    };
+    let (paused, thinned, alarms) = (
+        at("80% used; the backlog waits"),
+        at("90% used; live readings thinned"),
+        at("used up; only alarms go"),
+    );
+    assert!(paused < thinned && thinned < alarms);
+    let status = api(feed, "/api/status");
+    for step in ["backlog_paused", "live_thinned", "alarms_only"] {
+        assert_eq!(status["budget"]["reached"][step], 1, "{status}");
+    }
+    // Nothing was dropped: what did not go waits in the outbox.
+    assert!(status["backlog"]["readings"].as_u64().unwrap() > 0);
+    assert!(
+        status["dropped"]
+            .as_object()
+            .unwrap()
+            .values()
+            .all(|n| n == 0),
+        "{status}"
+    );
+    let used = status["budget"]["day"]["used"].as_u64().unwrap();
+    println!(
+        "budget of 40 KiB a day: {used} bytes used; {} readings delivered",
+        readings.len()
+    );
+}

@@ -7,6 +7,7 @@
 mod device;
 mod diagnostic;
 mod interpolate;
+mod preset;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -17,6 +18,7 @@ use serde::Deserialize;
 
 pub use device::DeviceConfig;
 pub use diagnostic::{Problem, Report};
+pub use preset::LinkPreset;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
@@ -57,6 +59,10 @@ pub struct GatewayConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MqttConfig {
+    /// The kind of link: `lan` (the default), `cellular`, `satellite` or `dialup`. It chooses
+    /// the encoding, batching, lanes, window, keepalive and timeouts; any of those set here
+    /// wins over it.
+    pub link: Option<LinkPreset>,
     /// `mqtt://host:port` or `mqtts://host:port`; an alternative to `host`, `port` and `tls`.
     pub url: Option<Spanned<String>>,
     /// Broker host name or address.
@@ -116,6 +122,8 @@ pub struct MqttConfig {
     /// Live readings first, the backlog paced behind them.
     #[serde(default)]
     pub lanes: LanesConfig,
+    /// Bytes the link may use per day and per month (UTC), TLS and reconnects included.
+    pub budget: Option<BudgetConfig>,
     /// Most bytes published and not yet acknowledged, so that a slow link never holds more
     /// than it can carry in a few seconds ahead of a live reading (default 1 MiB).
     #[serde(default = "default_inflight_bytes")]
@@ -179,6 +187,33 @@ pub struct BatchConfig {
     /// `device` (default) or `gateway`.
     #[serde(default = "default_grouping")]
     pub group: Grouping,
+}
+
+/// `mqtt.budget:` — what the link may cost. Near the end of a budget the backlog pauses (at
+/// 80 %), then live readings thin to one per device per `thin_to` (at 90 %), then only alarms
+/// go (at 100 %); nothing is dropped, it waits in the outbox.
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetConfig {
+    /// Bytes per day (UTC).
+    #[schemars(schema_with = "optional_size_schema")]
+    pub day: Option<ByteSize>,
+    /// Bytes per calendar month (UTC).
+    #[schemars(schema_with = "optional_size_schema")]
+    pub month: Option<ByteSize>,
+    /// One live reading per device per this long once live readings are thinned (default 15m).
+    #[serde(default = "default_thin_to", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub thin_to: Duration,
+}
+
+fn default_thin_to() -> Duration {
+    Duration::from_secs(15 * 60)
+}
+
+/// An optional size, as [`size_schema`].
+fn optional_size_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    size_schema(generator)
 }
 
 /// `mqtt.lanes:` — how the live lane and the backlog share the link.
@@ -474,6 +509,7 @@ fn default_max_batch() -> usize {
 impl Default for MqttConfig {
     fn default() -> Self {
         Self {
+            link: None,
             url: None,
             host: None,
             port: None,
@@ -494,6 +530,7 @@ impl Default for MqttConfig {
             compression: default_compression(),
             batch: BatchConfig::default(),
             lanes: LanesConfig::default(),
+            budget: None,
             max_inflight_bytes: default_inflight_bytes(),
             max_message: default_max_message(),
         }
@@ -609,6 +646,9 @@ impl Config {
         };
         let text = interpolate::interpolate(text, env).map_err(|p| report(text, p))?;
         let mut config = parse(&text).map_err(|p| report(&text, vec![p]))?;
+        if let Some(link) = config.mqtt.link {
+            link.apply(&mut config.mqtt, &preset::present(&text));
+        }
         let mut problems = config.problems();
         problems.extend(config.resolve_secrets());
         problems.sort_by_key(|p| p.line_column());
@@ -717,6 +757,12 @@ impl Config {
                 "mqtt.batch.max_readings",
                 "`batch.max_readings` and `lanes.backlog_readings` must be at least 1".into(),
             );
+        }
+        if let Some(budget) = &mqtt.budget
+            && budget.day.is_none()
+            && budget.month.is_none()
+        {
+            push("mqtt.budget", "give `day`, `month` or both".into());
         }
         if mqtt.max_inflight_bytes.as_u64() < 256 {
             push(

@@ -153,6 +153,27 @@ fn link_json(c: &crate::uplink::meter::Counts) -> serde_json::Value {
     })
 }
 
+/// The link budget as `/api/status` shows it (`null` without one).
+fn budget_json(
+    budget: &crate::uplink::budget::Budget,
+    counts: &crate::uplink::meter::Counts,
+) -> serde_json::Value {
+    use crate::uplink::budget::Step;
+    let Some(config) = budget.config() else {
+        return serde_json::Value::Null;
+    };
+    let reached: serde_json::Map<String, serde_json::Value> = Step::ALL
+        .iter()
+        .map(|s| (s.as_str().to_string(), json!(budget.reached(*s))))
+        .collect();
+    json!({
+        "step": budget.current().as_str(),
+        "day": {"used": counts.day.bytes.total(), "limit": config.day.map(|b| b.as_u64())},
+        "month": {"used": counts.month.bytes.total(), "limit": config.month.map(|b| b.as_u64())},
+        "reached": reached,
+    })
+}
+
 /// The lanes as `/api/status` shows them.
 fn lanes_json(lanes: &[LaneView; 3], now: SystemTime) -> serde_json::Value {
     let map: serde_json::Map<String, serde_json::Value> = lanes
@@ -210,6 +231,7 @@ pub async fn status(_: Authorized, State(state): State<AppState>) -> Json<serde_
             "stalled": uplink.connected && waiting.is_some_and(|w| w >= state.stall_after),
         },
         "link": link_json(&state.meter.counts()),
+        "budget": budget_json(&state.budget, &state.meter.counts()),
         "backlog": {
             "readings": stats.backlog,
             "bytes": stats.bytes,

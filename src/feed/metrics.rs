@@ -125,6 +125,27 @@ pub async fn metrics(_: Authorized, State(state): State<AppState>) -> impl IntoR
         "Connections to the broker established since the outbox was made.",
         &one(link.connects as f64),
     );
+    if state.budget.config().is_some() {
+        use crate::uplink::budget::Step;
+        family(
+            &mut out,
+            "cairn_budget_step",
+            "gauge",
+            "How far the uplink gave way to its byte budget: 0 open, 1 backlog paused, 2 live thinned, 3 alarms only.",
+            &one(state.budget.current() as u8 as f64),
+        );
+        let reached: Vec<_> = Step::ALL
+            .iter()
+            .map(|s| (vec![("step", s.as_str())], state.budget.reached(*s) as f64))
+            .collect();
+        family(
+            &mut out,
+            "cairn_budget_reached_total",
+            "counter",
+            "Times each budget step was reached since start.",
+            &reached,
+        );
+    }
     let stalled = uplink.connected && state.link.waiting().is_some_and(|w| w >= state.stall_after);
     family(
         &mut out,

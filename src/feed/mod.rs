@@ -63,6 +63,8 @@ pub struct FeedSources {
     pub link: Arc<crate::uplink::link::LinkState>,
     /// How long an answer may wait before the link shows as stalled.
     pub stall_after: Duration,
+    /// The link budget.
+    pub budget: Arc<crate::uplink::budget::Budget>,
 }
 
 /// Everything a request handler may read.
@@ -78,6 +80,7 @@ struct AppState {
     meter: Arc<crate::uplink::meter::Meter>,
     link: Arc<crate::uplink::link::LinkState>,
     stall_after: Duration,
+    budget: Arc<crate::uplink::budget::Budget>,
     store: StoreReader,
     started: SystemTime,
     rates: api::Rates,
@@ -142,6 +145,7 @@ pub async fn start(
         meter: sources.meter,
         link: sources.link,
         stall_after: sources.stall_after,
+        budget: sources.budget,
         store: sources.store,
         started: SystemTime::now(),
         rates,

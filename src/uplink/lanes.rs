@@ -81,6 +81,13 @@ impl Cursors {
         self.live
     }
 
+    /// Rows `(after, upto]` that the live lane read but left, for the backlog to send.
+    pub fn defer(&mut self, after: i64, upto: i64) {
+        if upto > after {
+            self.gaps.push_back((after, upto));
+        }
+    }
+
     /// The live lane read up to `seq`.
     pub fn live_read(&mut self, seq: i64) {
         self.live = self.live.max(seq);

@@ -15,6 +15,7 @@
 //! each command to the [`crate::commands`] router and publishes the answers it gets back.
 
 pub mod batcher;
+pub mod budget;
 pub mod encoding;
 mod inflight;
 pub mod lanes;
@@ -43,6 +44,7 @@ use crate::commands::{SetRequest, SetResult, UplinkEnd};
 use crate::config::{BatchConfig, LanesConfig, MqttConfig};
 use crate::store::{Acker, DropReason, StoreReader, Unsent};
 use batcher::{Batch, Batcher};
+use budget::{Budget, Step};
 use cairn_adapters::Priority;
 use encoding::Encoder;
 use inflight::{Carried, Inflight};
@@ -136,6 +138,7 @@ pub struct Uplink {
     summarised: Option<(Instant, [u64; 3])>,
     link: Arc<Link>,
     meter: Arc<Meter>,
+    budget: Arc<Budget>,
 }
 
 impl Uplink {
@@ -190,6 +193,7 @@ impl Uplink {
             summarised: None,
             link: Arc::new(link),
             meter,
+            budget: Arc::new(Budget::new(config.budget.clone())),
         })
     }
 
@@ -201,6 +205,11 @@ impl Uplink {
     /// Readings delivered per lane, for the feed's drain rates.
     pub fn delivered(&self) -> Arc<Delivered> {
         self.delivered.clone()
+    }
+
+    /// The link budget's state, for the feed.
+    pub fn budget(&self) -> Arc<Budget> {
+        self.budget.clone()
     }
 
     /// What the link knows (answers awaited), for the feed.
@@ -422,6 +431,7 @@ impl Uplink {
         while self.room(inflight) {
             let now = Instant::now();
             let committed = *drain.committed.borrow_and_update();
+            let step = self.budget.step(&self.meter.counts());
             // Alarms, before everything.
             if let Some(batch) = drain.lane(Lane::Alarm).ready.pop_front() {
                 if self
@@ -449,12 +459,18 @@ impl Uplink {
                 drain.seal(Lane::Alarm, now);
                 continue;
             }
+            // A used-up budget leaves the rest in the outbox, where it ages into the backlog.
+            if step >= Step::AlarmsOnly {
+                break;
+            }
+            let backlog_open = step < Step::BacklogPaused;
             let live_from = drain.cursors.live_from(self.boundary(now));
             let live = drain.lane(Lane::Live);
             let live_waiting =
                 !live.ready.is_empty() || live.batcher.held() > 0 || live_from < committed;
             // The backlog's share while live readings wait; all of the link when none do.
-            if !drain.lane(Lane::Backlog).ready.is_empty()
+            if backlog_open
+                && !drain.lane(Lane::Backlog).ready.is_empty()
                 && (!live_waiting || drain.pacer.allows(now))
             {
                 let batch = drain.lanes[2].ready.pop_front();
@@ -487,13 +503,23 @@ impl Uplink {
                 let unsent = self
                     .read(Priority::Normal, live_from, committed, drain.read_limit)
                     .await?;
-                drain.cursors.live_read(if unsent.last > 0 {
+                let upto = if unsent.last > 0 {
                     unsent.last
                 } else {
                     committed
-                });
+                };
+                drain.cursors.live_read(upto);
+                let unsent = if step >= Step::LiveThinned {
+                    let thin_to = self.budget.config().map_or(Duration::ZERO, |b| b.thin_to);
+                    drain.thin(unsent, thin_to, (live_from, upto), now)
+                } else {
+                    unsent
+                };
                 drain.take(Lane::Live, unsent, now);
                 continue;
+            }
+            if !backlog_open {
+                break;
             }
             // The backlog, oldest first, while nothing of it waits to be sent.
             let hold = drain.hold;
@@ -579,7 +605,9 @@ impl Uplink {
     /// When the next lane summary is due, if summaries are on.
     fn summary_due(&self) -> Option<Instant> {
         let every = self.lanes.summary_every;
-        (!every.is_zero()).then(|| {
+        // Nothing but alarms once the budget is used up.
+        let open = self.budget.current() < Step::AlarmsOnly;
+        (open && !every.is_zero()).then(|| {
             self.summarised
                 .map_or_else(Instant::now, |(at, _)| at + every)
         })
@@ -823,6 +851,8 @@ struct Drain {
     read_limit: usize,
     /// Rows the backlog's batcher may hold before its fullest batch goes early.
     hold: usize,
+    /// When each device last had a live reading sent while the budget thins them.
+    thinned: std::collections::HashMap<Arc<str>, Instant>,
 }
 
 impl Drain {
@@ -854,6 +884,7 @@ impl Drain {
             pacer: Pacer::new(uplink.lanes.backlog_rate.as_u64()),
             read_limit: READ_AHEAD.max(most),
             hold: READ_AHEAD.max(2 * most),
+            thinned: Default::default(),
         }
     }
 
@@ -867,6 +898,32 @@ impl Drain {
         for record in unsent.records {
             queue.ready.extend(queue.batcher.push(record, now));
         }
+    }
+
+    /// Live rows `read` from `range`, thinned to one per device per `thin_to`; when any are
+    /// left out, the range goes to the backlog, which sends them once the budget allows.
+    fn thin(
+        &mut self,
+        mut read: Unsent,
+        thin_to: Duration,
+        range: (i64, i64),
+        now: Instant,
+    ) -> Unsent {
+        let before = read.records.len();
+        read.records.retain(|record| {
+            let due = self
+                .thinned
+                .get(&record.device)
+                .is_none_or(|at| now.saturating_duration_since(*at) >= thin_to);
+            if due {
+                self.thinned.insert(record.device.clone(), now);
+            }
+            due
+        });
+        if read.records.len() < before {
+            self.cursors.defer(range.0, range.1);
+        }
+        read
     }
 
     /// Seals `lane`'s open batches whose linger is over; whether there was one.

@@ -175,7 +175,8 @@ async function refresh() {
     $("uplink-state").textContent = (u.connected ? (u.stalled ? "stalled: no answer for " + Math.round(u.waiting_s) + " s" : "connected") : "down") + " since " + ago(u.since) + (u.last_error && !u.connected ? " (" + u.last_error + ")" : "");
     $("uplink").className = "panel " + (!u.connected ? "down" : u.stalled ? "stalled" : "");
     const kib = (b) => ((b.up + b.down) / 1024).toFixed(1) + " KiB";
-    $("link").textContent = kib(status.link.today) + " today, " + kib(status.link.month) + " this month, " + status.link.connects + " connects";
+    $("link").textContent = kib(status.link.today) + " today, " + kib(status.link.month) + " this month, " + status.link.connects + " connects"
+      + (status.budget && status.budget.step !== "open" ? " · budget: " + status.budget.step.replace("_", " ") : "");
     $("backlog").textContent = status.backlog.readings + " readings, " + (status.backlog.bytes / 1024).toFixed(1) + " KiB";
     $("oldest").textContent = status.backlog.oldest_unsent ? ago(status.backlog.oldest_unsent) : "none";
     // Each lane: its depth, and when it drains, how fast and how long it will take.
