@@ -274,3 +274,81 @@ fn a_tiny_budget_pauses_the_backlog_then_thins_live_then_sends_only_alarms() {
         readings.len()
     );
 }
+
+/// The retained-status messages received, in order.
+fn statuses(sub: &Subscriber) -> Vec<String> {
+    sub.with(|r| {
+        r.messages
+            .iter()
+            .filter(|(t, _)| t == "cairn/test/status")
+            .map(|(_, p)| p.clone())
+            .collect()
+    })
+}
+
+#[test]
+fn windows_connect_on_schedule_drain_and_sleep_and_an_alarm_wakes_the_link() {
+    let broker = Broker::start();
+    let sub = Subscriber::start(&broker, "cairn/test/#");
+    let mqtt = "  connect: {every: 15s, for: 10s}\n  lanes: {summary_every: 0s}\n";
+    let cairn = Cairn::start(&support::site_config(
+        broker.port,
+        mqtt,
+        true,
+        "rate: 2",
+        60,
+    ));
+    // Three windows: online, then sleeping until the next one, each time.
+    assert!(sub.wait_until(PATIENCE, |r| {
+        r.messages
+            .iter()
+            .filter(|(t, p)| t == "cairn/test/status" && p.starts_with("sleeping until "))
+            .count()
+            >= 3
+    }));
+    let seen = statuses(&sub);
+    assert!(
+        !seen.iter().any(|s| s == "offline"),
+        "the last will never fired: {seen:?}"
+    );
+    let onlines = seen.iter().filter(|s| *s == "online").count();
+    assert!(onlines >= 3, "{seen:?}");
+    // Between windows the gateway shows when the next one opens.
+    let status = api(cairn.feed(), "/api/status");
+    let readings_sent = sub.with(|r| r.data().count());
+    println!(
+        "windows of 15 s: {seen:?}; {readings_sent} readings so far; {}",
+        status["uplink"]
+    );
+    // Everything arrives, window by window.
+    support::wait_devices_finished(cairn.feed(), 5);
+    sub.expect_all_seqs(300);
+    drop(cairn);
+
+    // Woken by alarms: windows an hour apart, and an alarm value that changes every 10 s.
+    let broker = Broker::start();
+    let sub = Subscriber::start(&broker, "cairn/test/#");
+    let mqtt = "  connect: {every: 1h, for: 1m}\n  lanes: {summary_every: 0s}\n";
+    let alarm = "  - name: alarm\n    type: sim\n    rate: 5\n    values:\n      - {name: high_level, square: {low: 0, high: 1, period: 20s}, report: {}, priority: alarm}\n";
+    let cairn =
+        Cairn::start(&(support::site_config(broker.port, mqtt, true, "rate: 1", 100_000) + alarm));
+    assert!(sub.wait_until(PATIENCE, |r| {
+        r.messages
+            .iter()
+            .filter(|(t, p)| t == "cairn/test/status" && p == "online")
+            .count()
+            >= 2
+    }));
+    let alarms: Vec<(Instant, serde_json::Value)> = sub
+        .with(|r| r.timed_readings())
+        .into_iter()
+        .filter(|(_, r)| r["device"] == "alarm")
+        .collect();
+    assert!(alarms.len() >= 2, "{alarms:?}");
+    assert!(
+        cairn.log().contains("Alarm: connecting now"),
+        "{}",
+        cairn.log()
+    );
+    println!("alarms woke the link: {:?}", statuses(&sub));
+}

@@ -124,6 +124,9 @@ pub struct MqttConfig {
     pub lanes: LanesConfig,
     /// Bytes the link may use per day and per month (UTC), TLS and reconnects included.
     pub budget: Option<BudgetConfig>,
+    /// Connect only in windows (a schedule, a backlog threshold, an alarm); without it,
+    /// always.
+    pub connect: Option<ConnectConfig>,
     /// Most bytes published and not yet acknowledged, so that a slow link never holds more
     /// than it can carry in a few seconds ahead of a live reading (default 1 MiB).
     #[serde(default = "default_inflight_bytes")]
@@ -187,6 +190,50 @@ pub struct BatchConfig {
     /// `device` (default) or `gateway`.
     #[serde(default = "default_grouping")]
     pub group: Grouping,
+}
+
+/// `mqtt.connect:` — connection windows, for links billed per session or powered on a
+/// schedule. Between windows the uplink is disconnected and its retained status says
+/// `sleeping until <next window>`.
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectConfig {
+    /// A window every this long, counted from local midnight (`1h`: on the hour).
+    #[serde(default, with = "humantime_serde")]
+    #[schemars(with = "Option<String>")]
+    pub every: Option<Duration>,
+    /// Windows at these local times, `HH:MM`.
+    #[serde(default)]
+    pub at: Vec<String>,
+    /// How long a window stays open at most (default 15m).
+    #[serde(rename = "for", default = "default_window", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub open_for: Duration,
+    /// Leave as soon as the outbox is empty (default true).
+    #[serde(default = "default_true")]
+    pub until_drained: bool,
+    /// Open a window at once when the backlog passes this many readings.
+    pub backlog_over: Option<u64>,
+    /// Open a window at once when an alarm reading is committed (default true).
+    #[serde(default = "default_true")]
+    pub on_alarm: bool,
+}
+
+impl Default for ConnectConfig {
+    fn default() -> Self {
+        Self {
+            every: None,
+            at: Vec::new(),
+            open_for: default_window(),
+            until_drained: true,
+            backlog_over: None,
+            on_alarm: true,
+        }
+    }
+}
+
+fn default_window() -> Duration {
+    Duration::from_secs(15 * 60)
 }
 
 /// `mqtt.budget:` — what the link may cost. Near the end of a budget the backlog pauses (at
@@ -531,6 +578,7 @@ impl Default for MqttConfig {
             batch: BatchConfig::default(),
             lanes: LanesConfig::default(),
             budget: None,
+            connect: None,
             max_inflight_bytes: default_inflight_bytes(),
             max_message: default_max_message(),
         }
@@ -757,6 +805,33 @@ impl Config {
                 "mqtt.batch.max_readings",
                 "`batch.max_readings` and `lanes.backlog_readings` must be at least 1".into(),
             );
+        }
+        if let Some(connect) = &mqtt.connect {
+            if connect.every.is_none()
+                && connect.at.is_empty()
+                && connect.backlog_over.is_none()
+                && !connect.on_alarm
+            {
+                push(
+                    "mqtt.connect",
+                    "give `every`, `at`, `backlog_over` or `on_alarm`: nothing would ever connect"
+                        .into(),
+                );
+            }
+            if connect.every.is_some_and(|e| e < Duration::from_secs(10)) {
+                push("mqtt.connect.every", "must be at least 10s".into());
+            }
+            for (i, at) in connect.at.iter().enumerate() {
+                if at.parse::<jiff::civil::Time>().is_err() {
+                    push(
+                        &format!("mqtt.connect.at[{i}]"),
+                        format!("`{at}` is not a time of day such as 06:30"),
+                    );
+                }
+            }
+            if connect.open_for < Duration::from_secs(5) {
+                push("mqtt.connect.for", "must be at least 5s".into());
+            }
         }
         if let Some(budget) = &mqtt.budget
             && budget.day.is_none()

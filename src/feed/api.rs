@@ -229,6 +229,7 @@ pub async fn status(_: Authorized, State(state): State<AppState>) -> Json<serde_
             "ignored_commands": uplink.ignored_commands,
             "waiting_s": waiting.map(|w| w.as_secs_f64()),
             "stalled": uplink.connected && waiting.is_some_and(|w| w >= state.stall_after),
+            "sleeping_until": uplink.sleeping_until.map(rfc3339),
         },
         "link": link_json(&state.meter.counts()),
         "budget": budget_json(&state.budget, &state.meter.counts()),

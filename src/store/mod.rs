@@ -138,6 +138,7 @@ pub enum StoreError {
 pub struct StoreReader {
     pool: SqlitePool,
     committed: watch::Receiver<i64>,
+    alarms: watch::Receiver<i64>,
     timeline: Timeline,
     stats: watch::Receiver<Stats>,
     pulse: Pulse,
@@ -296,6 +297,7 @@ pub async fn open(
         .map_err(db_err)?;
     let stats = Stats::from(&state);
     let (committed_tx, committed) = watch::channel(state.next_seq - 1);
+    let (alarms_tx, alarms) = watch::channel(0);
     let timeline = Timeline::new(state.next_seq - 1);
     let (stats_tx, stats_rx) = watch::channel(stats);
     let (ack_tx, ack_rx) = mpsc::unbounded_channel();
@@ -304,7 +306,7 @@ pub async fn open(
         conn,
         config,
         state,
-        (committed_tx, timeline.clone()),
+        (committed_tx, alarms_tx, timeline.clone()),
         stats_tx,
         ack_rx,
     );
@@ -313,6 +315,7 @@ pub async fn open(
         StoreReader {
             pool,
             committed,
+            alarms,
             timeline,
             stats: stats_rx,
             pulse,
@@ -443,6 +446,16 @@ impl StoreReader {
     /// The last committed sequence number; changes whenever a batch commits.
     pub fn committed(&self) -> watch::Receiver<i64> {
         self.committed.clone()
+    }
+
+    /// The seq of the last alarm reading committed in this run; changes with each new one.
+    pub fn alarms(&self) -> watch::Receiver<i64> {
+        self.alarms.clone()
+    }
+
+    /// The counters, changing with every commit.
+    pub fn stats_changes(&self) -> watch::Receiver<Stats> {
+        self.stats.clone()
     }
 
     /// Current counters.

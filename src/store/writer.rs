@@ -40,6 +40,7 @@ pub struct Writer {
     state: State,
     stats: Stats,
     committed: watch::Sender<i64>,
+    alarms: watch::Sender<i64>,
     timeline: Timeline,
     stats_tx: watch::Sender<Stats>,
     acks: mpsc::UnboundedReceiver<Done>,
@@ -83,7 +84,7 @@ impl Writer {
         conn: SqliteConnection,
         config: &BufferConfig,
         state: State,
-        (committed, timeline): (watch::Sender<i64>, Timeline),
+        (committed, alarms, timeline): (watch::Sender<i64>, watch::Sender<i64>, Timeline),
         stats_tx: watch::Sender<Stats>,
         acks: mpsc::UnboundedReceiver<Done>,
     ) -> Self {
@@ -100,6 +101,7 @@ impl Writer {
             state,
             stats,
             committed,
+            alarms,
             timeline,
             stats_tx,
             acks,
@@ -378,6 +380,9 @@ impl Writer {
         self.state = state;
         self.stats = stats.clone();
         self.stats_tx.send_replace(stats);
+        if let Some(alarm) = records.iter().rev().find(|r| r.priority == Priority::Alarm) {
+            self.alarms.send_replace(alarm.seq);
+        }
         if !records.is_empty() {
             self.timeline.committed(self.state.next_seq - 1);
             self.committed.send_replace(self.state.next_seq - 1);

@@ -23,6 +23,7 @@ pub mod link;
 pub mod meter;
 pub mod network;
 mod options;
+pub mod schedule;
 pub mod topics;
 pub mod window;
 
@@ -51,6 +52,7 @@ use inflight::{Carried, Inflight};
 use lanes::{Cursors, Delivered, Lane, Pacer};
 use link::{Link, LinkError, LinkState};
 use meter::Meter;
+use schedule::Schedule;
 use topics::{DeviceMeta, Topics};
 
 /// Rows read from the outbox at a time (at least a batch).
@@ -111,6 +113,8 @@ pub struct UplinkStatus {
     pub last_error: Option<String>,
     /// `.../set` messages ignored since start: larger than a command may be, or retained.
     pub ignored_commands: u64,
+    /// Between connection windows: when the next one opens.
+    pub sleeping_until: Option<SystemTime>,
 }
 
 /// The uplink task and its settings.
@@ -139,6 +143,7 @@ pub struct Uplink {
     link: Arc<Link>,
     meter: Arc<Meter>,
     budget: Arc<Budget>,
+    schedule: Option<Schedule>,
 }
 
 impl Uplink {
@@ -165,6 +170,7 @@ impl Uplink {
             since: SystemTime::now(),
             last_error: None,
             ignored_commands: 0,
+            sleeping_until: None,
         };
         Ok(Self {
             options,
@@ -194,6 +200,7 @@ impl Uplink {
             link: Arc::new(link),
             meter,
             budget: Arc::new(Budget::new(config.budget.clone())),
+            schedule: config.connect.clone().map(Schedule::new),
         })
     }
 
@@ -229,31 +236,81 @@ impl Uplink {
             self.acker.clone(),
             stop_saver.clone(),
         ));
-        loop {
-            let error = match self.session(&cancel, &mut backoff, &mut answers).await {
-                Ok(()) => break,
-                Err(e) => e,
+        'windows: loop {
+            // With connection windows: sleep until one opens; it closes at `closing`.
+            let closing = match self.schedule.clone() {
+                Some(schedule) => match self.sleep(&schedule, &cancel).await {
+                    Some(()) => Some(Instant::now() + schedule.config().open_for),
+                    None => break,
+                },
+                None => None,
             };
-            let was_connected = self.status.borrow().connected;
-            self.set_status(false, Some(error.to_string()));
-            let retry_in = backoff.next_delay();
-            let retry = humantime::format_duration(retry_in);
-            if was_connected {
-                warn!(broker = %self.broker, error = %error, retry_in = %retry, "MQTT connection lost; readings stay in the outbox");
-            } else {
-                warn!(broker = %self.broker, error = %error, retry_in = %retry, "MQTT connect failed; readings stay in the outbox");
-            }
-            tokio::select! {
-                () = cancel.cancelled() => break,
-                () = tokio::time::sleep(retry_in) => {}
-                () = network.changed() => {
-                    info!(broker = %self.broker, "The local network changed; connecting now");
+            loop {
+                let error = match self
+                    .session(&cancel, &mut backoff, &mut answers, closing)
+                    .await
+                {
+                    Ok(Ended::Shutdown) => break 'windows,
+                    Ok(Ended::Sleeping) => continue 'windows,
+                    Err(e) => e,
+                };
+                let was_connected = self.status.borrow().connected;
+                self.set_status(false, Some(error.to_string()));
+                let retry_in = backoff.next_delay();
+                let retry = humantime::format_duration(retry_in);
+                if was_connected {
+                    warn!(broker = %self.broker, error = %error, retry_in = %retry, "MQTT connection lost; readings stay in the outbox");
+                } else {
+                    warn!(broker = %self.broker, error = %error, retry_in = %retry, "MQTT connect failed; readings stay in the outbox");
+                }
+                tokio::select! {
+                    () = cancel.cancelled() => break 'windows,
+                    () = tokio::time::sleep(retry_in) => {}
+                    () = network.changed() => {
+                        info!(broker = %self.broker, "The local network changed; connecting now");
+                    }
+                }
+                if closing.is_some_and(|at| Instant::now() >= at) {
+                    continue 'windows;
                 }
             }
         }
         self.set_status(false, None);
         stop_saver.cancel();
         let _ = saver.await;
+    }
+
+    /// Waits for the next connection window: its scheduled time, an alarm, or a backlog over
+    /// the threshold (and at once when one is already waiting). `None` on shutdown.
+    async fn sleep(&self, schedule: &Schedule, cancel: &CancellationToken) -> Option<()> {
+        let config = schedule.config();
+        let next = schedule.next_open(SystemTime::now());
+        self.status.send_modify(|s| s.sleeping_until = Some(next));
+        let alarms_waiting = config.on_alarm
+            && self
+                .reader
+                .count_after(Priority::Alarm, 0)
+                .await
+                .is_ok_and(|(n, _, _)| n > 0);
+        let mut alarms = self.reader.alarms();
+        let mut stats = self.reader.stats_changes();
+        let over = |s: &crate::store::Stats| config.backlog_over.is_some_and(|n| s.backlog > n);
+        if alarms_waiting || over(&stats.borrow()) {
+            info!("An alarm or a large backlog is waiting; connecting now");
+        } else {
+            let wait = next.duration_since(SystemTime::now()).unwrap_or_default();
+            info!(until = %humantime::format_rfc3339_seconds(next), "Sleeping until the next connection window");
+            tokio::select! {
+                () = cancel.cancelled() => return None,
+                () = tokio::time::sleep(wait) => {}
+                Ok(()) = alarms.changed(), if config.on_alarm => info!("Alarm: connecting now"),
+                Ok(_) = stats.wait_for(over), if config.backlog_over.is_some() => {
+                    info!("The backlog passed its threshold; connecting now");
+                }
+            }
+        }
+        self.status.send_modify(|s| s.sleeping_until = None);
+        Some(())
     }
 
     fn set_status(&self, connected: bool, last_error: Option<String>) {
@@ -275,12 +332,22 @@ impl Uplink {
         cancel: &CancellationToken,
         backoff: &mut Backoff,
         answers: &mut Option<mpsc::Receiver<SetResult>>,
-    ) -> Result<(), UplinkError> {
+        closing: Option<Instant>,
+    ) -> Result<Ended, UplinkError> {
         let stop_link = CancellationToken::new();
         let _stop_link = stop_link.clone().drop_guard();
         let link = self.link.clone();
         let mut carried = tokio::spawn(async move { link.carry(stop_link).await });
-        match self.converse(cancel, backoff, answers, &mut carried).await {
+        let result = self
+            .converse(cancel, backoff, answers, &mut carried, closing)
+            .await;
+        if result.is_ok() {
+            // rumqttc wrote its DISCONNECT and closed its socket: let the link carry the rest
+            // to the broker, or the broker would take the closed link for a lost one and
+            // publish the last will.
+            let _ = tokio::time::timeout(LEAVE_GRACE, &mut carried).await;
+        }
+        match result {
             // rumqttc saw its socket close: the link knows why (refused, dead, TLS...).
             Err(UplinkError::Connection(e)) => {
                 match tokio::time::timeout(Duration::from_millis(500), &mut carried).await {
@@ -299,13 +366,14 @@ impl Uplink {
         backoff: &mut Backoff,
         answers: &mut Option<mpsc::Receiver<SetResult>>,
         carried: &mut tokio::task::JoinHandle<Result<(), LinkError>>,
-    ) -> Result<(), UplinkError> {
+        closing: Option<Instant>,
+    ) -> Result<Ended, UplinkError> {
         // Room for the window, the status and metadata messages, the subscription and answers.
         let capacity = self.window + self.devices.len() + 3 + ANSWER_ROOM;
         let (client, mut events) = AsyncClient::new(self.options.clone(), capacity);
         events.set_network_options(self.network.clone());
         let connack = tokio::select! {
-            () = cancel.cancelled() => return Ok(()),
+            () = cancel.cancelled() => return Ok(Ended::Shutdown),
             event = events.poll() => event?,
             ended = &mut *carried => return Err(link_ended(ended)),
         };
@@ -354,9 +422,22 @@ impl Uplink {
 
         // Every connect starts from the oldest unacknowledged row: whatever was in flight on
         // the last connection may or may not have arrived.
-        let mut drain = Drain::new(self, self.reader.committed());
+        // In a window, nothing lingers: everything goes while the link is up.
+        let mut drain = Drain::new(self, self.reader.committed(), closing.is_some());
+        let until_drained = self
+            .schedule
+            .as_ref()
+            .is_some_and(|s| s.config().until_drained);
         loop {
             self.fill(&client, &mut inflight, &mut drain).await?;
+            if closing.is_some()
+                && until_drained
+                && drain.is_empty()
+                && inflight.is_empty()
+                && self.reader.stats().backlog == 0
+            {
+                return self.sleep_now(&client, &mut events, &mut inflight).await;
+            }
             let room = self.room(&inflight);
             let linger = drain.lane(Lane::Live).batcher.deadline();
             let paced =
@@ -365,8 +446,11 @@ impl Uplink {
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => {
-                    self.leave(&client, &mut events, &mut inflight).await;
-                    return Ok(());
+                    self.leave(&client, &mut events, &mut inflight, "offline").await;
+                    return Ok(Ended::Shutdown);
+                }
+                () = sleep_until(closing), if closing.is_some() => {
+                    return self.sleep_now(&client, &mut events, &mut inflight).await;
                 }
                 event = events.poll() => {
                     if self.handle(event?, &mut inflight) {
@@ -719,9 +803,33 @@ impl Uplink {
         }
     }
 
-    /// Waits briefly for outstanding acks (each one spares a duplicate next time), marks the
-    /// gateway offline (a clean disconnect does not fire the last will) and disconnects.
-    async fn leave(&self, client: &AsyncClient, events: &mut EventLoop, inflight: &mut Inflight) {
+    /// Closes a connection window: the retained status says when the next one opens.
+    async fn sleep_now(
+        &self,
+        client: &AsyncClient,
+        events: &mut EventLoop,
+        inflight: &mut Inflight,
+    ) -> Result<Ended, UplinkError> {
+        let next = self
+            .schedule
+            .as_ref()
+            .map_or(SystemTime::now(), |s| s.next_open(SystemTime::now()));
+        let status = format!("sleeping until {}", humantime::format_rfc3339_seconds(next));
+        self.leave(client, events, inflight, &status).await;
+        self.set_status(false, None);
+        Ok(Ended::Sleeping)
+    }
+
+    /// Waits briefly for outstanding acks (each one spares a duplicate next time), publishes
+    /// the retained `status` (`offline`, or when the next window opens; a clean disconnect
+    /// does not fire the last will) and disconnects.
+    async fn leave(
+        &self,
+        client: &AsyncClient,
+        events: &mut EventLoop,
+        inflight: &mut Inflight,
+        status: &str,
+    ) {
         let deadline = Instant::now() + LEAVE_GRACE;
         let mut offline_sent = false;
         loop {
@@ -730,7 +838,7 @@ impl Uplink {
                     break;
                 }
                 if client
-                    .try_publish(self.topics.status(), QoS::AtLeastOnce, true, "offline")
+                    .try_publish(self.topics.status(), QoS::AtLeastOnce, true, status)
                     .is_err()
                 {
                     break;
@@ -825,6 +933,15 @@ fn link_ended(ended: Result<Result<(), LinkError>, tokio::task::JoinError>) -> U
     UplinkError::Link(error)
 }
 
+/// How a connection ended without an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// The gateway is stopping.
+    Shutdown,
+    /// A connection window closed.
+    Sleeping,
+}
+
 /// What one publish did: bytes handed to the client, and whether the window stopped it.
 #[derive(Debug, Default)]
 struct Sent {
@@ -856,11 +973,16 @@ struct Drain {
 }
 
 impl Drain {
-    fn new(uplink: &Uplink, committed: watch::Receiver<i64>) -> Self {
+    fn new(uplink: &Uplink, committed: watch::Receiver<i64>, hurry: bool) -> Self {
         let single = uplink.encoder.single();
         let at_once = BatchConfig {
             linger: Duration::ZERO,
             ..uplink.batch.clone()
+        };
+        let live = if hurry {
+            at_once.clone()
+        } else {
+            uplink.batch.clone()
         };
         let backlog = BatchConfig {
             max_readings: uplink.lanes.backlog_readings,
@@ -870,7 +992,7 @@ impl Drain {
             batcher: Batcher::new(config, single),
             ready: VecDeque::new(),
         };
-        let lanes = [queue(&at_once), queue(&uplink.batch), queue(&backlog)];
+        let lanes = [queue(&at_once), queue(&live), queue(&backlog)];
         let most = lanes
             .iter()
             .map(|l| l.batcher.max_readings())
@@ -890,6 +1012,13 @@ impl Drain {
 
     fn lane(&mut self, lane: Lane) -> &mut LaneQueue {
         &mut self.lanes[lane as usize]
+    }
+
+    /// Whether nothing is held or waiting in any lane.
+    fn is_empty(&self) -> bool {
+        self.lanes
+            .iter()
+            .all(|l| l.ready.is_empty() && l.batcher.held() == 0)
     }
 
     /// Rows read for `lane` go into its batches; full ones are sealed.

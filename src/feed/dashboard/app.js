@@ -172,8 +172,9 @@ async function refresh() {
     const status = await api("/api/status");
     $("gateway").textContent = status.gateway;
     const u = status.uplink;
-    $("uplink-state").textContent = (u.connected ? (u.stalled ? "stalled: no answer for " + Math.round(u.waiting_s) + " s" : "connected") : "down") + " since " + ago(u.since) + (u.last_error && !u.connected ? " (" + u.last_error + ")" : "");
-    $("uplink").className = "panel " + (!u.connected ? "down" : u.stalled ? "stalled" : "");
+    $("uplink-state").textContent = u.sleeping_until ? "sleeping until " + new Date(u.sleeping_until).toLocaleString()
+      : (u.connected ? (u.stalled ? "stalled: no answer for " + Math.round(u.waiting_s) + " s" : "connected") : "down") + " since " + ago(u.since) + (u.last_error && !u.connected ? " (" + u.last_error + ")" : "");
+    $("uplink").className = "panel " + (u.sleeping_until ? "" : !u.connected ? "down" : u.stalled ? "stalled" : "");
     const kib = (b) => ((b.up + b.down) / 1024).toFixed(1) + " KiB";
     $("link").textContent = kib(status.link.today) + " today, " + kib(status.link.month) + " this month, " + status.link.connects + " connects"
       + (status.budget && status.budget.step !== "open" ? " · budget: " + status.budget.step.replace("_", " ") : "");
