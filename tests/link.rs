@@ -352,3 +352,56 @@ fn windows_connect_on_schedule_drain_and_sleep_and_an_alarm_wakes_the_link() {
     );
     println!("alarms woke the link: {:?}", statuses(&sub));
 }
+
+#[test]
+fn the_dialup_preset_drains_ten_value_readings_at_2400_bits_without_a_disconnect() {
+    // 150 readings of ten full-precision values each, left by an earlier run.
+    let values: String = (0..10)
+        .map(|i| format!("      - {{name: v{i}, sine: {{mean: {}, amplitude: 3, period: 1m, noise: 0.1}}}}\n", i * 10))
+        .collect();
+    let first = format!(
+        "gateway: {{id: test, data_dir: '{{data}}'}}\nmqtt: {{host: 127.0.0.1, port: {}}}\n\
+         devices:\n  - name: meter\n    type: sim\n    rate: 50\n    limit: 150\n    values:\n{values}",
+        free_port()
+    );
+    let mut cairn = Cairn::start(&first);
+    cairn.wait_stats("a backlog", |s| s["backlog"] == 150);
+    assert!(cairn.stop());
+    let data = cairn.dir.path().join("data");
+
+    let port = free_port();
+    let broker = Broker::start_on(port);
+    let sub = Subscriber::start(&broker, "cairn/test/#");
+    let proxy = Proxy::start(port);
+    proxy.set_rate(2400);
+    proxy.set_round_trip(Duration::from_millis(600));
+    let config = format!(
+        "gateway: {{id: test, data_dir: '{{data}}'}}\nmqtt: {{host: 127.0.0.1, port: {}, link: dialup}}\ndevices: []\n",
+        proxy.port
+    );
+    let mut drain = Cairn::prepare(&config);
+    std::fs::create_dir_all(drain.dir.path().join("data")).unwrap();
+    for file in ["outbox.db", "outbox.db-wal"] {
+        if data.join(file).exists() {
+            std::fs::copy(data.join(file), drain.dir.path().join("data").join(file)).unwrap();
+        }
+    }
+    let start = Instant::now();
+    drain.restart();
+    assert!(sub.wait_until(PATIENCE * 3, |r| {
+        support::count_seqs(&support::decode_cairn_only(&r.hex_lines())).len() == 150
+    }));
+    let took = start.elapsed().as_secs_f64();
+    let readings = support::decode_both(&sub.with(|r| r.hex_lines()));
+    assert_eq!(support::count_seqs(&readings).len(), 150, "0 lost");
+    let log = drain.log();
+    assert!(
+        !log.contains("MQTT connection lost"),
+        "0 disconnects:\n{log}"
+    );
+    assert_eq!(proxy.connections(), 1, "one connection");
+    let (up, down) = proxy.bytes();
+    println!(
+        "dialup preset, 2400 bit/s, 600 ms: 150 ten-value readings in {took:.0} s over one connection, {up} B up, {down} B down"
+    );
+}

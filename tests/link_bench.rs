@@ -224,3 +224,132 @@ fn report_by_exception_on_a_meter() {
         );
     }
 }
+
+/// Six hours at `x200` with libfaketime: readings as a site makes them, and a keepalive, a
+/// linger and a summary period that pass as they would.
+const SIX_HOURS_FAST: &str = "+0 x200";
+
+/// TCP payload and IP bytes through the proxy while a fake-fast `config` runs until `done`.
+fn measured(config: &str, done: impl Fn(&Cairn, &Subscriber) -> bool) -> (u64, u64, u64) {
+    let port = free_port();
+    let broker = Broker::start_on(port);
+    let sub = Subscriber::start(&broker, "cairn/test/#");
+    let proxy = Proxy::start(port);
+    let capture = support::capture::Capture::start(proxy.port).expect("tcpdump runs here");
+    let config = config.replace("{port}", &proxy.port.to_string());
+    let cairn = Cairn::start_with_env(
+        &config,
+        &[("LD_PRELOAD", FAKETIME), ("FAKETIME", SIX_HOURS_FAST)],
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(900);
+    while !done(&cairn, &sub) {
+        assert!(std::time::Instant::now() < deadline, "{}", cairn.log());
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let (up, down) = proxy.bytes();
+    let seen = capture.stop();
+    (up + down, seen.ip_bytes, proxy.connections())
+}
+
+#[test]
+#[ignore = "a benchmark: scripts/bench runs it"]
+fn presets_idle_reconnect_and_month() {
+    assert!(Path::new(FAKETIME).exists(), "libfaketime is needed");
+    println!(
+        "\nlink presets on the five-device site (TCP payload at the proxy; IP bytes captured with tcpdump):"
+    );
+    for preset in ["satellite", "dialup"] {
+        // A month at one reading a minute per device: six hours measured, times 120.
+        let mqtt = format!("  link: {preset}\n");
+        let site =
+            site_config(0, &mqtt, true, "interval: 60s", 360).replace("port: 0", "port: {port}");
+        let readings = 5 * 360;
+        let (tcp, ip, connects) = measured(&site, |cairn, sub| {
+            sub.with(|r| count_seqs(&decode_cairn_only(&r.hex_lines())).len()) >= readings
+                && cairn.stats()["backlog"] == 0
+        });
+        println!(
+            "  {preset:<9} a month at 1 reading/min: {:.2} MB TCP, {:.2} MB IP ({readings} readings in 6 h over {connects} connection(s), {:.1} IP bytes per reading)",
+            tcp as f64 * 120.0 / 1e6,
+            ip as f64 * 120.0 / 1e6,
+            ip as f64 / readings as f64
+        );
+        // Idle: no readings for six hours, times four.
+        let idle = format!(
+            "gateway:\n  id: test\n  data_dir: {{data}}\nmqtt:\n  host: 127.0.0.1\n  port: {{port}}\n{mqtt}devices: []\n"
+        );
+        let started = std::time::Instant::now();
+        let (tcp, ip, _) = measured(&idle, |_, _| {
+            started.elapsed() >= std::time::Duration::from_secs(6 * 3600 / 200)
+        });
+        println!(
+            "  {preset:<9} idle: {:.1} kB TCP, {:.1} kB IP a day",
+            tcp as f64 * 4.0 / 1e3,
+            ip as f64 * 4.0 / 1e3
+        );
+    }
+    // Reconnects of the site, plain and over TLS: the second connection's bytes.
+    for tls in [false, true] {
+        let pki = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(
+            pki.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let (broker, target, url) = if tls {
+            support::tls::make_pki(pki.path());
+            let p = |f: &str| pki.path().join(f).display().to_string();
+            let tls_port = free_port();
+            let broker = Broker::start_with(
+                free_port(),
+                &format!(
+                    "listener {tls_port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\n",
+                    p("ca.crt"),
+                    p("server.crt"),
+                    p("server.key")
+                ),
+            );
+            (
+                broker,
+                tls_port,
+                format!(
+                    "mqtts://localhost:{{port}}\n  tls: {{ca_file: {}}}",
+                    p("ca.crt")
+                ),
+            )
+        } else {
+            let broker = Broker::start();
+            let port = broker.port;
+            (broker, port, "mqtt://127.0.0.1:{port}".to_string())
+        };
+        let sub = Subscriber::start(&broker, "cairn/test/#");
+        let proxy = Proxy::start(target);
+        let devices = site_config(0, "", true, "interval: 1h", 1);
+        let devices = &devices[devices.find("devices:").unwrap()..];
+        let config = format!(
+            "gateway:\n  id: test\n  data_dir: {{data}}\nmqtt:\n  url: {}\n  link: satellite\n{devices}",
+            url.replace("{port}", &proxy.port.to_string())
+        );
+        let _cairn = Cairn::start(&config);
+        let onlines = |n: usize| {
+            sub.wait_until(PATIENCE, |r| {
+                r.messages
+                    .iter()
+                    .filter(|(t, p)| t == "cairn/test/status" && p == "online")
+                    .count()
+                    >= n
+            })
+        };
+        assert!(onlines(1));
+        let first = proxy.per_connection()[0];
+        proxy.cut();
+        assert!(onlines(2));
+        let second = *proxy.per_connection().last().unwrap();
+        println!(
+            "  reconnect{}: {} B (first connect: {} B), TCP payload both ways",
+            if tls { " over TLS 1.3" } else { ", plain" },
+            second.0 + second.1,
+            first.0 + first.1
+        );
+    }
+}

@@ -18,7 +18,7 @@ pub enum LinkPreset {
     Lan,
     /// Cellular (LTE, 3G) billed per megabyte: batches of a gateway every 10 s.
     Cellular,
-    /// Satellite (600+ ms round trips) billed per byte: large compressed batches every 10
+    /// Satellite (600+ ms round trips) billed per byte: large compressed batches every 20
     /// minutes (alarms at once), long keepalive, patient timeouts.
     Satellite,
     /// Dial-up or a 2,400-9,600 bit/s radio link: like satellite, with a window of a few
@@ -95,12 +95,14 @@ impl LinkPreset {
                 reconnect_max: minutes(5),
                 ..batches(Duration::from_secs(10), 200, 2000)
             },
-            LinkPreset::Satellite => batches(minutes(10), 1000, 5000),
+            // Twenty minutes of a site's readings share a message: fewer, larger messages
+            // amortise names and headers (see the README's preset table for the bytes).
+            LinkPreset::Satellite => batches(minutes(20), 1000, 5000),
             LinkPreset::Dialup => Choice {
                 backlog_rate: ByteSize::b(100),
                 max_inflight_bytes: ByteSize::kib(4),
                 connect_timeout: Duration::from_secs(90),
-                ..batches(minutes(10), 1000, 1000)
+                ..batches(minutes(20), 1000, 1000)
             },
         }
     }

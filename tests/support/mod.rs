@@ -2,11 +2,13 @@
 //! independent `mosquitto_sub` subscriber, and the `cairn` binary itself.
 #![allow(dead_code, missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod capture;
 pub mod feed;
 pub mod lora;
 pub mod modbus;
 pub mod proxy;
 pub mod serial;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
