@@ -5,12 +5,17 @@ use std::path::Path;
 use std::process::Command;
 
 fn openssl(dir: &Path, args: &[&str]) {
-    let status = Command::new("openssl")
+    // Its progress dots go to stderr: shown only when it fails.
+    let out = Command::new("openssl")
         .current_dir(dir)
         .args(args)
-        .status()
+        .output()
         .expect("openssl is installed");
-    assert!(status.success(), "openssl {args:?}");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A CA, a server certificate for `localhost` and a client certificate, all signed by the CA.
