@@ -24,3 +24,55 @@ pub fn init() {
         builder.init();
     }
 }
+
+/// Lets one log line through per `every`, and counts the ones held back in between, so that
+/// a flood (a broker replaying thousands of commands) costs a line a minute, not a line each,
+/// on an SD card that wears with every write.
+#[derive(Debug)]
+pub struct Throttle {
+    every: std::time::Duration,
+    last: Option<std::time::Instant>,
+    held: u64,
+}
+
+impl Throttle {
+    /// One line per `every`.
+    pub fn new(every: std::time::Duration) -> Self {
+        Self {
+            every,
+            last: None,
+            held: 0,
+        }
+    }
+
+    /// `Some(lines held back since the last one)` when this line may go, else `None`.
+    pub fn pass(&mut self) -> Option<u64> {
+        let now = std::time::Instant::now();
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < self.every)
+        {
+            self.held += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.held))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flood_costs_one_line_per_period() {
+        let mut throttle = Throttle::new(std::time::Duration::from_secs(3600));
+        assert_eq!(throttle.pass(), Some(0));
+        let passed = (0..3000).filter(|_| throttle.pass().is_some()).count();
+        assert_eq!(passed, 0);
+        assert_eq!(throttle.held, 3000);
+        throttle.last = Some(std::time::Instant::now() - std::time::Duration::from_secs(3601));
+        assert_eq!(throttle.pass(), Some(3000));
+        assert_eq!(throttle.pass(), None);
+    }
+}

@@ -7,10 +7,19 @@ use support::run_cairn;
 
 /// Runs `cairn check` on `yaml` and returns (success, stderr).
 fn check(yaml: &str) -> (bool, String) {
+    check_with_env(yaml, &[])
+}
+
+/// `cairn check` on `yaml` with `env` set.
+fn check_with_env(yaml: &str, env: &[(&str, &str)]) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cairn.yaml");
     std::fs::write(&path, yaml).unwrap();
-    let out = run_cairn(&["check", "--config", path.to_str().unwrap()]);
+    let out = std::process::Command::new(support::cairn_bin())
+        .args(["check", "--config", path.to_str().unwrap()])
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).replace(path.to_str().unwrap(), "FILE");
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(
@@ -187,4 +196,60 @@ fn a_keepalive_mqtt_cannot_carry_is_refused() {
     }
     let (ok, stderr) = check("gateway: {id: gw}\nmqtt: {keepalive: 18h12m15s}\n");
     assert!(ok, "{stderr}");
+}
+
+#[test]
+fn an_empty_feed_token_never_opens_the_feed() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("token");
+    std::fs::write(&empty, "\n").unwrap();
+    refused(
+        &format!(
+            "gateway: {{id: g}}\nfeed:\n  token_file: {}\n",
+            empty.display()
+        ),
+        &["FILE:3:15", "feed.token_file", "is empty"],
+    );
+    // Set but empty: the value is an empty string, not a missing token.
+    let (ok, stderr) = check_with_env(
+        "gateway: {id: g}\nfeed:\n  token: ${CAIRN_TEST_TOKEN}\n",
+        &[("CAIRN_TEST_TOKEN", "")],
+    );
+    assert!(
+        !ok && stderr.contains("feed.token") && stderr.contains("must not be empty"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn an_environment_value_is_the_whole_scalar_whatever_it_holds() {
+    // Pasted into the text, `a #b` became `a`, and quotes or braces broke the parse; as a
+    // scalar, the whole value arrives, here refused as a gateway id and quoted back whole.
+    for value in ["a #b", "{x: \"y\"}", "it's: [1]"] {
+        let (ok, stderr) = check_with_env(
+            "gateway:\n  id: ${CAIRN_TEST_ID}\n",
+            &[("CAIRN_TEST_ID", value)],
+        );
+        assert!(!ok, "{value} accepted");
+        assert!(
+            stderr.contains(&format!("`{value}` must be letters")),
+            "{value}: {stderr}"
+        );
+    }
+    let (ok, stderr) = check_with_env(
+        "gateway:\n  id: ${CAIRN_TEST_ID}\nmqtt:\n  password: ${CAIRN_TEST_PW}\n",
+        &[
+            ("CAIRN_TEST_ID", "site-7"),
+            ("CAIRN_TEST_PW", "p#ss: 'w\"rd' {x}"),
+        ],
+    );
+    assert!(ok, "{stderr}");
+}
+
+#[test]
+fn a_config_that_never_ends_is_refused_quickly() {
+    let out = run_cairn(&["check", "--config", "/dev/zero"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("larger than 4 MiB"), "{stderr}");
 }

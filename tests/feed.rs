@@ -8,7 +8,7 @@ mod support;
 use std::collections::BTreeSet;
 
 use futures_util::StreamExt;
-use support::feed::{api, connect, http_get, next};
+use support::feed::{api, connect, http_get, http_get_with, next};
 use support::{Broker, Cairn, PATIENCE, PYTHON, Subscriber, free_port, sim_config};
 
 /// A gateway with a `counter` device producing `limit` readings (0: no end) at `rate` per
@@ -170,6 +170,16 @@ async fn the_token_is_required_on_the_api_and_the_upgrade() {
         assert_eq!(http_get(addr, path, Some("wrong")).0, 401, "{path}");
     }
     assert_eq!(http_get(addr, "/api/status", Some("s3cret+/=")).0, 200);
+    // The scheme is case-insensitive (RFC 9110); an empty query token is no token.
+    for scheme in ["bearer", "BEARER"] {
+        let header = format!("authorization: {scheme} s3cret+/=\r\n");
+        assert_eq!(
+            http_get_with(addr, "/api/status", &header).0,
+            200,
+            "{scheme}"
+        );
+    }
+    assert_eq!(http_get(addr, "/api/status?token=", None).0, 401);
     assert_eq!(http_get(addr, "/healthz", None).0, 200);
     assert_eq!(
         http_get(addr, "/", None).0,

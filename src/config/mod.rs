@@ -665,17 +665,32 @@ impl BufferConfig {
     }
 }
 
+/// The largest config file read; a thousand devices fit in a fraction of it.
+const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
+
 impl Config {
     /// Reads, parses and validates `path`; on failure, every problem found.
     pub fn load(path: &Path) -> Result<Config, Box<Report>> {
+        use std::io::Read;
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| {
+        let refuse = |message: String| {
             Box::new(Report {
                 file: file.clone(),
                 text: String::new(),
-                problems: vec![Problem::new(None, "", format!("cannot read the file: {e}"))],
+                problems: vec![Problem::new(None, "", message)],
             })
-        })?;
+        };
+        // Read at most one byte past the cap: `--config /dev/zero` must not fill the memory.
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(MAX_CONFIG_BYTES + 1).read_to_string(&mut text))
+            .map_err(|e| refuse(format!("cannot read the file: {e}")))?;
+        if text.len() as u64 > MAX_CONFIG_BYTES {
+            return Err(refuse(format!(
+                "the file is larger than {} MiB; a config is a few kilobytes",
+                MAX_CONFIG_BYTES >> 20
+            )));
+        }
         Self::from_text(&file, &text, |name| std::env::var(name).ok())
     }
 
@@ -864,7 +879,7 @@ impl Config {
                 "give either `token` or `token_file`, not both".into(),
             );
         }
-        if feed.token.as_ref().is_some_and(|t| t.is_empty()) {
+        if feed.token.as_ref().is_some_and(|t| t.trim().is_empty()) {
             push("feed.token", "must not be empty".into());
         }
         if feed.max_clients == 0 || feed.replay == 0 {
@@ -1059,6 +1074,15 @@ fn location<T>(spanned: &Spanned<T>) -> Option<(usize, usize)> {
 /// The content of a secret file, trailing newline removed, or a problem at `path`.
 fn read_secret(file: &Spanned<PathBuf>, path: &str, problems: &mut Vec<Problem>) -> Option<String> {
     match std::fs::read_to_string(&file.value) {
+        // An empty secret would let anyone in (an empty feed token is no token at all).
+        Ok(secret) if secret.trim().is_empty() => {
+            problems.push(Problem::new(
+                location(file),
+                path,
+                format!("{} is empty", file.value.display()),
+            ));
+            None
+        }
         Ok(secret) => Some(secret.trim_end_matches(['\n', '\r']).to_string()),
         Err(e) => {
             problems.push(Problem::new(

@@ -158,7 +158,7 @@ pub async fn metrics(_: Authorized, State(state): State<AppState>) -> impl IntoR
         &mut out,
         "cairn_commands_ignored_total",
         "counter",
-        "MQTT command messages ignored: retained, or larger than a command may be.",
+        "MQTT command messages not carried out: retained, larger than a command may be, or too many waiting.",
         &one(uplink.ignored_commands as f64),
     );
 

@@ -153,7 +153,8 @@ pub async fn start(
         max_clients: config.max_clients,
         cancel: cancel.clone(),
     };
-    tasks.spawn(serve(config.listen, router(state), cancel));
+    let open = config.token.is_none();
+    tasks.spawn(serve(config.listen, open, router(state), cancel));
 }
 
 fn router(state: AppState) -> Router {
@@ -171,8 +172,9 @@ fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Binds `addr` (retrying with backoff while it is taken) and serves until `cancel` fires.
-async fn serve(addr: SocketAddr, app: Router, cancel: CancellationToken) {
+/// Binds `addr` (retrying with backoff while it is taken) and serves until `cancel` fires;
+/// `open`: no token is required.
+async fn serve(addr: SocketAddr, open: bool, app: Router, cancel: CancellationToken) {
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
     let listener = loop {
         match tokio::net::TcpListener::bind(addr).await {
@@ -189,6 +191,9 @@ async fn serve(addr: SocketAddr, app: Router, cancel: CancellationToken) {
     };
     let local = listener.local_addr().map_or(addr, |a| a);
     info!(listen = %local, "Dashboard and feed listening");
+    if open && !local.ip().is_loopback() {
+        warn!(listen = %local, "No feed.token: anyone who can reach this address reads every reading, device status and the gateway's counters, and sees its devices' names");
+    }
     let shutdown = cancel.clone();
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
@@ -216,7 +221,7 @@ impl FromRequestParts<AppState> for Authorized {
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+            .and_then(bearer);
         let from_query = Query::<TokenQuery>::try_from_uri(&parts.uri)
             .ok()
             .and_then(|q| q.0.token);
@@ -231,6 +236,13 @@ impl FromRequestParts<AppState> for Authorized {
         )
             .into_response())
     }
+}
+
+/// The credentials of an `Authorization: Bearer` header; the scheme is case-insensitive
+/// (RFC 9110, 11.1).
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 /// The token as a query parameter.
@@ -285,6 +297,15 @@ async fn websocket(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer("Bearer abc"), Some("abc"));
+        assert_eq!(bearer("bearer abc"), Some("abc"));
+        assert_eq!(bearer("BEARER  abc "), Some("abc"));
+        assert_eq!(bearer("Basic abc"), None);
+        assert_eq!(bearer("Bearer"), None);
+    }
 
     #[test]
     fn tokens_compare_whole() {

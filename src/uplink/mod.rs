@@ -111,7 +111,8 @@ pub struct UplinkStatus {
     pub since: SystemTime,
     /// Why the last connection ended or failed.
     pub last_error: Option<String>,
-    /// `.../set` messages ignored since start: larger than a command may be, or retained.
+    /// `.../set` messages not carried out since start: larger than a command may be,
+    /// retained, or arriving while too many wait for their devices.
     pub ignored_commands: u64,
     /// Between connection windows: when the next one opens.
     pub sleeping_until: Option<SystemTime>,
@@ -144,6 +145,8 @@ pub struct Uplink {
     meter: Arc<Meter>,
     budget: Arc<Budget>,
     schedule: Option<Schedule>,
+    /// Lines about ignored commands: a flood of them must not flood the log.
+    command_log: crate::logging::Throttle,
 }
 
 impl Uplink {
@@ -201,6 +204,7 @@ impl Uplink {
             meter,
             budget: Arc::new(Budget::new(config.budget.clone())),
             schedule: config.connect.clone().map(Schedule::new),
+            command_log: crate::logging::Throttle::new(Duration::from_secs(60)),
         })
     }
 
@@ -748,7 +752,7 @@ impl Uplink {
     }
 
     /// Applies one event to the window; returns whether it was an acknowledgement.
-    fn handle(&self, event: Event, inflight: &mut Inflight) -> bool {
+    fn handle(&mut self, event: Event, inflight: &mut Inflight) -> bool {
         match event {
             Event::Outgoing(Outgoing::Publish(pkid)) => {
                 if let Some(carried) = inflight.written(pkid) {
@@ -779,7 +783,7 @@ impl Uplink {
     }
 
     /// Hands a `.../set` message to the command router.
-    fn command(&self, publish: &rumqttc::Publish) {
+    fn command(&mut self, publish: &rumqttc::Publish) {
         let (Some(commands), Some((device, point))) =
             (&self.commands, self.topics.parse_set(&publish.topic))
         else {
@@ -790,7 +794,9 @@ impl Uplink {
             // one is no command Cairn knows. Reading it and saying so keeps the connection: a
             // retained one comes back once per connect.
             self.status.send_modify(|s| s.ignored_commands += 1);
-            warn!(topic = %publish.topic, bytes = publish.payload.len(), retained = publish.retain, "Command ignored: commands are at most 4 KiB and never retained");
+            if let Some(held) = self.command_log.pass() {
+                warn!(topic = %publish.topic, bytes = publish.payload.len(), retained = publish.retain, more_ignored = held, "Command ignored: commands are at most 4 KiB and never retained");
+            }
             return;
         }
         let request = SetRequest {
@@ -799,13 +805,16 @@ impl Uplink {
             payload: publish.payload.to_vec(),
         };
         if commands.try_send(request).is_err() {
-            warn!(topic = %publish.topic, "Command dropped: too many commands waiting");
+            self.status.send_modify(|s| s.ignored_commands += 1);
+            if let Some(held) = self.command_log.pass() {
+                warn!(topic = %publish.topic, more_ignored = held, "Command dropped: too many commands waiting");
+            }
         }
     }
 
     /// Closes a connection window: the retained status says when the next one opens.
     async fn sleep_now(
-        &self,
+        &mut self,
         client: &AsyncClient,
         events: &mut EventLoop,
         inflight: &mut Inflight,
@@ -824,7 +833,7 @@ impl Uplink {
     /// the retained `status` (`offline`, or when the next window opens; a clean disconnect
     /// does not fire the last will) and disconnects.
     async fn leave(
-        &self,
+        &mut self,
         client: &AsyncClient,
         events: &mut EventLoop,
         inflight: &mut Inflight,
