@@ -438,6 +438,22 @@ pub struct FeedConfig {
     /// Most WebSocket clients at once (default 256).
     #[serde(default = "default_max_clients")]
     pub max_clients: usize,
+    /// Most connections at once, all clients together (default 512; lowered to fit the
+    /// process's descriptor limit).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Most connections at once from one address (default 32).
+    #[serde(default = "default_max_per_client")]
+    pub max_per_client: usize,
+    /// Time a request's headers may take to arrive (default 10s).
+    #[serde(default = "default_header_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub header_timeout: Duration,
+    /// Time without a byte either way before an HTTP connection is closed (default 60s;
+    /// WebSockets ping their clients and are not affected).
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub idle_timeout: Duration,
     /// Feed messages kept for clients that reconnect with `?since=` (default 10000).
     #[serde(default = "default_replay")]
     pub replay: usize,
@@ -460,6 +476,18 @@ pub struct HistoryConfig {
     pub every: Duration,
 }
 
+fn default_max_connections() -> usize {
+    512
+}
+fn default_max_per_client() -> usize {
+    32
+}
+fn default_header_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
 fn default_true() -> bool {
     true
 }
@@ -487,6 +515,10 @@ impl Default for FeedConfig {
             token: None,
             token_file: None,
             max_clients: default_max_clients(),
+            max_connections: default_max_connections(),
+            max_per_client: default_max_per_client(),
+            header_timeout: default_header_timeout(),
+            idle_timeout: default_idle_timeout(),
             replay: default_replay(),
             history: HistoryConfig::default(),
         }
@@ -886,6 +918,20 @@ impl Config {
             push(
                 "feed.max_clients",
                 "`max_clients` and `replay` must be at least 1".into(),
+            );
+        }
+        if feed.max_connections == 0 || feed.max_per_client == 0 {
+            push(
+                "feed.max_connections",
+                "`max_connections` and `max_per_client` must be at least 1".into(),
+            );
+        }
+        if feed.header_timeout < Duration::from_secs(1)
+            || feed.idle_timeout < Duration::from_secs(1)
+        {
+            push(
+                "feed.idle_timeout",
+                "`header_timeout` and `idle_timeout` must be at least 1s".into(),
             );
         }
         if feed.history.every.is_zero() {

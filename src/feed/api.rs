@@ -206,6 +206,7 @@ fn from_millis(ms: i64) -> SystemTime {
 
 /// `/api/status`: the gateway, its uplink and its outbox.
 pub async fn status(_: Authorized, State(state): State<AppState>) -> Json<serde_json::Value> {
+    use std::sync::atomic::Ordering::Relaxed;
     let stats = state.store.stats();
     let oldest = state.rates.oldest_unsent_ms();
     let uplink = state.uplink.borrow().clone();
@@ -246,6 +247,12 @@ pub async fn status(_: Authorized, State(state): State<AppState>) -> Json<serde_
         "readings_per_s": readings_per_s,
         "published_per_s": published_per_s,
         "ws_clients": state.hub.clients(),
+        "connections": {
+            "open": state.server.open.load(Relaxed),
+            "refused_full": state.server.refused_full.load(Relaxed),
+            "refused_per_client": state.server.refused_per_client.load(Relaxed),
+            "timed_out": state.server.timed_out.load(Relaxed),
+        },
     }))
 }
 

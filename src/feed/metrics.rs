@@ -298,6 +298,36 @@ pub async fn metrics(_: Authorized, State(state): State<AppState>) -> impl IntoR
         "WebSocket clients connected.",
         &one(state.hub.clients() as f64),
     );
+    let server = &state.server;
+    let load =
+        |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed) as f64;
+    family(
+        &mut out,
+        "cairn_feed_connections",
+        "gauge",
+        "HTTP and WebSocket connections open.",
+        &one(load(&server.open)),
+    );
+    family(
+        &mut out,
+        "cairn_feed_connections_refused_total",
+        "counter",
+        "Connections refused: all taken (full), or their address held its share (per_client).",
+        &[
+            (vec![("reason", "full")], load(&server.refused_full)),
+            (
+                vec![("reason", "per_client")],
+                load(&server.refused_per_client),
+            ),
+        ],
+    );
+    family(
+        &mut out,
+        "cairn_feed_connections_timed_out_total",
+        "counter",
+        "Connections closed for headers slower than header_timeout or idleness.",
+        &one(load(&server.timed_out)),
+    );
     family(
         &mut out,
         "cairn_feed_lost_total",

@@ -11,6 +11,7 @@ mod assets;
 pub mod history;
 pub mod hub;
 mod metrics;
+mod server;
 mod ws;
 
 use std::net::SocketAddr;
@@ -27,7 +28,7 @@ use axum::routing::get;
 use serde::Deserialize;
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{error, warn};
 
 use crate::backoff::Backoff;
 use crate::config::FeedConfig;
@@ -86,6 +87,7 @@ struct AppState {
     rates: api::Rates,
     clients: Arc<Semaphore>,
     max_clients: usize,
+    server: Arc<server::ServerCounters>,
     cancel: CancellationToken,
 }
 
@@ -127,6 +129,14 @@ pub async fn start(
             }
         }
     };
+    let limits = server::Limits {
+        max_connections: config.max_connections,
+        max_per_client: config.max_per_client,
+        header_timeout: config.header_timeout,
+        idle_timeout: config.idle_timeout,
+    }
+    .fitted(sources.devices.len());
+    let counters = Arc::new(server::ServerCounters::default());
     let rates = api::Rates::default();
     tasks.spawn(rates.clone().run(
         sources.store.clone(),
@@ -151,10 +161,16 @@ pub async fn start(
         rates,
         clients: Arc::new(Semaphore::new(config.max_clients)),
         max_clients: config.max_clients,
+        server: counters.clone(),
         cancel: cancel.clone(),
     };
     let open = config.token.is_none();
-    tasks.spawn(serve(config.listen, open, router(state), cancel));
+    let listen = config.listen;
+    tasks.spawn(async move {
+        if let Some(listener) = bind(listen, &cancel).await {
+            server::serve(listener, router(state), limits, counters, open, cancel).await;
+        }
+    });
 }
 
 fn router(state: AppState) -> Router {
@@ -172,34 +188,21 @@ fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Binds `addr` (retrying with backoff while it is taken) and serves until `cancel` fires;
-/// `open`: no token is required.
-async fn serve(addr: SocketAddr, open: bool, app: Router, cancel: CancellationToken) {
+/// Binds `addr`, retrying with backoff while it is taken; `None` once `cancel` fires.
+async fn bind(addr: SocketAddr, cancel: &CancellationToken) -> Option<tokio::net::TcpListener> {
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
-    let listener = loop {
+    loop {
         match tokio::net::TcpListener::bind(addr).await {
-            Ok(listener) => break listener,
+            Ok(listener) => return Some(listener),
             Err(e) => {
                 let retry_in = backoff.next_delay();
                 warn!(listen = %addr, error = %e, retry_in = %humantime::format_duration(retry_in), "Cannot listen for the dashboard; retrying");
                 tokio::select! {
-                    () = cancel.cancelled() => return,
+                    () = cancel.cancelled() => return None,
                     () = tokio::time::sleep(retry_in) => {}
                 }
             }
         }
-    };
-    let local = listener.local_addr().map_or(addr, |a| a);
-    info!(listen = %local, "Dashboard and feed listening");
-    if open && !local.ip().is_loopback() {
-        warn!(listen = %local, "No feed.token: anyone who can reach this address reads every reading, device status and the gateway's counters, and sees its devices' names");
-    }
-    let shutdown = cancel.clone();
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
-    {
-        error!(error = %e, "The dashboard server stopped");
     }
 }
 

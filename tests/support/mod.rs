@@ -486,6 +486,8 @@ pub struct Cairn {
     runs: usize,
     /// Extra environment of every run.
     env: Vec<(String, String)>,
+    /// The descriptor limit (soft and hard) of every run, if not inherited.
+    pub fd_limit: Option<u64>,
 }
 
 pub fn cairn_bin() -> &'static str {
@@ -513,6 +515,7 @@ impl Cairn {
             child: None,
             runs: 0,
             env: Vec::new(),
+            fd_limit: None,
         }
     }
 
@@ -527,6 +530,11 @@ impl Cairn {
         cairn
     }
 
+    /// The running process's id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("cairn.yaml")
     }
@@ -538,15 +546,28 @@ impl Cairn {
             .append(true)
             .open(self.dir.path().join("cairn.log"))
             .unwrap();
-        let child = Command::new(cairn_bin())
+        // A descriptor limit is set by the shell the binary is then exec'd from (the same
+        // process: its pid is the child's).
+        let mut command = match self.fd_limit {
+            Some(limit) => {
+                let mut sh = Command::new("sh");
+                sh.args([
+                    "-c",
+                    &format!("ulimit -n {limit} && exec \"$0\" \"$@\""),
+                    cairn_bin(),
+                ]);
+                sh
+            }
+            None => Command::new(cairn_bin()),
+        };
+        command
             .args(["run", "--config"])
             .arg(self.config_path())
             .env("RUST_LOG", "info")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+            .stderr(log);
+        let child = command.spawn().unwrap();
         self.child = Some(child);
         self.runs += 1;
     }
