@@ -35,6 +35,7 @@ pub fn print(
             "ts": rfc3339_millis(reading.ts_ms),
             "values": Values(&reading.values),
             "historical": reading.historical,
+            "unsynced": reading.unsynced,
         });
         let _ = writeln!(out, "{line}");
     }

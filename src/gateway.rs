@@ -11,6 +11,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::clock::Clock;
 use crate::commands::Router;
 use crate::config::Config;
 use crate::feed::{self, FeedSources};
@@ -33,7 +34,11 @@ pub async fn run(
     mut hangups: mpsc::Receiver<()>,
 ) -> anyhow::Result<()> {
     let path: PathBuf = config.buffer.path_in(&config.gateway.data_dir);
-    let (reader, acker, writer) = store::open(&path, &config.buffer)
+    let clock = Arc::new(Clock::new());
+    let stop_clock = CancellationToken::new();
+    let _stop_clock = stop_clock.clone().drop_guard();
+    tokio::spawn(clock.clone().run(stop_clock));
+    let (reader, acker, writer) = store::open(&path, &config.buffer, clock.clone())
         .await
         .with_context(|| format!("cannot open the outbox at {}", path.display()))?;
     let state = store::DeviceState::open(&path, &config.buffer)
@@ -83,8 +88,9 @@ pub async fn run(
         })
         .unzip();
     // Adapters -> pipeline -> store: each stage ends when the one before it has closed.
-    let pipeline =
-        tokio::spawn(pipeline::Pipeline::new(&config, &devices).run(readings, prepared_tx));
+    let pipeline = tokio::spawn(
+        pipeline::Pipeline::new(&config, &devices, clock.clone()).run(readings, prepared_tx),
+    );
     let stop_uplink = CancellationToken::new();
     let commands = Router::new(&devices).map(|(router, end)| {
         tokio::spawn(router.run(stop_uplink.clone()));

@@ -8,6 +8,7 @@
 //! these from the [`config`], and the [`supervisor`] keeps the adapters running.
 
 pub mod backoff;
+pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod decode;

@@ -60,6 +60,10 @@ pub struct Reading {
     pub values: Vec<(Arc<str>, Value)>,
     /// How urgently it travels; the gateway's pipeline sets it from the config.
     pub priority: crate::report::Priority,
+    /// Set by the gateway's pipeline while its wall clock is not known good (a Pi without a
+    /// real-time clock, before NTP): the clock's correction then, in milliseconds, so that
+    /// the steps seen later can be added to `ts`.
+    pub provisional: Option<i64>,
 }
 
 impl Reading {
@@ -70,6 +74,7 @@ impl Reading {
             ts: SystemTime::now(),
             values,
             priority: Default::default(),
+            provisional: None,
         }
     }
 }

@@ -346,6 +346,7 @@ impl SimAdapter {
             ts,
             values,
             priority: Default::default(),
+            provisional: None,
         }
     }
 

@@ -183,6 +183,7 @@ mod tests {
     fn reading(ts_ms: i64, value: f64) -> LiveEvent {
         LiveEvent::Reading(Arc::new(Record {
             priority: Default::default(),
+            unsynced: false,
             seq: 1,
             device: Arc::from("tank"),
             ts_ms,

@@ -432,6 +432,7 @@ mod tests {
             serde_json::from_str(values).unwrap();
         LiveEvent::Reading(Arc::new(Record {
             priority: Default::default(),
+            unsynced: false,
             seq,
             device: Arc::from(device),
             ts_ms: 1_795_600_800_000,

@@ -18,6 +18,7 @@ use tracing::debug;
 
 use exception::Reported;
 
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::supervisor::DeviceHandle;
 use crate::uplink::topics::Topics;
@@ -68,11 +69,12 @@ struct DevicePolicy {
 /// The pipeline task's settings, built from the config.
 pub struct Pipeline {
     devices: HashMap<Arc<str>, DevicePolicy>,
+    clock: Arc<Clock>,
 }
 
 impl Pipeline {
     /// A pipeline for the devices of `config`, counting its refusals on `devices`' counters.
-    pub fn new(config: &Config, devices: &[DeviceHandle]) -> Self {
+    pub fn new(config: &Config, devices: &[DeviceHandle], clock: Arc<Clock>) -> Self {
         let mut topics = Topics::new(&config.mqtt.topic_prefix, &config.gateway.id);
         let batch_topic = topics.batch().len();
         let max_message = config.mqtt.max_message.as_u64() as usize;
@@ -104,7 +106,7 @@ impl Pipeline {
                 (handle.name.clone(), policy)
             })
             .collect();
-        Self { devices }
+        Self { devices, clock }
     }
 
     /// Prepares readings from `readings` and hands them to `store`, until every adapter has
@@ -127,6 +129,9 @@ impl Pipeline {
     /// Rounds `reading`, withholds values by exception and sets its priority, in place;
     /// false when it must not go on.
     fn prepare(&mut self, reading: &mut Reading) -> bool {
+        if !self.clock.known() {
+            reading.provisional = Some(self.clock.correction());
+        }
         let Some(policy) = self.devices.get_mut(&reading.device) else {
             return true;
         };

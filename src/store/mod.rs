@@ -25,6 +25,7 @@ use tokio::time::Instant;
 
 use cairn_adapters::{Priority, Value};
 
+use crate::clock::Clock;
 use crate::config::{BufferConfig, Synchronous};
 pub use state::DeviceState;
 pub use writer::Writer;
@@ -42,6 +43,9 @@ pub struct Record {
     pub values: Vec<(Arc<str>, Value)>,
     /// How urgently it travels.
     pub priority: Priority,
+    /// Its timestamp was taken before the gateway's clock was known good and is not
+    /// corrected (yet, or ever: it was taken in an earlier boot); flagged upstream.
+    pub unsynced: bool,
 }
 
 /// Why readings left the outbox without being delivered.
@@ -275,6 +279,7 @@ fn connect_options(path: &Path, config: &BufferConfig) -> SqliteConnectOptions {
 pub async fn open(
     path: &Path,
     config: &BufferConfig,
+    clock: Arc<Clock>,
 ) -> Result<(StoreReader, Acker, Writer), StoreError> {
     let db_err = |source| StoreError::Database {
         path: path.to_path_buf(),
@@ -289,7 +294,10 @@ pub async fn open(
     let mut conn = SqliteConnection::connect_with(&connect_options(path, config))
         .await
         .map_err(db_err)?;
-    let state = schema::migrate(&mut conn).await.map_err(db_err)?;
+    let mut state = schema::migrate(&mut conn).await.map_err(db_err)?;
+    state.provisional = schema::mark_boot(&mut conn, crate::clock::boot_id(), clock.offset())
+        .await
+        .map_err(db_err)?;
     let pool = SqlitePoolOptions::new()
         .max_connections(2)
         .connect_with(connect_options(path, config).read_only(true))
@@ -307,8 +315,8 @@ pub async fn open(
         config,
         state,
         (committed_tx, alarms_tx, timeline.clone()),
-        stats_tx,
-        ack_rx,
+        (stats_tx, ack_rx),
+        clock,
     );
     let pulse = writer.pulse();
     Ok((
@@ -342,10 +350,10 @@ impl StoreReader {
         // Written out per priority so that alarms are found through their partial index.
         let sql = match priority {
             Priority::Normal => {
-                "SELECT seq, device, ts_ms, payload FROM outbox WHERE seq > ? AND seq <= ? AND priority = 0 ORDER BY seq LIMIT ?"
+                "SELECT seq, device, ts_ms, payload, clock FROM outbox WHERE seq > ? AND seq <= ? AND priority = 0 ORDER BY seq LIMIT ?"
             }
             Priority::Alarm => {
-                "SELECT seq, device, ts_ms, payload FROM outbox WHERE seq > ? AND seq <= ? AND priority > 0 ORDER BY seq LIMIT ?"
+                "SELECT seq, device, ts_ms, payload, clock FROM outbox WHERE seq > ? AND seq <= ? AND priority > 0 ORDER BY seq LIMIT ?"
             }
         };
         let rows = sqlx::query(sql)
@@ -377,6 +385,7 @@ impl StoreReader {
                         ts_ms: r.try_get(2)?,
                         values,
                         priority,
+                        unsynced: r.try_get::<i64, _>(4)? != 0,
                     });
                 }
                 Err(e) => {

@@ -108,7 +108,7 @@ pub async fn drop_older_than(
     loop {
         let query = sqlx::query(
             "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox ORDER BY seq LIMIT ?) AND ts_ms < ? \
-             RETURNING LENGTH(device) + LENGTH(payload)",
+             AND clock = 0 RETURNING LENGTH(device) + LENGTH(payload)",
         )
         .bind(STEP)
         .bind(cutoff_ms);

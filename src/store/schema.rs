@@ -7,7 +7,7 @@ use sqlx::{Row, SqliteConnection};
 use super::{DropReason, ROW_OVERHEAD};
 
 /// Bumped with every change to the tables; `PRAGMA user_version` holds it.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 /// What the writer needs to carry on where the last run stopped.
 #[derive(Debug, Clone)]
@@ -16,6 +16,8 @@ pub struct State {
     pub rows: u64,
     pub bytes: u64,
     pub dropped: BTreeMap<DropReason, u64>,
+    /// Whether rows with provisional timestamps (of this boot) are waiting for the clock.
+    pub provisional: bool,
 }
 
 /// Creates or upgrades the tables, then loads the state.
@@ -66,7 +68,7 @@ pub async fn migrate(conn: &mut SqliteConnection) -> Result<State, sqlx::Error> 
         .execute(&mut *conn)
         .await?;
     }
-    if version < SCHEMA_VERSION {
+    if version < 3 {
         // Version 3: `payload` holds the reading's typed values (`row.rs`), not an MQTT
         // payload. Older rows keep their JSON and are read as they are: nothing is rewritten,
         // so an upgrade costs no time and no disk space, and cannot fail halfway.
@@ -83,7 +85,63 @@ pub async fn migrate(conn: &mut SqliteConnection) -> Result<State, sqlx::Error> 
         .execute(&mut *conn)
         .await?;
     }
+    if version < SCHEMA_VERSION {
+        // Version 4: whether a row's timestamp is known good (`clock` 0), provisional in this
+        // boot (1: the clock's later steps are added to it), or was provisional in an earlier
+        // boot (2: flagged upstream, exempt from `max_age`). See `clock.rs`.
+        sqlx::raw_sql(
+            "BEGIN;
+             ALTER TABLE outbox ADD COLUMN clock INTEGER NOT NULL DEFAULT 0;
+             CREATE INDEX outbox_clock ON outbox (seq) WHERE clock = 1;
+             PRAGMA user_version = 4;
+             COMMIT;",
+        )
+        .execute(&mut *conn)
+        .await?;
+    }
     load_state(conn).await
+}
+
+/// Records that the outbox is open in boot `boot`, whose wall clock minus `CLOCK_BOOTTIME`
+/// is `offset` (ms). Provisional rows of an earlier boot can no longer be corrected (the
+/// clock they were taken with is gone): they become flagged. Those of this boot get the
+/// step the clock made while the outbox was closed. Returns whether provisional rows of
+/// this boot remain.
+pub async fn mark_boot(
+    conn: &mut SqliteConnection,
+    boot: i64,
+    offset: i64,
+) -> Result<bool, sqlx::Error> {
+    let meta = |key: &'static str| {
+        sqlx::query_scalar::<_, i64>("SELECT value FROM meta WHERE key = ?").bind(key)
+    };
+    let last = meta("boot").fetch_optional(&mut *conn).await?;
+    if last == Some(boot) {
+        let saved = meta("clock_offset").fetch_optional(&mut *conn).await?;
+        if let Some(step) = saved.map(|saved| offset - saved)
+            && step.abs() > crate::clock::STEP
+        {
+            sqlx::query("UPDATE outbox SET ts_ms = ts_ms + ? WHERE clock = 1")
+                .bind(step)
+                .execute(&mut *conn)
+                .await?;
+        }
+    } else {
+        sqlx::query("UPDATE outbox SET clock = 2 WHERE clock = 1")
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query(
+            "INSERT INTO meta (key, value) VALUES ('boot', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(boot)
+        .execute(&mut *conn)
+        .await?;
+    }
+    let provisional: Option<i64> =
+        sqlx::query_scalar("SELECT seq FROM outbox WHERE clock = 1 LIMIT 1")
+            .fetch_optional(&mut *conn)
+            .await?;
+    Ok(provisional.is_some())
 }
 
 /// Reads the persisted counters and sizes the backlog.
@@ -117,6 +175,7 @@ pub async fn load_state(conn: &mut SqliteConnection) -> Result<State, sqlx::Erro
         rows: rows as u64,
         bytes: content as u64 + rows as u64 * ROW_OVERHEAD,
         dropped,
+        provisional: false,
     })
 }
 

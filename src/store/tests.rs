@@ -10,6 +10,7 @@ use cairn_adapters::{Reading, Value};
 use tokio::sync::mpsc;
 
 use super::*;
+use crate::clock::Clock;
 use crate::live::LiveBus;
 
 fn reading(device: &str, n: i64) -> Reading {
@@ -18,6 +19,7 @@ fn reading(device: &str, n: i64) -> Reading {
         device: Arc::from(device),
         ts: SystemTime::now(),
         values: vec![(Arc::from("n"), Value::Int(n))],
+        provisional: None,
     }
 }
 
@@ -30,7 +32,12 @@ struct Running {
 }
 
 async fn start(path: &Path, config: &BufferConfig) -> Running {
-    let (reader, acker, writer) = open(path, config).await.unwrap();
+    let now = crate::pipeline::unix_millis(SystemTime::now());
+    start_with(path, config, Clock::reading(now)).await
+}
+
+async fn start_with(path: &Path, config: &BufferConfig, clock: Clock) -> Running {
+    let (reader, acker, writer) = open(path, config, Arc::new(clock)).await.unwrap();
     let (tx, rx) = mpsc::channel(1024);
     let task = tokio::spawn(writer.run(rx, LiveBus::new(16)));
     Running {
@@ -207,6 +214,48 @@ async fn max_age_drops_old_readings_and_counts_them() {
 }
 
 #[tokio::test]
+async fn readings_of_an_unknown_clock_are_flagged_after_a_reboot_and_never_aged() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("o.db");
+    let config = BufferConfig {
+        max_age: Some(Duration::from_secs(3600)),
+        ..BufferConfig::default()
+    };
+    // Taken in 1970, before the clock was set: provisional.
+    let running = start_with(&path, &config, Clock::reading(5_000)).await;
+    let mut early = reading("dev", 1);
+    early.ts = SystemTime::UNIX_EPOCH + Duration::from_secs(5);
+    early.provisional = Some(0);
+    running.tx.send(early).await.unwrap();
+    running.committed(1).await;
+    assert!(running.all_unsent().await[0].unsynced);
+    running.stop().await;
+    // Another boot: the clock it was taken with is gone, so it can never be corrected.
+    let mut conn = SqliteConnection::connect_with(&connect_options(&path, &config))
+        .await
+        .unwrap();
+    super::schema::mark_boot(&mut conn, -1, 0).await.unwrap();
+    conn.close().await.unwrap();
+    // A known clock now, and a reading two hours old as a control: only it goes.
+    let running = start(&path, &config).await;
+    let mut old = reading("dev", 2);
+    old.ts = SystemTime::now() - Duration::from_secs(7200);
+    running.tx.send(old).await.unwrap();
+    let mut stats = running.reader.stats.clone();
+    stats
+        .wait_for(|s| s.dropped[&DropReason::MaxAge] == 1)
+        .await
+        .unwrap();
+    let unsent = running.all_unsent().await;
+    assert_eq!(unsent.len(), 1);
+    assert_eq!(
+        (unsent[0].seq, unsent[0].ts_ms, unsent[0].unsynced),
+        (1, 5_000, true)
+    );
+    running.stop().await;
+}
+
+#[tokio::test]
 async fn device_state_survives_a_restart_beside_the_outbox() {
     use cairn_adapters::StateStore;
     let dir = tempfile::tempdir().unwrap();
@@ -289,7 +338,9 @@ async fn an_outbox_of_schema_2_keeps_its_rows_and_a_newer_one_is_refused() {
         .await
         .unwrap();
     conn.close().await.unwrap();
-    let error = open(&path, &BufferConfig::default()).await.unwrap_err();
+    let error = open(&path, &BufferConfig::default(), Arc::new(Clock::reading(0)))
+        .await
+        .unwrap_err();
     assert!(
         error.to_string().contains("newer than this Cairn"),
         "{error}"

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use cairn_adapters::{Priority, Reading};
 use sqlx::sqlite::SqliteConnectOptions;
@@ -19,6 +19,7 @@ use super::{
     Done, DropReason, Pulse, Record, Stats, StoreError, Timeline, connect_options, row, row_bytes,
 };
 use crate::backoff::Backoff;
+use crate::clock::Clock;
 use crate::config::{BufferConfig, WhenFull};
 use crate::live::{LiveBus, LiveEvent};
 use crate::pipeline::unix_millis;
@@ -45,6 +46,9 @@ pub struct Writer {
     stats_tx: watch::Sender<Stats>,
     acks: mpsc::UnboundedReceiver<Done>,
     pulse: Pulse,
+    clock: Arc<Clock>,
+    /// The clock correction the provisional rows in the table already carry.
+    applied: i64,
 }
 
 /// How often an idle writer still shows it is alive.
@@ -85,8 +89,8 @@ impl Writer {
         config: &BufferConfig,
         state: State,
         (committed, alarms, timeline): (watch::Sender<i64>, watch::Sender<i64>, Timeline),
-        stats_tx: watch::Sender<Stats>,
-        acks: mpsc::UnboundedReceiver<Done>,
+        (stats_tx, acks): (watch::Sender<Stats>, mpsc::UnboundedReceiver<Done>),
+        clock: Arc<Clock>,
     ) -> Self {
         let stats = stats_tx.borrow().clone();
         Self {
@@ -106,6 +110,8 @@ impl Writer {
             stats_tx,
             acks,
             pulse: Pulse::new(),
+            applied: clock.correction(),
+            clock,
         }
     }
 
@@ -269,10 +275,36 @@ impl Writer {
             record_drop(&mut state, rows, bytes, *reason);
         }
 
+        // Provisional rows move with each step of the clock until it is known good; then
+        // they are final. Read once, so that the rows in the table and those added below
+        // agree.
+        let correction = self.clock.correction();
+        let known = self.clock.known();
+        if state.provisional && correction != self.applied {
+            sqlx::query("UPDATE outbox SET ts_ms = ts_ms + ? WHERE clock = 1")
+                .bind(correction - self.applied)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if state.provisional && known {
+            let fixed = sqlx::query("UPDATE outbox SET clock = 0 WHERE clock = 1")
+                .execute(&mut *tx)
+                .await?;
+            info!(
+                readings = fixed.rows_affected(),
+                correction_s = correction / 1000,
+                "Readings taken before the clock was known good now carry corrected times"
+            );
+            state.provisional = false;
+        }
+
+        // Ages count from a clock known good, on CLOCK_BOOTTIME since (not the wall clock,
+        // which may step); rows whose time was never known are not aged.
         if batch.check_age
             && let Some(max_age) = self.max_age
+            && let Some(now) = self.clock.now_for_age()
         {
-            let cutoff = unix_millis(SystemTime::now() - max_age);
+            let cutoff = now - i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX);
             let (rows, bytes) = retention::drop_older_than(&mut tx, cutoff).await?;
             record_drop(&mut state, rows, bytes, DropReason::MaxAge);
         }
@@ -291,12 +323,17 @@ impl Writer {
                 refused += 1;
                 continue;
             }
+            // A reading taken while the clock was not known good gets the steps seen since.
+            let ts_ms = unix_millis(reading.ts) + reading.provisional.map_or(0, |c| correction - c);
+            let provisional = reading.provisional.is_some() && !known;
+            state.provisional |= provisional;
             records.push(Arc::new(Record {
                 seq: state.next_seq,
                 device: reading.device.clone(),
-                ts_ms: unix_millis(reading.ts),
+                ts_ms,
                 values: reading.values.clone(),
                 priority: reading.priority,
+                unsynced: provisional,
             }));
             rows.push(payload);
             state.next_seq += 1;
@@ -308,14 +345,16 @@ impl Writer {
             .entry(DropReason::BufferFull)
             .and_modify(|n| *n += refused);
         for (chunk, payloads) in records.chunks(CHUNK).zip(rows.chunks(CHUNK)) {
-            let mut insert =
-                QueryBuilder::new("INSERT INTO outbox (seq, device, ts_ms, payload, priority) ");
+            let mut insert = QueryBuilder::new(
+                "INSERT INTO outbox (seq, device, ts_ms, payload, priority, clock) ",
+            );
             insert.push_values(chunk.iter().zip(payloads), |mut row, (record, payload)| {
                 row.push_bind(record.seq)
                     .push_bind(&*record.device)
                     .push_bind(record.ts_ms)
                     .push_bind(&payload[..])
-                    .push_bind(i64::from(record.priority == Priority::Alarm));
+                    .push_bind(i64::from(record.priority == Priority::Alarm))
+                    .push_bind(i64::from(record.unsynced));
             });
             insert
                 .build()
@@ -345,6 +384,12 @@ impl Writer {
                     .map(|(reason, n)| (drop_key(*reason), *n as i64)),
             )
             .chain(batch.counters.iter().map(|(k, v)| (k.clone(), *v)))
+            // What the provisional rows' times are relative to, for a step while closed.
+            .chain(
+                state
+                    .provisional
+                    .then(|| ("clock_offset".to_string(), self.clock.offset())),
+            )
             .collect();
         meta.push_values(&entries, |mut row, (key, value)| {
             row.push_bind(key).push_bind(*value);
@@ -378,6 +423,7 @@ impl Writer {
         stats.next_seq = state.next_seq;
         stats.dropped = state.dropped.clone();
         self.state = state;
+        self.applied = correction;
         self.stats = stats.clone();
         self.stats_tx.send_replace(stats);
         if let Some(alarm) = records.iter().rev().find(|r| r.priority == Priority::Alarm) {

@@ -187,6 +187,7 @@ mod tests {
     fn record(seq: i64, device: &str) -> Record {
         Record {
             priority: Default::default(),
+            unsynced: false,
             seq,
             device: Arc::from(device),
             ts_ms: seq,

@@ -1105,6 +1105,7 @@ mod tests {
     fn a_batch_splits_until_each_message_fits_and_a_giant_is_given_up() {
         let record = |seq: i64, text: usize| Record {
             priority: Default::default(),
+            unsynced: false,
             seq,
             device: Arc::from("d"),
             ts_ms: seq,

@@ -3,7 +3,8 @@
 decoding, this file only follows the specification.
 
 Reads `topic hex-payload` lines on stdin, as `mosquitto_sub -F '%t %x'` prints them, and
-writes one JSON object per reading: {"topic", "device", "seq", "ts", "values", "historical"}.
+writes one JSON object per reading: {"topic", "device", "seq", "ts", "values", "historical",
+"unsynced"}.
 A payload that does not decode is reported on stderr and makes the exit status 1.
 """
 
@@ -69,9 +70,12 @@ def decode_batch(body):
         if len(times) != n:
             raise ValueError("t does not have one entry per reading")
         columns = [(c["n"], column_values(c, n)) for c in block["c"]]
+        unsynced = set(block.get("u", []))
+        if any(i >= n for i in unsynced):
+            raise ValueError("u names a reading the block does not have")
         for i in range(n):
             values = {name: cells[i] for name, cells in columns if cells[i] is not None}
-            yield block["d"], seqs[i], times[i], values, historical
+            yield block["d"], seqs[i], times[i], values, historical, i in unsynced
 
 
 def decode(topic, payload):
@@ -86,6 +90,7 @@ def decode(topic, payload):
             "ts": reading["ts"],
             "values": reading["values"],
             "historical": reading.get("historical", False),
+            "unsynced": reading.get("unsynced", False),
         }
         return
     if first >> 4 != 1:
@@ -102,7 +107,7 @@ def decode(topic, payload):
         raise ValueError(f"unknown compression {compression}")
     if len(body) > LIMIT:
         raise ValueError("too large")
-    for device, seq, ts, values, historical in decode_batch(body):
+    for device, seq, ts, values, historical, unsynced in decode_batch(body):
         yield {
             "topic": topic,
             "device": device,
@@ -114,6 +119,7 @@ def decode(topic, payload):
                 for k, v in values.items()
             },
             "historical": historical,
+            "unsynced": unsynced,
         }
 
 

@@ -844,3 +844,21 @@ pub fn site_config(broker_port: u16, mqtt: &str, decimals: bool, pace: &str, lim
         devices.concat()
     )
 }
+
+/// libfaketime's multi-threaded library, where Debian's `faketime` package puts it.
+pub fn faketime_lib() -> Option<String> {
+    std::fs::read_dir("/usr/lib")
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|dir| dir.path().join("faketime/libfaketimeMT.so.1"))
+        .find(|lib| lib.exists())
+        .map(|lib| lib.display().to_string())
+}
+
+/// The wall clock now, in milliseconds since the Unix epoch.
+pub fn unix_ms_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}

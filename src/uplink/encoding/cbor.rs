@@ -35,6 +35,8 @@ pub struct Decoded {
     pub values: Vec<(Arc<str>, Value)>,
     /// Whether it came from the backlog rather than the live lane.
     pub historical: bool,
+    /// Whether its time was taken before the gateway's clock was known good.
+    pub unsynced: bool,
 }
 
 /// A column's kind, as the `k` key writes it.
@@ -87,7 +89,8 @@ pub fn encode(records: &[Record], historical: bool) -> Vec<u8> {
     e.into_writer()
 }
 
-/// One device's readings: `{"d", "s", "t", "c"}`.
+/// One device's readings: `{"d", "s", "t", "c"}`, and `"u"` (the positions of readings
+/// whose time is unsynced) when there are any.
 fn write_block(e: &mut Encoder<Vec<u8>>, device: &str, rows: &[&Record]) {
     let mut columns: Vec<Column> = Vec::new();
     let mut by_key: HashMap<(&str, Kind), usize> = HashMap::new();
@@ -107,13 +110,22 @@ fn write_block(e: &mut Encoder<Vec<u8>>, device: &str, rows: &[&Record]) {
             columns[i].cells[row].get_or_insert(value);
         }
     }
-    let _ = e.map(4);
+    let unsynced: Vec<u64> = (0..rows.len() as u64)
+        .filter(|&i| rows[i as usize].unsynced)
+        .collect();
+    let _ = e.map(4 + u64::from(!unsynced.is_empty()));
     let _ = e.str("d").and_then(|e| e.str(device));
     delta_array(e, "s", rows.iter().map(|r| r.seq));
     delta_array(e, "t", rows.iter().map(|r| r.ts_ms));
     let _ = e.str("c").and_then(|e| e.array(columns.len() as u64));
     for column in &columns {
         write_column(e, column);
+    }
+    if !unsynced.is_empty() {
+        let _ = e.str("u").and_then(|e| e.array(unsynced.len() as u64));
+        for i in unsynced {
+            let _ = e.u64(i);
+        }
     }
 }
 
@@ -245,7 +257,7 @@ pub fn decode(body: &[u8]) -> Result<Vec<Decoded>, DecodeError> {
             names.push(name);
             cells.push(column.into_iter());
         }
-        for (seq, ts_ms) in block.seqs.into_iter().zip(block.times) {
+        for (i, (seq, ts_ms)) in block.seqs.into_iter().zip(block.times).enumerate() {
             let values = names
                 .iter()
                 .zip(cells.iter_mut())
@@ -257,6 +269,7 @@ pub fn decode(body: &[u8]) -> Result<Vec<Decoded>, DecodeError> {
                 ts_ms,
                 values,
                 historical,
+                unsynced: block.unsynced.contains(&(i as u64)),
             });
         }
     }
@@ -269,11 +282,13 @@ struct Block {
     seqs: Vec<i64>,
     times: Vec<i64>,
     columns: Vec<(Arc<str>, Vec<Option<Value>>)>,
+    unsynced: Vec<u64>,
 }
 
 fn read_block(d: &mut Decoder) -> Result<Block, DecodeError> {
     let keys = definite(d.map())?;
     let (mut device, mut seqs, mut times, mut columns) = (None, None, None, None);
+    let mut unsynced = Vec::new();
     for _ in 0..keys {
         match d.str()? {
             "d" => device = Some(Arc::<str>::from(d.str()?)),
@@ -287,6 +302,12 @@ fn read_block(d: &mut Decoder) -> Result<Block, DecodeError> {
                 }
                 columns = Some(read);
             }
+            "u" => {
+                let n = definite(d.array())?;
+                for _ in 0..n {
+                    unsynced.push(d.u64()?);
+                }
+            }
             _ => d.skip()?,
         }
     }
@@ -296,8 +317,14 @@ fn read_block(d: &mut Decoder) -> Result<Block, DecodeError> {
         seqs: seqs.ok_or_else(|| missing("s"))?,
         times: times.ok_or_else(|| missing("t"))?,
         columns: columns.ok_or_else(|| missing("c"))?,
+        unsynced,
     };
     let n = block.seqs.len();
+    if block.unsynced.iter().any(|&i| i >= n as u64) {
+        return Err(DecodeError::Invalid(
+            "`u` names a reading the block does not have".into(),
+        ));
+    }
     if block.times.len() != n || block.columns.iter().any(|(_, cells)| cells.len() != n) {
         return Err(DecodeError::Invalid(
             "`t` or a column does not have one entry per reading".into(),
@@ -399,6 +426,7 @@ mod tests {
     fn record(seq: i64, device: &str, ts_ms: i64, values: Vec<(&str, Value)>) -> Record {
         Record {
             priority: Default::default(),
+            unsynced: false,
             seq,
             device: Arc::from(device),
             ts_ms,
@@ -413,8 +441,8 @@ mod tests {
         for r in records {
             let d = decoded.iter().find(|d| d.seq == r.seq).unwrap();
             assert_eq!(
-                (&d.device, d.seq, d.ts_ms, d.historical),
-                (&r.device, r.seq, r.ts_ms, historical)
+                (&d.device, d.seq, d.ts_ms, d.historical, d.unsynced),
+                (&r.device, r.seq, r.ts_ms, historical, r.unsynced)
             );
             assert_eq!(d.values.len(), r.values.len(), "{r:?}");
             for (name, value) in &r.values {
@@ -463,6 +491,11 @@ mod tests {
             record(16, "mast", -5, vec![]),
         ];
         round_trip(&records, false);
+        // Readings whose clock was never known good are flagged, one by one.
+        let mut flagged = records.clone();
+        flagged[2].unsynced = true;
+        flagged[3].unsynced = true;
+        round_trip(&flagged, false);
         round_trip(&records[..1], true);
         round_trip(&[], false);
     }

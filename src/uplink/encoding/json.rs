@@ -9,8 +9,9 @@ use serde::ser::{SerializeMap, Serializer};
 
 use crate::store::Record;
 
-/// `{"seq":1234,"ts":"2026-11-25T10:00:00.123Z","values":{"temperature":21.5}}`, and
-/// `"historical":true` after the values for a reading of the backlog.
+/// `{"seq":1234,"ts":"2026-11-25T10:00:00.123Z","values":{"temperature":21.5}}`, then
+/// `"historical":true` for a reading of the backlog, and `"unsynced":true` for one whose
+/// time was taken before the gateway's clock was known good and could not be corrected.
 ///
 /// Non-finite floats have no JSON form and are written as `null`.
 pub fn reading(record: &Record, historical: bool) -> Vec<u8> {
@@ -21,12 +22,15 @@ pub fn reading(record: &Record, historical: bool) -> Vec<u8> {
         values: Values<'a>,
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         historical: bool,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        unsynced: bool,
     }
     let payload = Payload {
         seq: record.seq,
         ts: rfc3339_millis(record.ts_ms),
         values: Values(&record.values),
         historical,
+        unsynced: record.unsynced,
     };
     // Serializing plain data to a Vec cannot fail: no I/O, no non-string keys.
     serde_json::to_vec(&payload).unwrap_or_default()
@@ -63,6 +67,7 @@ mod tests {
             device: Arc::from("mast"),
             ts_ms: 1_795_600_800_123,
             priority: Default::default(),
+            unsynced: false,
             values: vec![
                 (Arc::from("temperature"), Value::Float(21.5)),
                 (Arc::from("count"), Value::Int(-3)),

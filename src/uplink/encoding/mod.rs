@@ -123,6 +123,8 @@ fn json_reading(payload: &[u8], device: &str) -> Result<Decoded, DecodeError> {
         values: serde_json::Map<String, serde_json::Value>,
         #[serde(default)]
         historical: bool,
+        #[serde(default)]
+        unsynced: bool,
     }
     let reading: Reading =
         serde_json::from_slice(payload).map_err(|e| DecodeError::Json(e.to_string()))?;
@@ -147,6 +149,7 @@ fn json_reading(payload: &[u8], device: &str) -> Result<Decoded, DecodeError> {
         ts_ms: crate::pipeline::unix_millis(ts),
         values,
         historical: reading.historical,
+        unsynced: reading.unsynced,
     })
 }
 
@@ -158,6 +161,7 @@ mod tests {
     fn both_encodings_decode_and_formats_are_told_apart() {
         let record = Record {
             priority: Default::default(),
+            unsynced: false,
             seq: 7,
             device: Arc::from("tank"),
             ts_ms: 1_795_600_800_123,
@@ -202,6 +206,7 @@ mod tests {
         let expected = cairn_adapters::codec::unhex(hex.replace('\n', " ").trim()).unwrap();
         let reading = |seq, ts_ms, t, pump| Record {
             priority: Default::default(),
+            unsynced: false,
             seq,
             device: Arc::from("mast"),
             ts_ms,
