@@ -91,7 +91,13 @@ async fn a_client_that_reconnects_with_since_gets_what_it_missed() {
 async fn two_hundred_clients_all_receive_every_reading() {
     const LIMIT: i64 = 100;
     let broker = Broker::start();
-    let cairn = gateway(broker.port, 50, LIMIT as u64, "");
+    // All from one address: as many as a reverse proxy on the gateway would bring.
+    let cairn = gateway(
+        broker.port,
+        50,
+        LIMIT as u64,
+        "feed: {listen: '127.0.0.1:0', max_per_client: 256}\n",
+    );
     let addr = cairn.feed();
     let clients = (0..200).map(|_| {
         tokio::spawn(async move {

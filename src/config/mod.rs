@@ -243,9 +243,11 @@ fn default_window() -> Duration {
 #[serde(deny_unknown_fields)]
 pub struct BudgetConfig {
     /// Bytes per day (UTC).
+    #[serde(default)]
     #[schemars(schema_with = "optional_size_schema")]
     pub day: Option<ByteSize>,
     /// Bytes per calendar month (UTC).
+    #[serde(default)]
     #[schemars(schema_with = "optional_size_schema")]
     pub month: Option<ByteSize>,
     /// One live reading per device per this long once live readings are thinned (default 15m).
@@ -397,10 +399,17 @@ pub enum Synchronous {
 pub struct BufferConfig {
     /// The SQLite file (default `<data_dir>/outbox.db`).
     pub path: Option<PathBuf>,
-    /// Upper bound on unsent data (readings' encoded size plus per-row overhead).
+    /// Upper bound on the outbox on disk: unsent readings (their encoded size plus per-row
+    /// overhead) and SQLite's write-ahead log, which is kept to an eighth of it.
     #[serde(default = "default_max_bytes")]
     #[schemars(schema_with = "size_schema")]
     pub max_bytes: ByteSize,
+    /// Free space kept on the outbox's disk (default 8MiB): below it new readings are refused
+    /// and counted (`disk_full`), so that deletes and checkpoints can always run. Half of it
+    /// is held in a file beside the outbox, given up if something else fills the disk.
+    #[serde(default = "default_reserve")]
+    #[schemars(schema_with = "size_schema")]
+    pub reserve: ByteSize,
     /// Unsent readings older than this are dropped.
     #[serde(default, with = "humantime_serde")]
     #[schemars(with = "Option<String>")]
@@ -476,6 +485,9 @@ pub struct HistoryConfig {
     pub every: Duration,
 }
 
+fn default_reserve() -> ByteSize {
+    ByteSize::mib(8)
+}
 fn default_max_connections() -> usize {
     512
 }
@@ -622,6 +634,7 @@ impl Default for BufferConfig {
         Self {
             path: None,
             max_bytes: default_max_bytes(),
+            reserve: default_reserve(),
             max_age: None,
             when_full: default_when_full(),
             synchronous: default_synchronous(),
@@ -900,6 +913,9 @@ impl Config {
         }
         if self.buffer.max_bytes.as_u64() < 64 * 1024 {
             push("buffer.max_bytes", "must be at least 64 KiB".into());
+        }
+        if self.buffer.reserve.as_u64() < 64 * 1024 {
+            push("buffer.reserve", "must be at least 64 KiB".into());
         }
         if self.buffer.max_batch == 0 {
             push("buffer.max_batch", "must be at least 1".into());

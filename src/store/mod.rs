@@ -5,6 +5,7 @@
 //! [`StoreReader`] reads through a separate read-only pool (WAL lets both run at once);
 //! [`Acker`] is the uplink's way to say "delete these". The store knows nothing of MQTT.
 
+mod disk;
 mod retention;
 pub mod row;
 mod schema;
@@ -62,16 +63,19 @@ pub enum DropReason {
     Oversize,
     /// Damaged on disk: its values cannot be read back.
     Undecodable,
+    /// Refused because the disk's free space fell to `buffer.reserve`.
+    DiskFull,
 }
 
 impl DropReason {
     /// All reasons, in reporting order.
-    pub const ALL: [DropReason; 5] = [
+    pub const ALL: [DropReason; 6] = [
         DropReason::MaxBytes,
         DropReason::BufferFull,
         DropReason::MaxAge,
         DropReason::Oversize,
         DropReason::Undecodable,
+        DropReason::DiskFull,
     ];
 
     /// The name used in logs, metrics and the meta table.
@@ -82,6 +86,7 @@ impl DropReason {
             DropReason::MaxAge => "max_age",
             DropReason::Oversize => "oversize",
             DropReason::Undecodable => "undecodable",
+            DropReason::DiskFull => "disk_full",
         }
     }
 }
@@ -263,11 +268,33 @@ fn row_bytes(device: &str, payload_len: usize) -> u64 {
     (device.len() + payload_len) as u64 + ROW_OVERHEAD
 }
 
+/// The write-ahead log of the outbox at `path`.
+pub fn wal_path(path: &Path) -> PathBuf {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    PathBuf::from(wal)
+}
+
+/// The most the write-ahead log of the outbox at `path` may hold between checkpoints: an
+/// eighth of `max_bytes` (which covers it) and of its filesystem, between 64 KiB and 4 MiB.
+pub fn wal_limit(path: &Path, config: &BufferConfig) -> u64 {
+    let disk = path
+        .parent()
+        .and_then(|dir| rustix::fs::statvfs(dir).ok())
+        .map_or(u64::MAX, |s| s.f_blocks.saturating_mul(s.f_frsize));
+    (config.max_bytes.as_u64().min(disk) / 8).clamp(64 * 1024, 4 * 1024 * 1024)
+}
+
 fn connect_options(path: &Path, config: &BufferConfig) -> SqliteConnectOptions {
+    // SQLite's default lets the WAL grow to 1,000 pages (4 MiB) before a checkpoint and keeps
+    // the file at its largest after: on a small card that alone can fill the disk.
+    let wal = wal_limit(path, config);
     SqliteConnectOptions::new()
         .filename(path)
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
+        .pragma("wal_autocheckpoint", (wal / 4096 / 2).max(8).to_string())
+        .pragma("journal_size_limit", wal.to_string())
         .synchronous(match config.synchronous {
             Synchronous::Full => SqliteSynchronous::Full,
             Synchronous::Normal => SqliteSynchronous::Normal,

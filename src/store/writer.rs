@@ -13,10 +13,12 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
+use super::disk::Disk;
 use super::retention::{self, CHUNK};
 use super::schema::{State, drop_key};
 use super::{
     Done, DropReason, Pulse, Record, Stats, StoreError, Timeline, connect_options, row, row_bytes,
+    wal_limit, wal_path,
 };
 use crate::backoff::Backoff;
 use crate::clock::Clock;
@@ -49,6 +51,9 @@ pub struct Writer {
     clock: Arc<Clock>,
     /// The clock correction the provisional rows in the table already carry.
     applied: i64,
+    disk: Disk,
+    /// The write-ahead log, and the size past which the writer checkpoints it itself.
+    wal: (PathBuf, u64),
 }
 
 /// How often an idle writer still shows it is alive.
@@ -93,11 +98,16 @@ impl Writer {
         clock: Arc<Clock>,
     ) -> Self {
         let stats = stats_tx.borrow().clone();
+        let wal = wal_limit(&path, config);
         Self {
+            disk: Disk::new(&path, config.reserve.as_u64()),
+            wal: (wal_path(&path), wal),
             options: connect_options(&path, config),
             path,
             conn,
-            max_bytes: config.max_bytes.as_u64(),
+            // The WAL's share of `max_bytes` is kept for it.
+            max_bytes: config.max_bytes.as_u64().saturating_sub(wal),
+
             max_age: config.max_age,
             when_full: config.when_full,
             commit_interval: config.commit_interval,
@@ -133,6 +143,7 @@ impl Writer {
         age_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut pulse_tick = tokio::time::interval(PULSE_EVERY);
         let mut batch = Batch::default();
+        self.disk.hold().await;
         while readings_open || acks_open {
             self.pulse.beat();
             tokio::select! {
@@ -145,7 +156,10 @@ impl Writer {
                     None => acks_open = false,
                 },
                 _ = age_tick.tick(), if self.max_age.is_some() => batch.check_age = true,
-                _ = pulse_tick.tick() => {}
+                _ = pulse_tick.tick() => {
+                    self.disk.hold().await;
+                    self.checkpoint_if_large().await;
+                }
             }
             if !batch.readings.is_empty() && readings_open {
                 readings_open = self.gather(&mut readings, &mut batch.readings).await;
@@ -193,6 +207,22 @@ impl Writer {
         true
     }
 
+    /// Checkpoints the WAL into the database and truncates it once it is past its limit, or
+    /// whenever the disk is at its reserve. SQLite's automatic checkpoints were seen not to
+    /// keep up here (the WAL grew past 6 MiB with the database file untouched), so the
+    /// writer does not rely on them.
+    async fn checkpoint_if_large(&mut self) {
+        let (wal, limit) = &self.wal;
+        let size = tokio::fs::metadata(wal).await.map_or(0, |m| m.len());
+        if size > *limit || (size > 0 && self.disk.is_low()) {
+            let done: Result<(i64, i64, i64), _> =
+                sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
+                    .fetch_one(&mut self.conn)
+                    .await;
+            debug!(result = ?done, wal_bytes = size, "WAL checkpoint");
+        }
+    }
+
     /// Commits `batch`, retrying with backoff while SQLite refuses (disk full, I/O error); while
     /// it retries, the bounded reading channel fills and slows the adapters down, and nothing
     /// already committed is touched.
@@ -213,6 +243,7 @@ impl Writer {
                         retry_in = %humantime::format_duration(retry_in),
                         "Outbox write failed; holding the readings and retrying"
                     );
+                    self.disk.release().await;
                     tokio::time::sleep(retry_in).await;
                     self.reopen().await;
                     self.free_room(batch).await;
@@ -312,7 +343,27 @@ impl Writer {
         let mut records = Vec::with_capacity(batch.readings.len());
         let mut refused = 0;
         let mut rows = Vec::with_capacity(batch.readings.len());
-        for reading in &batch.readings {
+        // At the disk's reserve nothing new goes in; what is committed stays, and deletes go on.
+        let disk_full = !batch.readings.is_empty() && {
+            // Pages freed by deletes are room too, though the file does not shrink; and the
+            // WAL's share is kept for it, so that checkpoints do not make room that its next
+            // growth takes back.
+            let wal_limit = self.wal.1;
+            let reusable = if self.disk.near(wal_limit) {
+                let pages: i64 = sqlx::query_scalar("PRAGMA freelist_count")
+                    .fetch_one(&mut *tx)
+                    .await?;
+                let wal_now = tokio::fs::metadata(&self.wal.0)
+                    .await
+                    .map_or(0, |m| m.len());
+                u64::try_from(pages).unwrap_or(0) * 4096 + wal_now
+            } else {
+                wal_limit
+            };
+            self.disk.refusing(reusable, wal_limit)
+        };
+        let no_room = if disk_full { batch.readings.len() } else { 0 };
+        for reading in batch.readings.iter().skip(no_room) {
             let payload = row::encode(&reading.values);
             let size = row_bytes(&reading.device, payload.len());
             // An alarm is never refused: older readings of normal priority make room for it.
@@ -344,6 +395,7 @@ impl Writer {
             .dropped
             .entry(DropReason::BufferFull)
             .and_modify(|n| *n += refused);
+        *state.dropped.entry(DropReason::DiskFull).or_default() += no_room as u64;
         for (chunk, payloads) in records.chunks(CHUNK).zip(rows.chunks(CHUNK)) {
             let mut insert = QueryBuilder::new(
                 "INSERT INTO outbox (seq, device, ts_ms, payload, priority, clock) ",
@@ -397,6 +449,7 @@ impl Writer {
         meta.push(" ON CONFLICT (key) DO UPDATE SET value = excluded.value");
         meta.build().execute(&mut *tx).await?;
         tx.commit().await?;
+        self.disk.refused(no_room as u64);
 
         let new_drops: BTreeMap<DropReason, u64> = state
             .dropped
@@ -406,7 +459,11 @@ impl Writer {
                 (*n > before).then_some((*reason, *n - before))
             })
             .collect();
-        for (reason, n) in &new_drops {
+        // Refusals at the disk's reserve are logged when they begin and end (`disk.rs`).
+        for (reason, n) in new_drops
+            .iter()
+            .filter(|(r, _)| **r != DropReason::DiskFull)
+        {
             warn!(
                 reason = reason.as_str(),
                 dropped = n,
