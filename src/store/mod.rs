@@ -276,13 +276,13 @@ pub fn wal_path(path: &Path) -> PathBuf {
 }
 
 /// The most the write-ahead log of the outbox at `path` may hold between checkpoints: an
-/// eighth of `max_bytes` (which covers it) and of its filesystem, between 64 KiB and 4 MiB.
+/// eighth of `max_bytes` (which covers it) and of its filesystem, between 16 KiB and 4 MiB.
 pub fn wal_limit(path: &Path, config: &BufferConfig) -> u64 {
     let disk = path
         .parent()
         .and_then(|dir| rustix::fs::statvfs(dir).ok())
         .map_or(u64::MAX, |s| s.f_blocks.saturating_mul(s.f_frsize));
-    (config.max_bytes.as_u64().min(disk) / 8).clamp(64 * 1024, 4 * 1024 * 1024)
+    (config.max_bytes.as_u64().min(disk) / 8).clamp(16 * 1024, 4 * 1024 * 1024)
 }
 
 fn connect_options(path: &Path, config: &BufferConfig) -> SqliteConnectOptions {
@@ -293,7 +293,7 @@ fn connect_options(path: &Path, config: &BufferConfig) -> SqliteConnectOptions {
         .filename(path)
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
-        .pragma("wal_autocheckpoint", (wal / 4096 / 2).max(8).to_string())
+        .pragma("wal_autocheckpoint", (wal / 4096 / 2).max(2).to_string())
         .pragma("journal_size_limit", wal.to_string())
         .synchronous(match config.synchronous {
             Synchronous::Full => SqliteSynchronous::Full,
@@ -323,6 +323,11 @@ pub async fn open(
         .map_err(db_err)?;
     let mut state = schema::migrate(&mut conn).await.map_err(db_err)?;
     state.provisional = schema::mark_boot(&mut conn, crate::clock::boot_id(), clock.offset())
+        .await
+        .map_err(db_err)?;
+    // A clock already known good makes this boot's provisional rows final before the uplink
+    // reads any of them.
+    writer::correct_provisional(&mut conn, &mut state, 0, clock.known())
         .await
         .map_err(db_err)?;
     let pool = SqlitePoolOptions::new()

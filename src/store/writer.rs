@@ -107,7 +107,6 @@ impl Writer {
             conn,
             // The WAL's share of `max_bytes` is kept for it.
             max_bytes: config.max_bytes.as_u64().saturating_sub(wal),
-
             max_age: config.max_age,
             when_full: config.when_full,
             commit_interval: config.commit_interval,
@@ -306,28 +305,9 @@ impl Writer {
             record_drop(&mut state, rows, bytes, *reason);
         }
 
-        // Provisional rows move with each step of the clock until it is known good; then
-        // they are final. Read once, so that the rows in the table and those added below
-        // agree.
-        let correction = self.clock.correction();
-        let known = self.clock.known();
-        if state.provisional && correction != self.applied {
-            sqlx::query("UPDATE outbox SET ts_ms = ts_ms + ? WHERE clock = 1")
-                .bind(correction - self.applied)
-                .execute(&mut *tx)
-                .await?;
-        }
-        if state.provisional && known {
-            let fixed = sqlx::query("UPDATE outbox SET clock = 0 WHERE clock = 1")
-                .execute(&mut *tx)
-                .await?;
-            info!(
-                readings = fixed.rows_affected(),
-                correction_s = correction / 1000,
-                "Readings taken before the clock was known good now carry corrected times"
-            );
-            state.provisional = false;
-        }
+        // Read once, so that the rows in the table and those added below agree.
+        let (correction, known) = (self.clock.correction(), self.clock.known());
+        correct_provisional(&mut tx, &mut state, correction - self.applied, known).await?;
 
         // Ages count from a clock known good, on CLOCK_BOOTTIME since (not the wall clock,
         // which may step); rows whose time was never known are not aged.
@@ -344,24 +324,8 @@ impl Writer {
         let mut refused = 0;
         let mut rows = Vec::with_capacity(batch.readings.len());
         // At the disk's reserve nothing new goes in; what is committed stays, and deletes go on.
-        let disk_full = !batch.readings.is_empty() && {
-            // Pages freed by deletes are room too, though the file does not shrink; and the
-            // WAL's share is kept for it, so that checkpoints do not make room that its next
-            // growth takes back.
-            let wal_limit = self.wal.1;
-            let reusable = if self.disk.near(wal_limit) {
-                let pages: i64 = sqlx::query_scalar("PRAGMA freelist_count")
-                    .fetch_one(&mut *tx)
-                    .await?;
-                let wal_now = tokio::fs::metadata(&self.wal.0)
-                    .await
-                    .map_or(0, |m| m.len());
-                u64::try_from(pages).unwrap_or(0) * 4096 + wal_now
-            } else {
-                wal_limit
-            };
-            self.disk.refusing(reusable, wal_limit)
-        };
+        let disk_full =
+            !batch.readings.is_empty() && disk_full(&mut tx, &mut self.disk, &self.wal).await?;
         let no_room = if disk_full { batch.readings.len() } else { 0 };
         for reading in batch.readings.iter().skip(no_room) {
             let payload = row::encode(&reading.values);
@@ -492,6 +456,56 @@ impl Writer {
         }
         Ok(records)
     }
+}
+
+/// Moves the provisional rows by `step` (the clock's steps since they were last moved); once
+/// the clock is `known` good, they are final.
+pub(super) async fn correct_provisional(
+    tx: &mut SqliteConnection,
+    state: &mut State,
+    step: i64,
+    known: bool,
+) -> Result<(), sqlx::Error> {
+    if !state.provisional {
+        return Ok(());
+    }
+    if step != 0 {
+        sqlx::query("UPDATE outbox SET ts_ms = ts_ms + ? WHERE clock = 1")
+            .bind(step)
+            .execute(&mut *tx)
+            .await?;
+    }
+    if known {
+        let fixed = sqlx::query("UPDATE outbox SET clock = 0 WHERE clock = 1")
+            .execute(&mut *tx)
+            .await?;
+        info!(
+            readings = fixed.rows_affected(),
+            "Readings taken before the clock was known good now carry corrected times"
+        );
+        state.provisional = false;
+    }
+    Ok(())
+}
+
+/// Whether new readings must be refused for the disk's reserve. Pages freed by deletes are
+/// room too, though the file does not shrink; and the WAL's share (`wal`: its file and limit)
+/// is kept for it, so that a checkpoint does not make room that its next growth takes back.
+async fn disk_full(
+    tx: &mut SqliteConnection,
+    disk: &mut Disk,
+    (wal, limit): &(PathBuf, u64),
+) -> Result<bool, sqlx::Error> {
+    let reusable = if disk.near(*limit) {
+        let pages: i64 = sqlx::query_scalar("PRAGMA freelist_count")
+            .fetch_one(&mut *tx)
+            .await?;
+        let wal_now = tokio::fs::metadata(wal).await.map_or(0, |m| m.len());
+        u64::try_from(pages).unwrap_or(0) * 4096 + wal_now
+    } else {
+        *limit
+    };
+    Ok(disk.refusing(reusable, *limit))
 }
 
 fn record_drop(state: &mut State, rows: u64, bytes: u64, reason: DropReason) {
