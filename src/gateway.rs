@@ -139,6 +139,7 @@ pub async fn run(
             // queue, short enough to show a silent one at once.
             stall_after: config.mqtt.dead_after / 3,
             budget,
+            clock: clock.clone(),
         };
         feed::start(
             &config.feed,

@@ -82,6 +82,12 @@ fn readings_taken_before_the_clock_was_set_keep_their_place_and_get_true_times()
     println!("{last} readings: {missing} lost, {duplicates} duplicates");
     assert!(complete && missing == 0, "{missing} lost\n{}", cairn.log());
     assert_eq!(cairn.stats()["dropped (max_age)"], 0);
+    let clock = &support::feed::api(cairn.feed(), "/api/status")["clock"];
+    assert_eq!(clock["known"], true, "{clock}");
+    assert_eq!(
+        clock["steps"], 2,
+        "the jump forward and the step back: {clock}"
+    );
 
     // The readings of 1970 carry times of today, before the jump, in order; none is flagged.
     let mut previous = 0;

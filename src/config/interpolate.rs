@@ -137,17 +137,16 @@ impl<F: Fn(&str) -> Option<String>> Scanner<'_, F> {
             self.flush_plain(number, line, (copied, start, i), out);
             copied = i;
         }
-        if self.quote.is_some() {
+        if let Some(q) = self.quote {
             // A quoted scalar going on to the next line: this line's part of it.
-            let q = self.quote.unwrap_or('"');
             self.flush_quoted(number, line, copied, body.len(), q, out);
             copied = body.len();
         }
         out.push_str(&line[copied..]);
     }
 
-    /// Writes `line[from..to]`, which ends inside a quoted scalar: text before `start` as it
-    /// is, values escaped for the quote.
+    /// Writes `line[from..to]`, which ends inside a quoted scalar: its text as it is, and
+    /// values escaped for the quote.
     fn flush_quoted(
         &mut self,
         number: usize,

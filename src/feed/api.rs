@@ -232,6 +232,11 @@ pub async fn status(_: Authorized, State(state): State<AppState>) -> Json<serde_
             "stalled": uplink.connected && waiting.is_some_and(|w| w >= state.stall_after),
             "sleeping_until": uplink.sleeping_until.map(rfc3339),
         },
+        "clock": {
+            "known": state.clock.known(),
+            "steps": state.clock.steps(),
+            "correction_s": state.clock.correction() / 1000,
+        },
         "link": link_json(&state.meter.counts()),
         "budget": budget_json(&state.budget, &state.meter.counts()),
         "backlog": {

@@ -66,6 +66,8 @@ pub struct FeedSources {
     pub stall_after: Duration,
     /// The link budget.
     pub budget: Arc<crate::uplink::budget::Budget>,
+    /// Whether the wall clock is known good.
+    pub clock: Arc<crate::clock::Clock>,
 }
 
 /// Everything a request handler may read.
@@ -82,6 +84,7 @@ struct AppState {
     link: Arc<crate::uplink::link::LinkState>,
     stall_after: Duration,
     budget: Arc<crate::uplink::budget::Budget>,
+    clock: Arc<crate::clock::Clock>,
     store: StoreReader,
     started: SystemTime,
     rates: api::Rates,
@@ -156,6 +159,7 @@ pub async fn start(
         link: sources.link,
         stall_after: sources.stall_after,
         budget: sources.budget,
+        clock: sources.clock,
         store: sources.store,
         started: SystemTime::now(),
         rates,
