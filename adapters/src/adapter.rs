@@ -98,11 +98,16 @@ impl DeviceCounters {
 
     /// Counts one device-level error of `kind` (bad checksum, parse failure, timeout...).
     pub fn count_error(&self, kind: &'static str) {
+        self.count_errors(kind, 1);
+    }
+
+    /// Counts `n` device-level errors of `kind` at once.
+    pub fn count_errors(&self, kind: &'static str, n: u64) {
         let mut errors = self
             .errors
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        *errors.entry(kind).or_default() += 1;
+        *errors.entry(kind).or_default() += n;
     }
 
     /// A copy of the error counts by kind.

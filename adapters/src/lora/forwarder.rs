@@ -272,6 +272,10 @@ impl Adapter for Forwarder {
         ctx.set_status(DeviceStatus::Online);
         // One byte more than allowed, so that an oversize datagram is seen as such.
         let mut buf = vec![0u8; self.config.max_datagram + 1];
+        // Datagrams the kernel dropped because the socket's buffer was full never reach
+        // here: its own count of them is read from /proc and counted as `kernel_drops`.
+        let mut drops_tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        let mut dropped = kernel_drops(local.port());
         loop {
             tokio::select! {
                 () = ctx.cancelled().cancelled() => return Ok(()),
@@ -279,14 +283,67 @@ impl Adapter for Forwarder {
                     let (n, peer) = received.map_err(|e| AdapterError::Transport(format!("receive failed: {e}")))?;
                     self.datagram(ctx, &socket, &buf[..n], peer).await?;
                 }
+                _ = drops_tick.tick() => {
+                    let now = kernel_drops(local.port());
+                    if let (Some(before), Some(now)) = (dropped, now)
+                        && now > before
+                    {
+                        ctx.counters().count_errors("kernel_drops", now - before);
+                    }
+                    dropped = now.or(dropped);
+                }
             }
         }
     }
 }
 
+/// The datagrams the kernel dropped on the UDP socket bound to local `port`, as
+/// `/proc/net/udp` and `udp6` count them; `None` where they cannot be read.
+fn kernel_drops(port: u16) -> Option<u64> {
+    ["/proc/net/udp", "/proc/net/udp6"]
+        .iter()
+        .filter_map(|table| std::fs::read_to_string(table).ok())
+        .find_map(|table| drops_in(&table, port))
+}
+
+/// The `drops` column of the socket on local `port` in a `/proc/net/udp` table.
+fn drops_in(table: &str, port: u16) -> Option<u64> {
+    let port = format!(":{port:04X}");
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let local = fields.get(1)?;
+        local
+            .ends_with(&port)
+            .then(|| fields.last()?.parse().ok())?
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernel_drops_are_read_from_the_udp_table() {
+        let table = "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops\n\
+          1: 0100007F:0035 00000000:0000 07 00000000:00000000 00:00000000 00000000   101        0 17393 2 0000000000000000 0\n\
+          2: 00000000:06A4 00000000:0000 07 00000000:00034000 00:00000000 00000000   999        0 28122 2 0000000000000000 6796\n";
+        assert_eq!(drops_in(table, 1700), Some(6796));
+        assert_eq!(drops_in(table, 53), Some(0));
+        assert_eq!(drops_in(table, 1701), None);
+    }
+
+    #[test]
+    fn a_socket_nobody_reads_shows_its_kernel_drops() {
+        let quiet = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = quiet.local_addr().unwrap().port();
+        assert_eq!(kernel_drops(port), Some(0));
+        let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        // Far more than a default receive buffer holds.
+        for _ in 0..5000 {
+            sender.send_to(&[0u8; 1000], ("127.0.0.1", port)).unwrap();
+        }
+        assert!(kernel_drops(port).unwrap() > 0);
+    }
 
     #[test]
     fn unknown_frames_show_what_needs_no_key() {
