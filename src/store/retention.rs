@@ -1,5 +1,5 @@
 //! Deleting rows from the outbox: acknowledged ones, and those the retention limits give up on.
-//! Every function runs inside the writer's open transaction and returns `(rows, bytes)` freed.
+//! Every function runs inside the writer's open transaction and returns what it freed.
 
 use sqlx::SqliteConnection;
 use sqlx::query::Query;
@@ -14,33 +14,50 @@ const STEP: i64 = 1000;
 /// Bound parameters per statement, well below SQLite's limit.
 pub const CHUNK: usize = 500;
 
-/// Runs a `DELETE ... RETURNING LENGTH(device) + LENGTH(payload)` and adds up what it freed.
+/// What a delete freed: rows, their bytes as counted against `max_bytes`, and their numbers.
+#[derive(Debug, Default)]
+pub struct Freed {
+    pub rows: u64,
+    pub bytes: u64,
+    pub seqs: Vec<i64>,
+}
+
+impl Freed {
+    fn add(&mut self, other: Freed) {
+        self.rows += other.rows;
+        self.bytes += other.bytes;
+        self.seqs.extend(other.seqs);
+    }
+}
+
+/// Runs a `DELETE ... RETURNING seq, LENGTH(device) + LENGTH(payload)` and adds up what it
+/// freed.
 async fn sum_freed<'q>(
     conn: &mut SqliteConnection,
     query: Query<'q, Sqlite, SqliteArguments<'q>>,
-) -> Result<(u64, u64), sqlx::Error> {
+) -> Result<Freed, sqlx::Error> {
     use sqlx::Row;
     let rows = query.fetch_all(conn).await?;
-    let mut bytes = 0;
+    let mut freed = Freed::default();
     for row in &rows {
-        bytes += row.try_get::<i64, _>(0)? as u64 + ROW_OVERHEAD;
+        freed.seqs.push(row.try_get(0)?);
+        freed.bytes += row.try_get::<i64, _>(1)? as u64 + ROW_OVERHEAD;
     }
-    Ok((rows.len() as u64, bytes))
+    freed.rows = rows.len() as u64;
+    Ok(freed)
 }
 
 /// Deletes the rows in `seqs` (acknowledged by the broker); unknown numbers are ignored.
-pub async fn delete(conn: &mut SqliteConnection, seqs: &[i64]) -> Result<(u64, u64), sqlx::Error> {
-    let mut total = (0, 0);
+pub async fn delete(conn: &mut SqliteConnection, seqs: &[i64]) -> Result<Freed, sqlx::Error> {
+    let mut total = Freed::default();
     for chunk in seqs.chunks(CHUNK) {
         let mut builder = QueryBuilder::new("DELETE FROM outbox WHERE seq IN (");
         let mut list = builder.separated(", ");
         for seq in chunk {
             list.push_bind(*seq);
         }
-        builder.push(") RETURNING LENGTH(device) + LENGTH(payload)");
-        let (rows, bytes) =
-            sum_freed(conn, builder.build().persistent(chunk.len() == CHUNK)).await?;
-        total = (total.0 + rows, total.1 + bytes);
+        builder.push(") RETURNING seq, LENGTH(device) + LENGTH(payload)");
+        total.add(sum_freed(conn, builder.build().persistent(chunk.len() == CHUNK)).await?);
     }
     Ok(total)
 }
@@ -51,11 +68,11 @@ pub async fn drop_oldest(
     conn: &mut SqliteConnection,
     excess: u64,
     priorities: &[i64],
-) -> Result<(u64, u64), sqlx::Error> {
-    let mut total = (0, 0);
+) -> Result<Freed, sqlx::Error> {
+    let mut total = Freed::default();
     for &priority in priorities {
-        let freed = drop_oldest_of(conn, excess.saturating_sub(total.1), priority).await?;
-        total = (total.0 + freed.0, total.1 + freed.1);
+        let freed = drop_oldest_of(conn, excess.saturating_sub(total.bytes), priority).await?;
+        total.add(freed);
     }
     Ok(total)
 }
@@ -64,9 +81,9 @@ async fn drop_oldest_of(
     conn: &mut SqliteConnection,
     excess: u64,
     priority: i64,
-) -> Result<(u64, u64), sqlx::Error> {
-    let mut total = (0, 0);
-    while total.1 < excess {
+) -> Result<Freed, sqlx::Error> {
+    let mut total = Freed::default();
+    while total.bytes < excess {
         // Find the cut-off first so that exactly the oldest rows go, then delete them in one go.
         let sizes: Vec<(i64, i64)> = sqlx::query_as(
             "SELECT seq, LENGTH(device) + LENGTH(payload) FROM outbox WHERE priority = ? ORDER BY seq LIMIT ?",
@@ -79,7 +96,7 @@ async fn drop_oldest_of(
             break;
         };
         let mut cutoff = first;
-        let mut freed = total.1;
+        let mut freed = total.bytes;
         for (seq, size) in sizes {
             cutoff = seq;
             freed += size as u64 + ROW_OVERHEAD;
@@ -88,12 +105,11 @@ async fn drop_oldest_of(
             }
         }
         let query = sqlx::query(
-            "DELETE FROM outbox WHERE seq <= ? AND priority = ? RETURNING LENGTH(device) + LENGTH(payload)",
+            "DELETE FROM outbox WHERE seq <= ? AND priority = ? RETURNING seq, LENGTH(device) + LENGTH(payload)",
         )
         .bind(cutoff)
         .bind(priority);
-        let (rows, bytes) = sum_freed(conn, query).await?;
-        total = (total.0 + rows, total.1 + bytes);
+        total.add(sum_freed(conn, query).await?);
     }
     Ok(total)
 }
@@ -103,19 +119,19 @@ async fn drop_oldest_of(
 pub async fn drop_older_than(
     conn: &mut SqliteConnection,
     cutoff_ms: i64,
-) -> Result<(u64, u64), sqlx::Error> {
-    let mut total = (0, 0);
+) -> Result<Freed, sqlx::Error> {
+    let mut total = Freed::default();
     loop {
         let query = sqlx::query(
             "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox ORDER BY seq LIMIT ?) AND ts_ms < ? \
-             AND clock = 0 RETURNING LENGTH(device) + LENGTH(payload)",
+             AND clock = 0 RETURNING seq, LENGTH(device) + LENGTH(payload)",
         )
         .bind(STEP)
         .bind(cutoff_ms);
-        let (rows, bytes) = sum_freed(conn, query).await?;
-        total = (total.0 + rows, total.1 + bytes);
-        if rows == 0 {
+        let freed = sum_freed(conn, query).await?;
+        if freed.rows == 0 {
             return Ok(total);
         }
+        total.add(freed);
     }
 }

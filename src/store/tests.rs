@@ -174,6 +174,34 @@ async fn drop_oldest_keeps_the_newest_within_max_bytes() {
 }
 
 #[tokio::test]
+async fn a_row_dropped_in_flight_then_acknowledged_counts_as_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = BufferConfig {
+        max_bytes: ByteSize::kib(64),
+        ..BufferConfig::default()
+    };
+    let running = start(&dir.path().join("o.db"), &config).await;
+    for n in 0..5000 {
+        running.tx.send(reading("dev", n)).await.unwrap();
+    }
+    running.committed(5000).await;
+    let dropped = running.reader.stats().dropped[&DropReason::MaxBytes];
+    assert!(dropped > 2);
+    // Seqs 1 and 2 went to the limit while the broker had them; now it acknowledges them.
+    running.acker.ack(vec![1, 2]);
+    let mut stats = running.reader.stats.clone();
+    let stats = stats.wait_for(|s| s.delivered == 2).await.unwrap().clone();
+    assert_eq!(stats.dropped[&DropReason::MaxBytes], dropped - 2);
+    // A second ack of the same rows changes nothing.
+    running.acker.ack(vec![1, 2]);
+    running.acker.ack(vec![5000]);
+    let mut stats = running.reader.stats.clone();
+    let stats = stats.wait_for(|s| s.delivered == 3).await.unwrap().clone();
+    assert_eq!(stats.dropped[&DropReason::MaxBytes], dropped - 2);
+    running.stop().await;
+}
+
+#[tokio::test]
 async fn drop_newest_keeps_the_oldest_within_max_bytes() {
     let config = BufferConfig {
         max_bytes: ByteSize::kib(64),

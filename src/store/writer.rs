@@ -54,7 +54,14 @@ pub struct Writer {
     disk: Disk,
     /// The write-ahead log, and the size past which the writer checkpoints it itself.
     wal: (PathBuf, u64),
+    /// Rows the limits dropped lately, and why: one of them may have been in flight, and
+    /// its acknowledgement still come.
+    recent_drops: BTreeMap<i64, DropReason>,
 }
+
+/// Dropped rows remembered for acknowledgements that come after the drop: more than any
+/// window holds in flight.
+const RECENT_DROPS: usize = 100_000;
 
 /// How often an idle writer still shows it is alive.
 const PULSE_EVERY: Duration = Duration::from_secs(1);
@@ -120,6 +127,7 @@ impl Writer {
             acks,
             pulse: Pulse::new(),
             applied: clock.correction(),
+            recent_drops: BTreeMap::new(),
             clock,
         }
     }
@@ -296,14 +304,35 @@ impl Writer {
         let mut state = self.state.clone();
         let mut tx = self.conn.begin().await?;
 
-        let (rows, bytes) = retention::delete(&mut tx, &batch.acks).await?;
-        stats.delivered += rows;
-        state.rows -= rows.min(state.rows);
-        state.bytes -= bytes.min(state.bytes);
-        for (seqs, reason) in &batch.given_up {
-            let (rows, bytes) = retention::delete(&mut tx, seqs).await?;
-            record_drop(&mut state, rows, bytes, *reason);
+        let acked = retention::delete(&mut tx, &batch.acks).await?;
+        stats.delivered += acked.rows;
+        state.rows -= acked.rows.min(state.rows);
+        state.bytes -= acked.bytes.min(state.bytes);
+        // Rows the limits dropped while they were in flight, acknowledged now: they were
+        // delivered after all, and count as such rather than as drops.
+        let late: Vec<(i64, DropReason)> =
+            if acked.rows < batch.acks.len() as u64 && !self.recent_drops.is_empty() {
+                let deleted: std::collections::HashSet<i64> = acked.seqs.iter().copied().collect();
+                batch
+                    .acks
+                    .iter()
+                    .filter(|seq| !deleted.contains(seq))
+                    .filter_map(|seq| self.recent_drops.get(seq).map(|r| (*seq, *r)))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+        for (_, reason) in &late {
+            stats.delivered += 1;
+            if let Some(n) = state.dropped.get_mut(reason) {
+                *n = n.saturating_sub(1);
+            }
         }
+        for (seqs, reason) in &batch.given_up {
+            let freed = retention::delete(&mut tx, seqs).await?;
+            record_drop(&mut state, &freed, *reason, &mut Vec::new());
+        }
+        let mut dropped_now = Vec::new();
 
         // Read once, so that the rows in the table and those added below agree.
         let (correction, known) = (self.clock.correction(), self.clock.known());
@@ -316,8 +345,8 @@ impl Writer {
             && let Some(now) = self.clock.now_for_age()
         {
             let cutoff = now - i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX);
-            let (rows, bytes) = retention::drop_older_than(&mut tx, cutoff).await?;
-            record_drop(&mut state, rows, bytes, DropReason::MaxAge);
+            let freed = retention::drop_older_than(&mut tx, cutoff).await?;
+            record_drop(&mut state, &freed, DropReason::MaxAge, &mut dropped_now);
         }
 
         let mut records = Vec::with_capacity(batch.readings.len());
@@ -386,9 +415,9 @@ impl Writer {
                 WhenFull::DropOldest => &[0, 1],
                 WhenFull::DropNewest => &[0],
             };
-            let (rows, bytes) =
+            let freed =
                 retention::drop_oldest(&mut tx, state.bytes - self.max_bytes, priorities).await?;
-            record_drop(&mut state, rows, bytes, DropReason::MaxBytes);
+            record_drop(&mut state, &freed, DropReason::MaxBytes, &mut dropped_now);
         }
 
         let mut meta = QueryBuilder::new("INSERT INTO meta (key, value) ");
@@ -414,13 +443,22 @@ impl Writer {
         meta.build().execute(&mut *tx).await?;
         tx.commit().await?;
         self.disk.refused(no_room as u64);
+        for (seq, _) in &late {
+            self.recent_drops.remove(seq);
+        }
+        self.recent_drops.extend(dropped_now);
+        while self.recent_drops.len() > RECENT_DROPS {
+            self.recent_drops.pop_first();
+        }
 
         let new_drops: BTreeMap<DropReason, u64> = state
             .dropped
             .iter()
             .filter_map(|(reason, n)| {
                 let before = self.state.dropped.get(reason).copied().unwrap_or(0);
-                (*n > before).then_some((*reason, *n - before))
+                n.checked_sub(before)
+                    .filter(|d| *d > 0)
+                    .map(|d| (*reason, d))
             })
             .collect();
         // Refusals at the disk's reserve are logged when they begin and end (`disk.rs`).
@@ -508,8 +546,15 @@ async fn disk_full(
     Ok(disk.refusing(reusable, *limit))
 }
 
-fn record_drop(state: &mut State, rows: u64, bytes: u64, reason: DropReason) {
-    state.rows -= rows.min(state.rows);
-    state.bytes -= bytes.min(state.bytes);
-    *state.dropped.entry(reason).or_default() += rows;
+/// Counts what the limits freed as dropped for `reason`, and notes its rows in `noted`.
+fn record_drop(
+    state: &mut State,
+    freed: &retention::Freed,
+    reason: DropReason,
+    noted: &mut Vec<(i64, DropReason)>,
+) {
+    state.rows -= freed.rows.min(state.rows);
+    state.bytes -= freed.bytes.min(state.bytes);
+    *state.dropped.entry(reason).or_default() += freed.rows;
+    noted.extend(freed.seqs.iter().map(|seq| (*seq, reason)));
 }
