@@ -676,6 +676,11 @@ impl Cairn {
                     self.log()
                 );
             }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: no outbox in the data folder\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
