@@ -665,20 +665,16 @@ impl Cairn {
     ) -> BTreeMap<String, i64> {
         let deadline = Instant::now() + PATIENCE;
         loop {
-            if Path::new(&self.dir.path().join("data/outbox.db")).exists() {
-                let stats = self.stats();
-                if done(&stats) {
-                    return stats;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "timed out waiting for {what}: {stats:?}\n{}",
-                    self.log()
-                );
+            // (None before the outbox exists in the data folder.)
+            let stats = Path::new(&self.dir.path().join("data/outbox.db"))
+                .exists()
+                .then(|| self.stats());
+            if let Some(stats) = stats.as_ref().filter(|s| done(s)) {
+                return stats.clone();
             }
             assert!(
                 Instant::now() < deadline,
-                "timed out waiting for {what}: no outbox in the data folder\n{}",
+                "timed out waiting for {what}: {stats:?}\n{}",
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(100));
