@@ -54,7 +54,24 @@ fn the_shipped_configs_are_valid() {
 #[test]
 fn broken_yaml() {
     refused("gateway:\n  id: [unclosed\n", &["FILE:2:"]);
-    refused("gateway:\n\tid: tab\n", &["FILE:"]);
+    // The tab's own line, not the one before it.
+    refused(
+        "gateway:\n\tid: tab\n",
+        &["FILE:2:1", "a tab in the indentation"],
+    );
+    refused(
+        "gateway: {id: g}\ndevices:\n  - name: a\n    type: sim\n    rate: 1\n\tvalues: []\n",
+        &["FILE:6:1", "a tab in the indentation"],
+    );
+}
+
+#[test]
+fn a_key_indented_unlike_its_siblings_is_pointed_at() {
+    // Reported before as `missing field values` on the line above.
+    refused(
+        "gateway: {id: g}\ndevices:\n  - name: a\n    type: sim\n    rate: 1\n   values:\n      - {name: n, counter: {}}\n",
+        &["FILE:6:4", "`values` is indented unlike the other keys"],
+    );
 }
 
 #[test]

@@ -1188,8 +1188,56 @@ fn parse(text: &str) -> Result<Config, Problem> {
         } else {
             path.replace("].value", "]")
         };
-        Problem::new(at, path, message)
+        refine(text, Problem::new(at, path, message))
     })
+}
+
+/// Points a parse error at the line that caused it where the parser's position is off by a
+/// line: a tab in an indentation is reported at the line before it, and a key indented
+/// unlike its siblings as a `missing field` of the mapping above.
+fn refine(text: &str, problem: Problem) -> Problem {
+    let Some((line, column)) = problem.line_column() else {
+        return problem;
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    let indent = |l: &str| l.len() - l.trim_start_matches(' ').len();
+    if problem.message.contains("tab") {
+        let tabbed = (line.saturating_sub(1)..lines.len()).find_map(|i| {
+            let lead = &lines[i][..lines[i].len() - lines[i].trim_start().len()];
+            lead.find('\t').map(|at| (i + 1, at + 1))
+        });
+        if let Some(at) = tabbed {
+            return Problem::at(
+                at.0,
+                at.1,
+                problem.path.clone(),
+                "a tab in the indentation: YAML indents with spaces only",
+            );
+        }
+    }
+    if let Some(field) = problem
+        .message
+        .strip_prefix("missing field `")
+        .and_then(|m| m.split_once('`'))
+        .map(|(f, _)| f)
+    {
+        let key = format!("{field}:");
+        let misplaced = (line..lines.len()).find(|&i| {
+            let l = lines[i].trim_start_matches([' ', '-']).trim_start();
+            (l.starts_with(&key)) && indent(lines[i]) + 1 != column
+        });
+        if let Some(i) = misplaced {
+            return Problem::at(
+                i + 1,
+                indent(lines[i]) + 1,
+                problem.path.clone(),
+                format!(
+                    "`{field}` is indented unlike the other keys of its mapping (column {column}), so it is not read as one of them"
+                ),
+            );
+        }
+    }
+    problem
 }
 
 /// serde-saphyr's plain rendering mentions the position we print ourselves; keep the message.
