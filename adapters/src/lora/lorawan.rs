@@ -129,9 +129,13 @@ impl Session {
         let low = u32::from(frame.fhdr().fcnt());
         let mic = frame.mic().0;
         let mut reset_from = None;
+        let valid = |fcnt: u32| frame.validate_mic(&self.nwk_s_key, fcnt);
         let fcnt = match self.last {
-            None if frame.validate_mic(&self.nwk_s_key, low) => low,
-            None => return Err(Rejected::BadMic),
+            // First heard: the counter may be past its first 65536-block already.
+            None => match blocks_up(low, FIRST_BLOCKS).find(|n| valid(*n)) {
+                Some(fcnt) => fcnt,
+                None => return Err(Rejected::BadMic),
+            },
             Some((last, last_mic)) => {
                 let same_epoch = (last & !0xFFFF) | low;
                 if same_epoch == last && mic == last_mic {
@@ -144,16 +148,16 @@ impl Session {
                 } else {
                     same_epoch.checked_add(0x1_0000)
                 };
-                if let Some(next) = next.filter(|n| frame.validate_mic(&self.nwk_s_key, *n)) {
+                if let Some(next) = next.filter(|n| valid(*n)) {
                     next
-                } else if self.allow_reset && frame.validate_mic(&self.nwk_s_key, low) {
+                } else if self.allow_reset && valid(low) {
                     reset_from = Some(last);
                     low
-                } else if frame.validate_mic(&self.nwk_s_key, same_epoch) {
-                    return Err(Rejected::Replay {
-                        fcnt: same_epoch,
-                        last,
-                    });
+                } else if let Some(old) = replay_start(same_epoch, last)
+                    .and_then(|start| blocks_down(start, REPLAY_BLOCKS).find(|n| valid(*n)))
+                {
+                    // A frame of this block or of an earlier one, played again.
+                    return Err(Rejected::Replay { fcnt: old, last });
                 } else {
                     return Err(Rejected::BadMic);
                 }
@@ -177,6 +181,33 @@ impl Session {
             reset_from,
         })
     }
+}
+
+/// 65536-blocks searched for the counter of a device first heard (up to 16,777,216). Each is
+/// one AES-CMAC: a forged frame costs at most this many, well under a millisecond.
+const FIRST_BLOCKS: u32 = 256;
+
+/// Earlier 65536-blocks searched to tell a replay from a forgery.
+const REPLAY_BLOCKS: u32 = 16;
+
+/// `low`, then `low` in each following 65536-block, `blocks` in all.
+fn blocks_up(low: u32, blocks: u32) -> impl Iterator<Item = u32> {
+    (0..blocks).map_while(move |k| low.checked_add(k.checked_mul(0x1_0000)?))
+}
+
+/// The latest counter with `same_epoch`'s low bits that is not past `last`.
+fn replay_start(same_epoch: u32, last: u32) -> Option<u32> {
+    if same_epoch <= last {
+        Some(same_epoch)
+    } else {
+        same_epoch.checked_sub(0x1_0000)
+    }
+}
+
+/// The counters with the low bits of `from` at or below it, block by block down, `blocks` in
+/// all.
+fn blocks_down(from: u32, blocks: u32) -> impl Iterator<Item = u32> {
+    (0..blocks).map_while(move |k| from.checked_sub(k.checked_mul(0x1_0000)?))
 }
 
 /// Parses a 16-byte key written as 32 hex digits (spaces and colons allowed).
@@ -271,6 +302,49 @@ mod tests {
         );
         let up = relaxed.accept(&two).unwrap();
         assert_eq!((up.fcnt, up.reset_from), (2, Some(70_000)));
+    }
+
+    /// An unconfirmed uplink of the test vectors' device with the 32-bit counter `fcnt`.
+    fn frame(fcnt: u32) -> Vec<u8> {
+        let mut phy = lorawan::creator::DataPayloadCreator::new();
+        phy.set_uplink(true)
+            .set_f_port(1)
+            .set_dev_addr(&[0xF1, 0x7D, 0xBE, 0x49])
+            .set_fcnt(fcnt);
+        let nwk = lorawan::keys::NewSKey::from(parse_key(NWK).unwrap());
+        let app = lorawan::keys::AppSKey::from(parse_key(APP).unwrap());
+        phy.build(b"x", &[], &nwk, &app).unwrap().to_vec()
+    }
+
+    #[test]
+    fn a_device_first_heard_past_65535_is_accepted_and_old_blocks_are_replays() {
+        let mut s = session(None);
+        let up = s.accept(&frame(200_003)).unwrap();
+        assert_eq!(up.fcnt, 200_003, "found three blocks up");
+        assert_eq!(s.accept(&frame(200_004)).unwrap().fcnt, 200_004);
+        // A frame of an earlier 65536-block, played again: a replay, not a bad MIC.
+        assert_eq!(
+            s.accept(&frame(70_000)),
+            Err(Rejected::Replay {
+                fcnt: 70_000,
+                last: 200_004
+            })
+        );
+        assert_eq!(
+            s.accept(&frame(200_004 - 0x1_0000)),
+            Err(Rejected::Replay {
+                fcnt: 200_004 - 0x1_0000,
+                last: 200_004
+            })
+        );
+        // Past the searched range, a first frame is not recognised.
+        assert_eq!(
+            session(None).accept(&frame(FIRST_BLOCKS * 0x1_0000 + 5)),
+            Err(Rejected::BadMic)
+        );
+        // A known starting counter is the store's last one: frames below it are replays.
+        let mut started = session(Some(199_999));
+        assert_eq!(started.accept(&frame(200_000)).unwrap().fcnt, 200_000);
     }
 
     #[test]

@@ -105,6 +105,12 @@ pub struct LorawanConfig {
     /// Weakens replay protection; default false.
     #[serde(default)]
     pub allow_fcnt_reset: bool,
+    /// The frame counter the device is known to be at or past, for a device first heard
+    /// here with a counter above 65,535 (a replaced gateway, a lost data folder, a device
+    /// added late): frames below it are replays. Without it, the first frame's counter is
+    /// searched for up to 16,777,216.
+    #[serde(default)]
+    pub fcnt_start: Option<u32>,
     /// Show the device offline after this long without a frame (e.g. `1h`); default never.
     #[serde(default, with = "humantime_serde")]
     #[schemars(with = "Option<String>")]

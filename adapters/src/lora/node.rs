@@ -120,7 +120,8 @@ impl Adapter for Node {
             .load(ctx.device(), &key)
             .await
             .map_err(|e| AdapterError::Transport(format!("cannot read the frame counter: {e}")))?
-            .and_then(|text| text.parse::<u32>().ok());
+            .and_then(|text| text.parse::<u32>().ok())
+            .or_else(|| self.lorawan.fcnt_start.and_then(|s| s.checked_sub(1)));
         let mut session = Session::new(nwk_s_key, app_s_key, last, self.lorawan.allow_fcnt_reset);
         let mut frames = self.radios.listen(&self.lorawan.via, dev_addr);
         tracing::debug!(device = %ctx.device(), dev_addr = %format!("{dev_addr:08X}"), last_fcnt = ?last, "Waiting for frames");
