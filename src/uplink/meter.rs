@@ -50,6 +50,25 @@ pub struct Counts {
     pub month: Period,
 }
 
+impl Counts {
+    /// Starts the hour, day or month afresh that `now` no longer falls in.
+    fn roll(&mut self, now: SystemTime) {
+        let (hour, day, month) = periods(now);
+        for (period, id) in [
+            (&mut self.hour, hour),
+            (&mut self.day, day),
+            (&mut self.month, month),
+        ] {
+            if period.id != id {
+                *period = Period {
+                    id,
+                    bytes: Bytes::default(),
+                };
+            }
+        }
+    }
+}
+
 /// The counters under one lock: a byte count touches several of them at once.
 #[derive(Debug, Default)]
 pub struct Meter(Mutex<Counts>);
@@ -85,20 +104,10 @@ impl Meter {
 
     /// `up` and `down` bytes crossed the socket just now.
     pub fn count(&self, up: u64, down: u64) {
-        let (hour, day, month) = periods(SystemTime::now());
         let mut guard = self.lock();
         let counts = &mut *guard;
-        for (period, id) in [
-            (&mut counts.hour, hour),
-            (&mut counts.day, day),
-            (&mut counts.month, month),
-        ] {
-            if period.id != id {
-                *period = Period {
-                    id,
-                    bytes: Bytes::default(),
-                };
-            }
+        counts.roll(SystemTime::now());
+        for period in [&mut counts.hour, &mut counts.day, &mut counts.month] {
             period.bytes.up += up;
             period.bytes.down += down;
         }
@@ -117,20 +126,8 @@ impl Meter {
 
     /// The counts now; the periods are those of now (a day without traffic reads 0).
     pub fn counts(&self) -> Counts {
-        let (hour, day, month) = periods(SystemTime::now());
         let mut counts = *self.lock();
-        for (period, id) in [
-            (&mut counts.hour, hour),
-            (&mut counts.day, day),
-            (&mut counts.month, month),
-        ] {
-            if period.id != id {
-                *period = Period {
-                    id,
-                    bytes: Bytes::default(),
-                };
-            }
-        }
+        counts.roll(SystemTime::now());
         counts
     }
 
