@@ -36,10 +36,7 @@ fn taken(reading: &serde_json::Value) -> SystemTime {
 
 #[test]
 fn after_an_outage_live_readings_come_first_and_the_backlog_follows_in_full() {
-    let port = free_port();
-    let broker = Broker::start_on(port);
-    let sub = Subscriber::start(&broker, "cairn/test/#");
-    let proxy = Proxy::start(port);
+    let (_broker, sub, proxy) = support::behind_proxy();
     proxy.set_rate(2400);
     proxy.set_round_trip(Duration::from_millis(600));
     let config = site_config(proxy.port, SLOW_LINK, false, "rate: 1", 130) + ALARM;

@@ -7,7 +7,6 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::feed::api;
-use support::proxy::Proxy;
 use support::{Broker, Cairn, PATIENCE, Subscriber, free_port};
 
 fn counter(port: u16, mqtt: &str, rate: u32, limit: u64) -> String {
@@ -34,10 +33,7 @@ fn wait_uplink(cairn: &Cairn, what: &str, done: impl Fn(&serde_json::Value) -> b
 
 #[test]
 fn a_half_open_link_is_noticed_within_dead_after_whatever_the_keepalive() {
-    let port = free_port();
-    let broker = Broker::start_on(port);
-    let sub = Subscriber::start(&broker, "cairn/test/#");
-    let proxy = Proxy::start(port);
+    let (_broker, sub, proxy) = support::behind_proxy();
     // A keepalive of 10 minutes, which would take 10 to 20 minutes to notice a dead link.
     let cairn = Cairn::start(&counter(
         proxy.port,
@@ -106,10 +102,7 @@ fn pings_go_only_when_the_link_is_idle_and_the_keepalive_reaches_the_broker() {
 
 #[test]
 fn link_bytes_are_counted_at_the_socket_and_survive_a_restart() {
-    let port = free_port();
-    let broker = Broker::start_on(port);
-    let sub = Subscriber::start(&broker, "cairn/test/#");
-    let proxy = Proxy::start(port);
+    let (_broker, sub, proxy) = support::behind_proxy();
     let mut cairn = Cairn::start(&counter(proxy.port, "", 100, 300));
     sub.expect_all_seqs(300);
     cairn.wait_stats("drained", |s| s["backlog"] == 0);
@@ -153,10 +146,7 @@ fn link_bytes_are_counted_at_the_socket_and_survive_a_restart() {
 
 #[test]
 fn a_reconnect_sends_only_what_changed() {
-    let port = free_port();
-    let broker = Broker::start_on(port);
-    let sub = Subscriber::start(&broker, "cairn/test/#");
-    let proxy = Proxy::start(port);
+    let (_broker, sub, proxy) = support::behind_proxy();
     let config = support::site_config(
         proxy.port,
         "  lanes: {summary_every: 0s}\n",
@@ -171,23 +161,17 @@ fn a_reconnect_sends_only_what_changed() {
             .filter(|(t, _)| t.ends_with("/meta"))
             .count()
     };
-    let onlines = |r: &support::Received| {
-        r.messages
-            .iter()
-            .filter(|(t, p)| t == "cairn/test/status" && p == "online")
-            .count()
-    };
     assert!(sub.wait_until(PATIENCE, |r| metas(r) == 5));
     support::wait_devices_finished(cairn.feed(), 5);
     cairn.wait_stats("drained", |s| s["backlog"] == 0);
     let first = proxy.per_connection()[0];
     // The link drops; the metadata the broker holds is still the same.
     proxy.cut();
-    assert!(sub.wait_until(PATIENCE, |r| onlines(r) == 2));
+    assert!(sub.wait_until(PATIENCE, |r| r.onlines() == 2));
     // And after a restart too.
     assert!(cairn.stop());
     cairn.restart();
-    assert!(sub.wait_until(PATIENCE, |r| onlines(r) == 3));
+    assert!(sub.wait_until(PATIENCE, |r| r.onlines() == 3));
     let connections = proxy.per_connection();
     let last = *connections.last().unwrap();
     println!("5-device site: first connect {first:?} bytes (up, down), a reconnect {last:?}");
@@ -332,13 +316,7 @@ fn windows_connect_on_schedule_drain_and_sleep_and_an_alarm_wakes_the_link() {
     let alarm = "  - name: alarm\n    type: sim\n    rate: 5\n    values:\n      - {name: high_level, square: {low: 0, high: 1, period: 20s}, report: {}, priority: alarm}\n";
     let cairn =
         Cairn::start(&(support::site_config(broker.port, mqtt, true, "rate: 1", 100_000) + alarm));
-    assert!(sub.wait_until(PATIENCE, |r| {
-        r.messages
-            .iter()
-            .filter(|(t, p)| t == "cairn/test/status" && p == "online")
-            .count()
-            >= 2
-    }));
+    assert!(sub.wait_until(PATIENCE, |r| r.onlines() >= 2));
     let alarms: Vec<(Instant, serde_json::Value)> = sub
         .with(|r| r.timed_readings())
         .into_iter()
@@ -369,10 +347,7 @@ fn the_dialup_preset_drains_ten_value_readings_at_2400_bits_without_a_disconnect
     assert!(cairn.stop());
     let data = cairn.dir.path().join("data");
 
-    let port = free_port();
-    let broker = Broker::start_on(port);
-    let sub = Subscriber::start(&broker, "cairn/test/#");
-    let proxy = Proxy::start(port);
+    let (_broker, sub, proxy) = support::behind_proxy();
     proxy.set_rate(2400);
     proxy.set_round_trip(Duration::from_millis(600));
     let config = format!(

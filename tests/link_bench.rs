@@ -196,10 +196,7 @@ fn report_by_exception_on_a_meter() {
         let values: String = (0..20)
             .map(|i| format!("      - {{name: r{i}, sine: {{mean: {}, amplitude: 0.05, period: 1h, noise: 0.02}}, decimals: 2}}\n", 100 + i * 10))
             .collect();
-        let port = free_port();
-        let broker = Broker::start_on(port);
-        let sub = Subscriber::start(&broker, "cairn/test/#");
-        let proxy = Proxy::start(port);
+        let (_broker, sub, proxy) = support::behind_proxy();
         let config = format!(
             "gateway:\n  id: test\n  data_dir: {{data}}\nmqtt:\n  host: 127.0.0.1\n  port: {}\n  keepalive: 1h\n\
              devices:\n  - name: meter\n    type: sim\n    interval: 1s\n    limit: {SECONDS}\n    seed: 9\n{report}    values:\n{values}",
@@ -231,10 +228,7 @@ const SIX_HOURS_FAST: &str = "+0 x200";
 
 /// TCP payload and IP bytes through the proxy while a fake-fast `config` runs until `done`.
 fn measured(config: &str, done: impl Fn(&Cairn, &Subscriber) -> bool) -> (u64, u64, u64) {
-    let port = free_port();
-    let broker = Broker::start_on(port);
-    let sub = Subscriber::start(&broker, "cairn/test/#");
-    let proxy = Proxy::start(port);
+    let (_broker, sub, proxy) = support::behind_proxy();
     let capture = support::capture::Capture::start(proxy.port).expect("tcpdump runs here");
     let config = config.replace("{port}", &proxy.port.to_string());
     let cairn = Cairn::start_with_env(
@@ -295,39 +289,23 @@ fn presets_a_month_and_an_idle_day() {
 fn presets_reconnect_bytes() {
     // Reconnects of the site, plain and over TLS: the second connection's bytes.
     for tls in [false, true] {
-        let pki = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(
-            pki.path(),
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
-        )
-        .unwrap();
-        let (broker, target, url) = if tls {
-            support::tls::make_pki(pki.path());
-            let p = |f: &str| pki.path().join(f).display().to_string();
-            let tls_port = free_port();
-            let broker = Broker::start_with(
-                free_port(),
-                &format!(
-                    "listener {tls_port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\n",
-                    p("ca.crt"),
-                    p("server.crt"),
-                    p("server.key")
-                ),
-            );
-            (
-                broker,
-                tls_port,
+        let tls_broker = tls.then(|| support::tls::TlsBroker::start(""));
+        let plain;
+        let (broker, target, url) = match &tls_broker {
+            Some(t) => (
+                &t.broker,
+                t.tls_port,
                 format!(
                     "mqtts://localhost:{{port}}\n  tls: {{ca_file: {}}}",
-                    p("ca.crt")
+                    t.file("ca.crt")
                 ),
-            )
-        } else {
-            let broker = Broker::start();
-            let port = broker.port;
-            (broker, port, "mqtt://127.0.0.1:{port}".to_string())
+            ),
+            None => {
+                plain = Broker::start();
+                (&plain, plain.port, "mqtt://127.0.0.1:{port}".to_string())
+            }
         };
-        let sub = Subscriber::start(&broker, "cairn/test/#");
+        let sub = Subscriber::start(broker, "cairn/test/#");
         let proxy = Proxy::start(target);
         let devices = site_config(0, "", true, "interval: 1h", 1);
         let devices = &devices[devices.find("devices:").unwrap()..];
@@ -336,15 +314,7 @@ fn presets_reconnect_bytes() {
             url.replace("{port}", &proxy.port.to_string())
         );
         let cairn = Cairn::start(&config);
-        let onlines = |n: usize| {
-            sub.wait_until(PATIENCE, |r| {
-                r.messages
-                    .iter()
-                    .filter(|(t, p)| t == "cairn/test/status" && p == "online")
-                    .count()
-                    >= n
-            })
-        };
+        let onlines = |n: usize| sub.wait_until(PATIENCE, |r| r.onlines() >= n);
         assert!(onlines(1));
         // The first connection is done when its readings, and so the metas before them, are
         // acknowledged (they linger a second here, not the preset's 20 minutes).

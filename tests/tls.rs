@@ -5,32 +5,15 @@
 
 mod support;
 
-use support::tls::make_pki;
-use support::{Broker, Cairn, Subscriber, free_port};
+use support::tls::TlsBroker;
+use support::{Cairn, Subscriber};
 
 #[test]
 fn publishes_over_tls_with_a_client_certificate() {
-    let pki = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(
-        pki.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    make_pki(pki.path());
-    let p = |f: &str| pki.path().join(f).display().to_string();
-    let tls_port = free_port();
     // A plain listener for the test's own subscriber, and the TLS one for Cairn.
-    let plain_port = free_port();
-    let broker = Broker::start_with(
-        plain_port,
-        &format!(
-            "listener {tls_port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n",
-            p("ca.crt"),
-            p("server.crt"),
-            p("server.key")
-        ),
-    );
-    let sub = Subscriber::start(&broker, "cairn/test/#");
+    let tls = TlsBroker::start("require_certificate true\n");
+    let (p, tls_port) = (|f: &str| tls.file(f), tls.tls_port);
+    let sub = Subscriber::start(&tls.broker, "cairn/test/#");
     let config = format!(
         "gateway: {{id: test, data_dir: '{{data}}'}}\n\
          mqtt:\n  url: mqtts://localhost:{tls_port}\n  reconnect_min: 100ms\n  reconnect_max: 1s\n\
@@ -48,27 +31,10 @@ fn publishes_over_tls_with_a_client_certificate() {
 
 #[test]
 fn a_reconnect_resumes_the_tls_session() {
-    let pki = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(
-        pki.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    make_pki(pki.path());
-    let p = |f: &str| pki.path().join(f).display().to_string();
-    let tls_port = free_port();
-    let plain_port = free_port();
-    let broker = Broker::start_with(
-        plain_port,
-        &format!(
-            "listener {tls_port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\n",
-            p("ca.crt"),
-            p("server.crt"),
-            p("server.key")
-        ),
-    );
-    let sub = Subscriber::start(&broker, "cairn/test/#");
-    let proxy = support::proxy::Proxy::start(tls_port);
+    let tls = TlsBroker::start("");
+    let p = |f: &str| tls.file(f);
+    let sub = Subscriber::start(&tls.broker, "cairn/test/#");
+    let proxy = support::proxy::Proxy::start(tls.tls_port);
     // No devices: each connection carries the TLS handshake, CONNECT and the status only.
     let config = format!(
         "gateway: {{id: test, data_dir: '{{data}}'}}\n\
@@ -79,15 +45,8 @@ fn a_reconnect_resumes_the_tls_session() {
         p("ca.crt"),
     );
     let _cairn = Cairn::start(&config);
-    let onlines = |n: usize| {
-        sub.wait_until(std::time::Duration::from_secs(60), |r| {
-            r.messages
-                .iter()
-                .filter(|(t, p)| t == "cairn/test/status" && p == "online")
-                .count()
-                >= n
-        })
-    };
+    let onlines =
+        |n: usize| sub.wait_until(std::time::Duration::from_secs(60), |r| r.onlines() >= n);
     // TLS 1.3 session tickets come right after the handshake, before CONNACK and so before
     // the status reaches the subscriber.
     assert!(onlines(1));

@@ -170,6 +170,14 @@ pub struct Received {
 }
 
 impl Received {
+    /// How many times the test gateway's status said `online` (once per connection).
+    pub fn onlines(&self) -> usize {
+        self.messages
+            .iter()
+            .filter(|(t, p)| t == "cairn/test/status" && p == "online")
+            .count()
+    }
+
     /// Records a message; `json` data messages are parsed here, once, so that waiting on
     /// what arrived costs nothing per message already seen.
     fn push(&mut self, topic: String, bytes: Vec<u8>) {
@@ -862,4 +870,13 @@ pub fn unix_ms_now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64
+}
+
+/// A fresh broker, a subscriber to the test gateway's topics, and the fault-injecting proxy
+/// in front of the broker (Cairn connects to `proxy.port`).
+pub fn behind_proxy() -> (Broker, Subscriber, proxy::Proxy) {
+    let broker = Broker::start();
+    let sub = Subscriber::start(&broker, "cairn/test/#");
+    let proxy = proxy::Proxy::start(broker.port);
+    (broker, sub, proxy)
 }

@@ -77,3 +77,46 @@ pub fn make_pki(dir: &Path) {
         .unwrap();
     }
 }
+
+/// A mosquitto with a plain listener (for the test's own subscriber, on `broker.port`) and a
+/// TLS one on `tls_port`, its certificates from a fresh [`make_pki`].
+pub struct TlsBroker {
+    pub broker: super::Broker,
+    pub tls_port: u16,
+    pki: tempfile::TempDir,
+}
+
+impl TlsBroker {
+    /// Starts it; `extra` goes into the TLS listener's settings (`require_certificate true`).
+    pub fn start(extra: &str) -> Self {
+        let pki = tempfile::tempdir().unwrap();
+        // mosquitto runs as its own user and reads the server's files from here.
+        std::fs::set_permissions(
+            pki.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        make_pki(pki.path());
+        let tls_port = super::free_port();
+        let file = |f: &str| pki.path().join(f).display().to_string();
+        let broker = super::Broker::start_with(
+            super::free_port(),
+            &format!(
+                "listener {tls_port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\n{extra}",
+                file("ca.crt"),
+                file("server.crt"),
+                file("server.key")
+            ),
+        );
+        Self {
+            broker,
+            tls_port,
+            pki,
+        }
+    }
+
+    /// The path of one of the PKI's files (`ca.crt`, `client.key`...).
+    pub fn file(&self, name: &str) -> String {
+        self.pki.path().join(name).display().to_string()
+    }
+}
