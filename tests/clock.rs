@@ -9,7 +9,7 @@ mod support;
 
 use std::time::{Duration, SystemTime};
 
-use support::{Broker, Cairn, PATIENCE, Subscriber, count_seqs, decode_both, decode_cairn_only};
+use support::{Broker, Cairn, Subscriber};
 
 fn unix_ms(ts: &str) -> i64 {
     let t = humantime::parse_rfc3339(ts).unwrap();
@@ -71,16 +71,8 @@ fn readings_taken_before_the_clock_was_set_keep_their_place_and_get_true_times()
     // The broker comes: every reading arrives.
     broker.restart();
     let last = cairn.stats()["next seq"] - 1;
-    let complete = sub.wait_until(PATIENCE, |r| {
-        let counts = count_seqs(&decode_cairn_only(&r.hex_lines()));
-        (1..=last).all(|seq| counts.contains_key(&seq))
-    });
-    let readings = decode_both(&sub.with(|r| r.hex_lines()));
-    let counts = count_seqs(&readings);
-    let missing = (1..=last).filter(|s| !counts.contains_key(s)).count();
-    let duplicates: usize = counts.values().map(|n| n - 1).sum();
-    println!("{last} readings: {missing} lost, {duplicates} duplicates");
-    assert!(complete && missing == 0, "{missing} lost\n{}", cairn.log());
+    let (readings, duplicates) = sub.expect_every_reading(last);
+    println!("{last} readings: 0 lost, {duplicates} duplicates");
     assert_eq!(cairn.stats()["dropped (max_age)"], 0);
     let clock = &support::feed::api(cairn.feed(), "/api/status")["clock"];
     assert_eq!(clock["known"], true, "{clock}");
@@ -146,13 +138,8 @@ fn a_step_made_while_cairn_was_stopped_is_added_too() {
     std::fs::write(&faked, "+0\n").unwrap();
     cairn.restart();
     broker.restart();
-    let complete = sub.wait_until(PATIENCE, |r| {
-        let counts = count_seqs(&decode_cairn_only(&r.hex_lines()));
-        (1..=40).all(|seq| counts.contains_key(&seq))
-    });
-    assert!(complete, "{}", cairn.log());
     // (The sim takes 40 more after the restart, with today's clock.)
-    let readings = decode_both(&sub.with(|r| r.hex_lines()));
+    let (readings, _) = sub.expect_every_reading(40);
     for reading in readings.iter().filter(|r| r["seq"].as_i64().unwrap() <= 40) {
         let ts = unix_ms(reading["ts"].as_str().unwrap());
         assert!(

@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
 use std::time::{Duration, Instant};
 
-use support::{Broker, Cairn, PATIENCE, Subscriber, count_seqs, decode_cairn_only};
+use support::{Broker, Cairn, PATIENCE, Subscriber};
 
 /// The descriptor limit Cairn runs under here: a quarter of systemd's default, so that the
 /// flood below is four times what would exhaust it.
@@ -154,15 +154,8 @@ fn a_flood_of_idle_and_slow_connections_takes_neither_the_dashboard_nor_the_upli
     // every reading arrives.
     broker.stop();
     broker.restart();
-    let complete = sub.wait_until(PATIENCE, |r| {
-        let counts = count_seqs(&decode_cairn_only(&r.hex_lines()));
-        (1..=last).all(|seq| counts.contains_key(&seq))
-    });
-    let counts = sub.with(|r| count_seqs(&decode_cairn_only(&r.hex_lines())));
-    let missing = (1..=last).filter(|s| !counts.contains_key(s)).count();
-    let duplicates: usize = counts.values().map(|n| n - 1).sum();
-    println!("{last} readings: {missing} lost, {duplicates} duplicates");
-    assert!(complete && missing == 0, "{missing} readings lost");
+    let (_, duplicates) = sub.expect_every_reading(last);
+    println!("{last} readings: 0 lost, {duplicates} duplicates");
     assert!(
         !cairn.log().contains("Too many open files"),
         "{}",

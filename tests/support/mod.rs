@@ -348,6 +348,27 @@ impl Subscriber {
     }
 
     /// Waits until every seq in `1..=last` arrived; panics with the missing ones otherwise.
+    /// Waits until every `seq` from 1 to `last` arrived, in whatever encoding, then decodes
+    /// everything with both decoders; panics naming what never arrived. Returns the readings
+    /// and how many of them were duplicates.
+    pub fn expect_every_reading(&self, last: i64) -> (Vec<serde_json::Value>, usize) {
+        let complete = self.wait_until(PATIENCE, |r| {
+            let counts = count_seqs(&decode_cairn_only(&r.hex_lines()));
+            (1..=last).all(|seq| counts.contains_key(&seq))
+        });
+        let readings = decode_both(&self.with(|r| r.hex_lines()));
+        let counts = count_seqs(&readings);
+        let missing: Vec<i64> = (1..=last).filter(|s| !counts.contains_key(s)).collect();
+        assert!(
+            complete && missing.is_empty(),
+            "{} of {last} seqs never arrived, first: {:?}",
+            missing.len(),
+            &missing[..missing.len().min(20)]
+        );
+        let duplicates = counts.values().map(|n| n - 1).sum();
+        (readings, duplicates)
+    }
+
     pub fn expect_all_seqs(&self, last: i64) -> SeqReport {
         let complete = self.wait_until(PATIENCE, |r| {
             // Counting distinct seqs in range is enough, and cheap on every message.
