@@ -45,20 +45,17 @@ impl Disk {
         Some(stat.f_bavail.saturating_mul(stat.f_frsize))
     }
 
-    /// Whether the free space is near the reserve, so that [`Disk::refusing`] wants to know
+    /// Whether `free` bytes are near the reserve, so that [`Disk::refusing`] wants to know
     /// the room inside the outbox file too.
-    pub fn near(&self, wal: u64) -> bool {
-        self.free().is_some_and(|free| free < self.reserve + wal)
+    pub fn near(&self, free: u64, wal: u64) -> bool {
+        free < self.reserve + wal
     }
 
     /// Whether new readings must be refused now: the room left fell below half the reserve,
-    /// and has not come back to all of it since. Room is the free space, plus `reusable`
+    /// and has not come back to all of it since. Room is the `free` space, plus `reusable`
     /// bytes (free pages inside the outbox file, and the WAL as it is now), less `wal` (what
     /// the WAL may grow to before its next checkpoint). Says so in the log when that changes.
-    pub fn refusing(&mut self, reusable: u64, wal: u64) -> bool {
-        let Some(free) = self.free() else {
-            return false;
-        };
+    pub fn refusing(&mut self, free: u64, reusable: u64, wal: u64) -> bool {
         let room = free.saturating_add(reusable).saturating_sub(wal);
         let low = if self.low.is_some() {
             room < self.reserve

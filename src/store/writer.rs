@@ -534,7 +534,11 @@ async fn disk_full(
     disk: &mut Disk,
     (wal, limit): &(PathBuf, u64),
 ) -> Result<bool, sqlx::Error> {
-    let reusable = if disk.near(*limit) {
+    // A filesystem that cannot say how full it is is taken as having room.
+    let Some(free) = disk.free() else {
+        return Ok(false);
+    };
+    let reusable = if disk.near(free, *limit) {
         let pages: i64 = sqlx::query_scalar("PRAGMA freelist_count")
             .fetch_one(&mut *tx)
             .await?;
@@ -543,7 +547,7 @@ async fn disk_full(
     } else {
         *limit
     };
-    Ok(disk.refusing(reusable, *limit))
+    Ok(disk.refusing(free, reusable, *limit))
 }
 
 /// Counts what the limits freed as dropped for `reason`, and notes its rows in `noted`.
