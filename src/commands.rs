@@ -137,11 +137,7 @@ impl Router {
 
     /// Sends the command to its device, or refuses it, and answers in the background.
     fn start(&self, request: SetRequest, waiting: &mut JoinSet<()>) {
-        let (value, id) = match serde_json::from_slice::<SetPayload>(&request.payload) {
-            Ok(SetPayload::Tagged { value, id }) => (Value::from_json(value), id),
-            Ok(SetPayload::Bare(value)) => (Value::from_json(value), serde_json::Value::Null),
-            Err(_) => (None, serde_json::Value::Null),
-        };
+        let (value, id) = parse_payload(&request.payload);
         info!(device = %request.device, point = %request.point, value = ?value, "Command received");
         let dispatched = match value {
             Some(value) => self.dispatch(&request, value),
@@ -198,6 +194,16 @@ impl Router {
             mpsc::error::TrySendError::Closed(_) => "the device has stopped".to_string(),
         })?;
         Ok(answer)
+    }
+}
+
+/// The value a `.../set` payload asks for (`None`: not a value a device takes), and the id to
+/// echo (JSON `null` when none was given).
+pub fn parse_payload(payload: &[u8]) -> (Option<Value>, serde_json::Value) {
+    match serde_json::from_slice::<SetPayload>(payload) {
+        Ok(SetPayload::Tagged { value, id }) => (Value::from_json(value), id),
+        Ok(SetPayload::Bare(value)) => (Value::from_json(value), serde_json::Value::Null),
+        Err(_) => (None, serde_json::Value::Null),
     }
 }
 

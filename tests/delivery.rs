@@ -8,21 +8,13 @@ use std::time::Duration;
 
 use support::{Broker, Cairn, PATIENCE, Subscriber, free_port, sim_config};
 
-/// Waits until at least `n` data messages arrived.
-fn wait_messages(sub: &Subscriber, n: usize) {
-    assert!(
-        sub.wait_until(PATIENCE, |r| r.data().count() >= n),
-        "fewer than {n} messages arrived"
-    );
-}
-
 #[test]
 fn nothing_lost_while_the_broker_restarts_five_times() {
     let mut broker = Broker::start();
     let sub = Subscriber::start(&broker, "cairn/test/#");
     let mut cairn = Cairn::start(&sim_config(broker.port, 400, 20_000, ""));
     for round in 1..=5 {
-        wait_messages(&sub, round * 2500);
+        sub.wait_data(round * 2500);
         broker.stop();
         // Readings keep coming while the broker is away: the outbox must hold them.
         let backlog_before = cairn.stats()["backlog"];
@@ -49,7 +41,7 @@ fn nothing_committed_is_lost_when_cairn_is_killed_three_times() {
     // Each run of the sim produces up to `limit`; runs that are killed produce fewer.
     let mut cairn = Cairn::start(&sim_config(broker.port, 2000, 10_000, ""));
     for round in 1..=3 {
-        wait_messages(&sub, round * 2000);
+        sub.wait_data(round * 2000);
         cairn.kill9();
         cairn.restart();
     }

@@ -124,7 +124,19 @@ pub struct Filter {
     pub values: Vec<String>,
 }
 
+/// What a WebSocket client may send: `{"subscribe": {"devices": [...], "values": [...]}}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientMessage {
+    subscribe: Filter,
+}
+
 impl Filter {
+    /// The filter a client's text message asks for, or why the message is not one.
+    pub fn from_client_message(text: &str) -> Result<Filter, serde_json::Error> {
+        serde_json::from_str::<ClientMessage>(text).map(|m| m.subscribe)
+    }
+
     fn matches(patterns: &[String], name: &str) -> bool {
         patterns.is_empty() || patterns.iter().any(|p| WildMatch::new(p).matches(name))
     }

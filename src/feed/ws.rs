@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message as Frame, Utf8Bytes, WebSocket, close_code};
-use serde::Deserialize;
 use tokio::sync::{OwnedSemaphorePermit, broadcast};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -28,13 +27,6 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// Falling behind this often within `LAG_WINDOW` closes the connection.
 const LAGS_ALLOWED: u32 = 3;
 const LAG_WINDOW: Duration = Duration::from_secs(60);
-
-/// What a client may send.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ClientMessage {
-    subscribe: Filter,
-}
 
 /// Why a session ended, as the close frame says.
 struct Close(u16, &'static str);
@@ -116,9 +108,9 @@ async fn session(
                     Some(Ok(Frame::Close(_))) | None | Some(Err(_)) => return None,
                     Some(Ok(_)) => continue, // pongs, pings (answered by the library), binary
                 };
-                match serde_json::from_str::<ClientMessage>(&text) {
-                    Ok(message) => {
-                        *filter = message.subscribe;
+                match Filter::from_client_message(&text) {
+                    Ok(subscribe) => {
+                        *filter = subscribe;
                         let (snapshot, seq) = hub.snapshot(filter);
                         seen = seen.max(seq);
                         snapshot

@@ -2,6 +2,7 @@
 //! independent `mosquitto_sub` subscriber, and the `cairn` binary itself.
 #![allow(dead_code, missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod broker;
 pub mod capture;
 pub mod feed;
 pub mod lora;
@@ -17,6 +18,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
+
+pub use broker::{Broker, BrokerKind};
 
 /// The Python of the test peers' venv (`scripts/test` makes it).
 pub const PYTHON: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
@@ -34,7 +37,11 @@ pub fn free_port() -> u16 {
 }
 
 pub fn wait_for_port(port: u16, up: bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    wait_for_port_within(port, up, Duration::from_secs(20));
+}
+
+pub fn wait_for_port_within(port: u16, up: bool, patience: Duration) {
+    let deadline = Instant::now() + patience;
     while TcpStream::connect(("127.0.0.1", port)).is_ok() != up {
         assert!(
             Instant::now() < deadline,
@@ -45,113 +52,13 @@ pub fn wait_for_port(port: u16, up: bool) {
     }
 }
 
-fn signal(child: &Child, name: &str) {
+pub fn signal(child: &Child, name: &str) {
     let status = Command::new("kill")
         .arg(format!("-{name}"))
         .arg(child.id().to_string())
         .status()
         .unwrap();
     assert!(status.success(), "kill -{name} failed");
-}
-
-/// A mosquitto broker of this test's own, with persistence so that a restart keeps the
-/// subscriber's session and what the broker had already acknowledged.
-pub struct Broker {
-    pub port: u16,
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-    listener_extra: String,
-}
-
-impl Broker {
-    pub fn start() -> Self {
-        Self::start_on(free_port())
-    }
-
-    pub fn start_on(port: u16) -> Self {
-        Self::start_with(port, "")
-    }
-
-    /// A broker with extra configuration lines (another listener with TLS, say).
-    pub fn start_with(port: u16, extra: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        // mosquitto started as root drops to its own user, which must be able to write here.
-        std::fs::set_permissions(
-            dir.path(),
-            std::os::unix::fs::PermissionsExt::from_mode(0o777),
-        )
-        .unwrap();
-        let mut broker = Self {
-            port,
-            dir,
-            child: None,
-            listener_extra: extra.to_string(),
-        };
-        broker.restart();
-        broker
-    }
-
-    /// Starts the broker again on the same port with the same persistence file.
-    pub fn restart(&mut self) {
-        assert!(self.child.is_none(), "broker already running");
-        let conf = self.dir.path().join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "listener {port} 127.0.0.1\n{extra}allow_anonymous true\npersistence true\npersistence_location {dir}/\n\
-                 max_queued_messages 0\nmax_inflight_messages 100\nlog_dest file {dir}/mosquitto.log\n",
-                port = self.port,
-                extra = self.listener_extra,
-                dir = self.dir.path().display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new("mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto is installed (scripts/test installs it)");
-        self.child = Some(child);
-        wait_for_port(self.port, true);
-    }
-
-    /// Stops the broker abruptly for its clients (sockets closed, nothing said) while the
-    /// broker itself saves what it acknowledged: SIGTERM, not SIGKILL, so that a lost message
-    /// can only be Cairn's fault.
-    pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            signal(&child, "TERM");
-            child.wait().unwrap();
-            wait_for_port(self.port, false);
-        }
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
-    }
-
-    /// Publishes one message at QoS 1 with `mosquitto_pub`, as an independent client would.
-    pub fn publish(&self, topic: &str, payload: &str, retain: bool) {
-        let mut pub_ = Command::new("mosquitto_pub");
-        pub_.args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-q", "1"])
-            .args(["-t", topic, "-m", payload]);
-        if retain {
-            pub_.arg("-r");
-        }
-        let status = pub_.status().expect("mosquitto_pub is installed");
-        assert!(status.success(), "mosquitto_pub {topic} {payload}");
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 /// Every message the subscriber received, by topic, in order.
@@ -335,6 +242,14 @@ impl Subscriber {
             assert!(Instant::now() < deadline, "subscriber never saw its probe");
         }
         subscriber
+    }
+
+    /// Waits until at least `n` data messages arrived.
+    pub fn wait_data(&self, n: usize) {
+        assert!(
+            self.wait_until(PATIENCE, |r| r.data().count() >= n),
+            "fewer than {n} messages arrived"
+        );
     }
 
     /// Waits (without polling) until `done` holds for what was received; false on timeout.

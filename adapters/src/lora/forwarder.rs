@@ -214,7 +214,7 @@ impl Forwarder {
 
 /// The PHYPayload of a LoRaWAN data uplink and its DevAddr, or the counter of why the packet
 /// is dropped.
-fn data_frame(rxpk: &RxPk) -> Result<(Vec<u8>, u32), &'static str> {
+pub fn data_frame(rxpk: &RxPk) -> Result<(Vec<u8>, u32), &'static str> {
     match rxpk.stat {
         1 => {}
         0 => return Err("no_crc"),
@@ -233,7 +233,7 @@ fn data_frame(rxpk: &RxPk) -> Result<(Vec<u8>, u32), &'static str> {
 }
 
 /// What can be read of a frame without its keys.
-fn unknown_frame(phy: &[u8], dev_addr: u32) -> Vec<(Arc<str>, Value)> {
+pub fn unknown_frame(phy: &[u8], dev_addr: u32) -> Vec<(Arc<str>, Value)> {
     let [dev_addr_name, fcnt, fport, payload] = UNKNOWN_VALUES;
     let mut values = vec![(
         Arc::from(dev_addr_name),

@@ -31,6 +31,11 @@ use crate::state::StateStore;
 use radio::RADIO_VALUES;
 pub use routing::Radios;
 
+/// The forwarder's per-packet parsing, for the fuzz targets (`fuzz/`) only.
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub use forwarder::{data_frame, unknown_frame};
+
 /// Settings of a LoRa device (`type: lora`): exactly one of `forwarder`, `lorawan`, `module`.
 #[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]

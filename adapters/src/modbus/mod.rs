@@ -14,6 +14,7 @@ mod bus;
 mod plan;
 mod registers;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,8 +23,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Deserialize;
 use tokio::time::Instant;
-use tokio_modbus::client::{Context, Reader, Writer};
-use tokio_modbus::{ExceptionCode, Slave};
+use tokio_modbus::client::{Client, Context};
+use tokio_modbus::{ExceptionCode, ProtocolError, Request as ModbusRequest, Response, Slave};
 
 use crate::adapter::{Adapter, AdapterContext, AdapterError, DeviceStatus};
 use crate::command::Command;
@@ -311,29 +312,8 @@ impl ModbusAdapter {
         let multiple = self.config.write_multiple;
         let call = async {
             match *op {
-                Op::Read(request) => {
-                    let (start, count) = (request.start, request.count);
-                    match request.table {
-                        Table::Holding => modbus.read_holding_registers(start, count).await,
-                        Table::Input => modbus.read_input_registers(start, count).await,
-                        Table::Coil => bits(modbus.read_coils(start, count).await),
-                        Table::DiscreteInput => {
-                            bits(modbus.read_discrete_inputs(start, count).await)
-                        }
-                    }
-                }
-                Op::Write(address, Write::Coil(on)) if multiple => {
-                    nothing(modbus.write_multiple_coils(address, &[*on]).await)
-                }
-                Op::Write(address, Write::Coil(on)) => {
-                    nothing(modbus.write_single_coil(address, *on).await)
-                }
-                Op::Write(address, Write::Registers(words)) if words.len() == 1 && !multiple => {
-                    nothing(modbus.write_single_register(address, words[0]).await)
-                }
-                Op::Write(address, Write::Registers(words)) => {
-                    nothing(modbus.write_multiple_registers(address, words).await)
-                }
+                Op::Read(request) => read(modbus, request).await,
+                Op::Write(address, write) => self::write(modbus, address, write, multiple).await,
             }
         };
         ctx.counters().count_request();
@@ -478,11 +458,8 @@ impl ModbusAdapter {
                 failed += 1;
                 continue;
             };
-            for &i in &request.points {
-                let point = &self.config.points[i];
-                let from = usize::from(point.address - request.start);
-                let slice = words.get(from..from + usize::from(point.count()));
-                match slice.and_then(|w| point.decode_registers(w)) {
+            for (i, value) in request.decode(&self.config.points, &words) {
+                match value {
                     Some(value) => values.push((self.names[i].clone(), value)),
                     None => ctx.counters().count_error("short_response"),
                 }
@@ -514,13 +491,82 @@ impl ModbusAdapter {
 }
 
 /// Coils and discrete inputs as 0/1 words, so one decoder serves all tables.
-fn bits(result: tokio_modbus::Result<Vec<bool>>) -> tokio_modbus::Result<Vec<u16>> {
-    result.map(|r| r.map(|bits| bits.into_iter().map(u16::from).collect()))
+/// Reads `request`'s registers (or bits, as 0 and 1) with the plain `call`, checking the size
+/// of the answer here: tokio-modbus's read helpers only `debug_assert` it, so a device that
+/// answers with another count (found by fuzzing) would panic a debug build and hand a release
+/// build values from the wrong registers. A wrong count is a protocol error (counted as
+/// `framing`).
+pub async fn read(modbus: &mut Context, request: &Request) -> tokio_modbus::Result<Vec<u16>> {
+    let (start, count) = (request.start, request.count);
+    let call = match request.table {
+        Table::Holding => ModbusRequest::ReadHoldingRegisters(start, count),
+        Table::Input => ModbusRequest::ReadInputRegisters(start, count),
+        Table::Coil => ModbusRequest::ReadCoils(start, count),
+        Table::DiscreteInput => ModbusRequest::ReadDiscreteInputs(start, count),
+    };
+    let response = match modbus.call(call).await? {
+        Ok(response) => response,
+        Err(code) => return Ok(Err(code)),
+    };
+    let count = usize::from(count);
+    let (words, fits) = match &response {
+        Response::ReadHoldingRegisters(words) | Response::ReadInputRegisters(words) => {
+            (words.clone(), words.len() == count)
+        }
+        // Bits come in whole bytes: up to 7 beyond the count are padding.
+        Response::ReadCoils(bits) | Response::ReadDiscreteInputs(bits) => (
+            bits.iter().take(count).map(|bit| u16::from(*bit)).collect(),
+            (count..count + 8).contains(&bits.len()),
+        ),
+        _ => (Vec::new(), false),
+    };
+    if !fits {
+        return Err(mismatch(
+            "the answer does not hold the values asked for",
+            response,
+        ));
+    }
+    Ok(Ok(words))
 }
 
-/// A write's empty answer, shaped like a read's.
-fn nothing(result: tokio_modbus::Result<()>) -> tokio_modbus::Result<Vec<u16>> {
-    result.map(|r| r.map(|()| Vec::new()))
+/// Writes `write` at `address` with the plain `call` and checks that the answer echoes it (as
+/// for reads, tokio-modbus only `debug_assert`s that). The empty answer is shaped like a read's.
+async fn write(
+    modbus: &mut Context,
+    address: u16,
+    write: &Write,
+    multiple: bool,
+) -> tokio_modbus::Result<Vec<u16>> {
+    let (call, echo) = match write {
+        Write::Coil(on) if multiple => (
+            ModbusRequest::WriteMultipleCoils(address, Cow::Owned(vec![*on])),
+            Response::WriteMultipleCoils(address, 1),
+        ),
+        Write::Coil(on) => (
+            ModbusRequest::WriteSingleCoil(address, *on),
+            Response::WriteSingleCoil(address, *on),
+        ),
+        Write::Registers(words) if words.len() == 1 && !multiple => (
+            ModbusRequest::WriteSingleRegister(address, words[0]),
+            Response::WriteSingleRegister(address, words[0]),
+        ),
+        Write::Registers(words) => (
+            ModbusRequest::WriteMultipleRegisters(address, Cow::Borrowed(words)),
+            Response::WriteMultipleRegisters(address, words.len() as u16),
+        ),
+    };
+    match modbus.call(call).await? {
+        Ok(response) if response == echo => Ok(Ok(Vec::new())),
+        Ok(response) => Err(mismatch("the answer does not echo the write", response)),
+        Err(code) => Ok(Err(code)),
+    }
+}
+
+fn mismatch(message: &str, response: Response) -> tokio_modbus::Error {
+    tokio_modbus::Error::Protocol(ProtocolError::HeaderMismatch {
+        message: message.to_string(),
+        result: Ok(response),
+    })
 }
 
 #[async_trait]

@@ -2,6 +2,7 @@
 //! costs a few round trips, not 50.
 
 use super::registers::{Point, Table};
+use crate::reading::Value;
 
 /// One read request and the points it serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,6 +15,23 @@ pub struct Request {
     pub count: u16,
     /// Indices of the points served, into the list given to [`plan`].
     pub points: Vec<usize>,
+}
+
+impl Request {
+    /// The value of each point this request serves (by index into `points`), decoded from the
+    /// device's answer `words`; `None` where the answer is too short to hold it.
+    pub fn decode<'a>(
+        &'a self,
+        points: &'a [Point],
+        words: &'a [u16],
+    ) -> impl Iterator<Item = (usize, Option<Value>)> + 'a {
+        self.points.iter().map(move |&i| {
+            let point = &points[i];
+            let from = usize::from(point.address - self.start);
+            let slice = words.get(from..from + usize::from(point.count()));
+            (i, slice.and_then(|w| point.decode_registers(w)))
+        })
+    }
 }
 
 /// Groups `points` into as few requests as the protocol limits allow, merging neighbours whose

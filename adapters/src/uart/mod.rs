@@ -196,7 +196,8 @@ impl LinesConfig {
 }
 
 impl FramesConfig {
-    fn problems(&self, push: &mut impl FnMut(&str, String)) {
+    /// Problems of these settings, as `(field, message)`; a framer needs settings without any.
+    pub fn problems(&self, push: &mut impl FnMut(&str, String)) {
         if self.sync.is_empty() {
             push(
                 "frames.sync",
