@@ -658,4 +658,64 @@ mod tests {
             problems[0].1
         );
     }
+
+    /// Answers every request on `device` with `answer`, as a device on a serial line would.
+    async fn answering(answer: Vec<u8>) -> Context {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (client, mut device) = tokio::io::duplex(256);
+        tokio::spawn(async move {
+            let mut request = [0u8; 64];
+            while device.read(&mut request).await.is_ok_and(|n| n > 0) {
+                let _ = device.write_all(&answer).await;
+            }
+        });
+        tokio_modbus::client::rtu::attach_slave(client, Slave(1))
+    }
+
+    fn rtu_frame(pdu: &[u8]) -> Vec<u8> {
+        let mut frame = vec![1];
+        frame.extend_from_slice(pdu);
+        let mut crc: u16 = 0xFFFF;
+        for byte in &frame {
+            crc ^= u16::from(*byte);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 { (crc >> 1) ^ 0xA001 } else { crc >> 1 };
+            }
+        }
+        frame.extend_from_slice(&crc.to_le_bytes());
+        frame
+    }
+
+    fn holding(count: u16) -> Request {
+        Request {
+            table: Table::Holding,
+            start: 0,
+            count,
+            points: vec![],
+        }
+    }
+
+    // Found by the `modbus_response` fuzz target: tokio-modbus hands back whatever count the
+    // answer holds (and panics on it in a debug build).
+    #[tokio::test]
+    async fn an_answer_with_other_registers_than_asked_is_refused() {
+        let mut modbus = answering(rtu_frame(&[3, 4, 0, 10, 0, 11])).await;
+        assert_eq!(read(&mut modbus, &holding(2)).await.unwrap(), Ok(vec![10, 11]));
+        for asked in [1, 3] {
+            let answer = read(&mut modbus, &holding(asked)).await;
+            assert!(
+                matches!(answer, Err(tokio_modbus::Error::Protocol(_))),
+                "{asked} asked: {answer:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_write_answered_with_another_echo_is_refused() {
+        let mut modbus = answering(rtu_frame(&[6, 0, 7, 0, 99])).await;
+        let ok = write(&mut modbus, 7, &Write::Registers(vec![99]), false).await;
+        assert_eq!(ok.unwrap(), Ok(vec![]));
+        let other = write(&mut modbus, 7, &Write::Registers(vec![100]), false).await;
+        assert!(matches!(other, Err(tokio_modbus::Error::Protocol(_))), "{other:?}");
+    }
 }
