@@ -6,8 +6,9 @@
 
 mod support;
 
+use support::broker::BrokerKind;
 use support::proxy::Proxy;
-use support::{Broker, BrokerKind, Cairn, PATIENCE, Subscriber, sim_config};
+use support::{Broker, Cairn, PATIENCE, Subscriber, sim_config};
 
 const READINGS: u64 = 8_000;
 

@@ -675,13 +675,7 @@ mod tests {
     fn rtu_frame(pdu: &[u8]) -> Vec<u8> {
         let mut frame = vec![1];
         frame.extend_from_slice(pdu);
-        let mut crc: u16 = 0xFFFF;
-        for byte in &frame {
-            crc ^= u16::from(*byte);
-            for _ in 0..8 {
-                crc = if crc & 1 == 1 { (crc >> 1) ^ 0xA001 } else { crc >> 1 };
-            }
-        }
+        let crc = crate::uart::ChecksumKind::Crc16Modbus.compute(&frame) as u16;
         frame.extend_from_slice(&crc.to_le_bytes());
         frame
     }
@@ -700,7 +694,10 @@ mod tests {
     #[tokio::test]
     async fn an_answer_with_other_registers_than_asked_is_refused() {
         let mut modbus = answering(rtu_frame(&[3, 4, 0, 10, 0, 11])).await;
-        assert_eq!(read(&mut modbus, &holding(2)).await.unwrap(), Ok(vec![10, 11]));
+        assert_eq!(
+            read(&mut modbus, &holding(2)).await.unwrap(),
+            Ok(vec![10, 11])
+        );
         for asked in [1, 3] {
             let answer = read(&mut modbus, &holding(asked)).await;
             assert!(
@@ -716,6 +713,9 @@ mod tests {
         let ok = write(&mut modbus, 7, &Write::Registers(vec![99]), false).await;
         assert_eq!(ok.unwrap(), Ok(vec![]));
         let other = write(&mut modbus, 7, &Write::Registers(vec![100]), false).await;
-        assert!(matches!(other, Err(tokio_modbus::Error::Protocol(_))), "{other:?}");
+        assert!(
+            matches!(other, Err(tokio_modbus::Error::Protocol(_))),
+            "{other:?}"
+        );
     }
 }
