@@ -66,9 +66,14 @@ write("gwmp", [
     header(2),
     header(5) + b'{"txpk_ack":{"error":"NONE"}}',
 ])
+# Raw frames (a length byte below 0x80), and frames the target signs itself (top bit set:
+# counter, flags, FPort, payload).
+signed = lambda fcnt, payload: (bytes([0x80 | (6 + len(payload))]) + struct.pack("<I", fcnt)
+                                + bytes([4, 1]) + payload)
 write("lorawan", [
-    bytes([0]) + b"".join(bytes([len(p)]) + p for p in phys),
-    bytes([2]) + b"".join(bytes([len(p)]) + p for p in reversed(phys)),
+    bytes([0]) + b"".join(bytes([len(p)]) + p for p in phys if len(p) < 0x80),
+    bytes([2]) + b"".join(bytes([len(p)]) + p for p in reversed(phys) if len(p) < 0x80),
+    bytes([0]) + signed(1, bytes.fromhex("03670110")) + signed(2, b"") + signed(70000, b"x" * 20),
 ])
 write("cayenne", [
     bytes.fromhex("03670110056700FF"),
