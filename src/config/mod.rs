@@ -483,6 +483,11 @@ pub struct HistoryConfig {
     #[serde(default = "default_history_every", with = "humantime_serde")]
     #[schemars(with = "String")]
     pub every: Duration,
+    /// How often kept points are written to `history.db` (default 10m); a power cut loses the
+    /// charts' unwritten points, never readings. Shorter wears an SD card more.
+    #[serde(default = "default_history_flush", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub flush: Duration,
 }
 
 fn default_reserve() -> ByteSize {
@@ -518,6 +523,9 @@ fn default_history_keep() -> Duration {
 fn default_history_every() -> Duration {
     Duration::from_secs(1)
 }
+fn default_history_flush() -> Duration {
+    Duration::from_secs(600)
+}
 
 impl Default for FeedConfig {
     fn default() -> Self {
@@ -542,6 +550,7 @@ impl Default for HistoryConfig {
         Self {
             keep: default_history_keep(),
             every: default_history_every(),
+            flush: default_history_flush(),
         }
     }
 }
@@ -952,6 +961,9 @@ impl Config {
         }
         if feed.history.every.is_zero() {
             push("feed.history.every", "must be longer than zero".into());
+        }
+        if feed.history.flush < Duration::from_secs(1) {
+            push("feed.history.flush", "must be at least 1s".into());
         }
         for (i, device) in self.devices.iter().enumerate() {
             let at = location(device);

@@ -1,0 +1,155 @@
+#!/usr/bin/env python3
+"""SD-card wear: bytes Cairn writes to the block layer per reading, fsyncs and CPU.
+
+    scripts/bench_wear.py [--seconds 120] [--config-extra YAML] [--label NAME]
+
+For 1, 10 and 100 readings per second (1 device at 1 s, 10 devices at 1 s, 10 devices at
+100 ms, three values each), with a broker up (every reading delivered and deleted) and with it
+down (the backlog grows), runs the release binary with its data folder on this machine's disk
+(not tmpfs) and reads, over a window after a warm-up:
+
+  - write_bytes of /proc/<pid>/io: what reached the block layer (what wears a card), per
+    reading and per day at that rate;
+  - fsync and fdatasync calls per second (strace -c, attached for the window);
+  - CPU seconds per hour (utime + stime of /proc/<pid>/stat).
+
+`--config-extra` is YAML appended to the `buffer:` section (e.g. "  commit_interval: 1s"),
+so that settings can be compared in one run. Needs mosquitto and strace.
+"""
+import argparse
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CAIRN = os.environ.get("CAIRN_BIN", os.path.join(ROOT, "target", "release", "cairn"))
+SCENARIOS = [(1, 1, "1s"), (10, 10, "1s"), (100, 10, "100ms")]
+WARM_UP = 10.0
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port):
+    for _ in range(500):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+            return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError(f"port {port} never opened")
+
+
+def config(data, port, devices, interval, extra):
+    devs = "".join(
+        f"  - name: dev{i}\n    type: sim\n    interval: {interval}\n    seed: {i}\n    values:\n"
+        f"      - name: temperature\n        decimals: 1\n        sine: {{mean: 20, amplitude: 5, period: 1h, noise: 0.2}}\n"
+        f"      - name: pump\n        toggle: {{period: 10m}}\n"
+        f"      - name: pulses\n        counter: {{}}\n"
+        for i in range(devices)
+    )
+    return (f"gateway:\n  id: wear\n  data_dir: {data}\n"
+            f"mqtt:\n  host: 127.0.0.1\n  port: {port}\n  reconnect_min: 1s\n  reconnect_max: 5s\n"
+            f"buffer:\n  synchronous: full\n{extra}"
+            f"feed:\n  listen: 127.0.0.1:0\n"
+            f"devices:\n{devs}")
+
+
+def proc_io(pid):
+    with open(f"/proc/{pid}/io") as f:
+        return {k: int(v) for k, v in (line.split(": ") for line in f)}
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def next_seq(config_path):
+    out = subprocess.run([CAIRN, "stats", "--config", config_path], capture_output=True, text=True)
+    for line in out.stdout.splitlines():
+        if line.startswith("next seq: "):
+            return int(line.split()[2])
+    raise RuntimeError(f"cairn stats said: {out.stdout} {out.stderr}")
+
+
+def run(rate, devices, interval, broker_up, seconds, extra):
+    work = tempfile.mkdtemp(prefix="wear-", dir=os.path.join(ROOT, "target"))
+    os.chmod(work, 0o777)
+    port = free_port()
+    broker = None
+    if broker_up:
+        conf = os.path.join(work, "mosquitto.conf")
+        with open(conf, "w") as f:
+            f.write(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
+        broker = subprocess.Popen(["mosquitto", "-c", conf], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        wait_port(port)
+    path = os.path.join(work, "cairn.yaml")
+    with open(path, "w") as f:
+        f.write(config(os.path.join(work, "data"), port, devices, interval, extra))
+    log = open(os.path.join(work, "cairn.log"), "wb")
+    cairn = subprocess.Popen([CAIRN, "run", "--config", path], stdout=log, stderr=log)
+    try:
+        time.sleep(WARM_UP)
+        seq0, io0, cpu0, t0 = next_seq(path), proc_io(cairn.pid), cpu_seconds(cairn.pid), time.monotonic()
+        strace = subprocess.Popen(["strace", "-f", "-c", "-e", "trace=fsync,fdatasync", "-p", str(cairn.pid)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        time.sleep(seconds)
+        strace.terminate()
+        syscalls = strace.communicate()[1]
+        seq1, io1, cpu1, t1 = next_seq(path), proc_io(cairn.pid), cpu_seconds(cairn.pid), time.monotonic()
+    finally:
+        cairn.terminate()
+        cairn.wait()
+        if broker:
+            broker.terminate()
+            broker.wait()
+    fsyncs = 0
+    for line in syscalls.splitlines():
+        parts = line.split()
+        if parts and parts[-1] in ("fsync", "fdatasync"):
+            fsyncs += int(parts[3] if len(parts) >= 6 else parts[2])
+    readings = max(seq1 - seq0, 1)
+    elapsed = t1 - t0
+    written = io1["write_bytes"] - io0["write_bytes"]
+    shutil.rmtree(work, ignore_errors=True)
+    return {
+        "rate": rate, "broker": "up" if broker_up else "down", "readings": readings,
+        "per_reading": written / readings, "per_day": written / elapsed * 86400,
+        "fsyncs": fsyncs / elapsed, "cpu_per_hour": (cpu1 - cpu0) / elapsed * 3600,
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=120)
+    parser.add_argument("--config-extra", default="")
+    parser.add_argument("--label", default="defaults")
+    args = parser.parse_args()
+    if not os.path.exists(CAIRN):
+        sys.exit("build the release binary first: cargo build --release")
+    extra = args.config_extra.replace("\\n", "\n")
+    if extra and not extra.endswith("\n"):
+        extra += "\n"
+    print(f"| settings | readings/s | broker | readings | bytes written per reading | per day | fsyncs/s | CPU s/hour |")
+    print("|---|---|---|---|---|---|---|---|")
+    for rate, devices, interval in SCENARIOS:
+        for up in (True, False):
+            r = run(rate, devices, interval, up, args.seconds, extra)
+            print(f"| {args.label} | {r['rate']} | {r['broker']} | {r['readings']:,} | "
+                  f"{r['per_reading']:,.0f} B | {r['per_day'] / 1e6:,.1f} MB | {r['fsyncs']:.1f} | "
+                  f"{r['cpu_per_hour']:.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
