@@ -168,17 +168,17 @@ fn a_reconnect_sends_only_what_changed() {
     // The link drops; the metadata the broker holds is still the same.
     proxy.cut();
     assert!(sub.wait_until(PATIENCE, |r| r.onlines() == 2));
-    // And after a restart too.
+    let reconnect = *proxy.per_connection().last().unwrap();
+    // And after a restart too. Its devices read again (their `limit` is per run), so only
+    // the metadata is compared: its bytes would race with the new readings.
     assert!(cairn.stop());
     cairn.restart();
     assert!(sub.wait_until(PATIENCE, |r| r.onlines() == 3));
-    let connections = proxy.per_connection();
-    let last = *connections.last().unwrap();
-    println!("5-device site: first connect {first:?} bytes (up, down), a reconnect {last:?}");
+    println!("5-device site: first connect {first:?} bytes (up, down), a reconnect {reconnect:?}");
     assert_eq!(sub.with(metas), 5, "no meta went again");
     assert!(
-        last.0 * 3 < first.0,
-        "the reconnect costs a fraction: {first:?} then {last:?}"
+        reconnect.0 * 3 < first.0,
+        "the reconnect costs a fraction: {first:?} then {reconnect:?}"
     );
 }
 
