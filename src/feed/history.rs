@@ -4,9 +4,10 @@
 //! It is apart from the outbox on purpose: it holds what was *read*, sent or not, and its
 //! failures (a full disk, a corrupt file) cost charts, never readings. Points wait in memory
 //! and are written every `flush` (10 min): one transaction then rewrites each page once,
-//! where writing every second rewrote the same pages 600 times, the largest share of what
-//! Cairn wrote to an SD card. A power cut costs the charts the unwritten minutes; queries see
-//! the waiting points too.
+//! where writing every second rewrote the same pages 600 times, a quarter to a half of what
+//! Cairn wrote to an SD card at 1-10 readings/s (README, Benchmarks). A power cut costs the
+//! charts the unwritten minutes; queries see the waiting points too. Memory: up to
+//! `flush / every` points per device (600 by default).
 
 use std::collections::HashMap;
 use std::path::Path;
