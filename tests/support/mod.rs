@@ -1,5 +1,6 @@
-//! Real peers for the end-to-end tests: a fresh `mosquitto` per test on an ephemeral port, an
-//! independent `mosquitto_sub` subscriber, and the `cairn` binary itself.
+//! Real peers for the end-to-end tests: a fresh broker per test on an ephemeral port (mosquitto,
+//! or RabbitMQ or NATS for interop: `broker.rs`), an independent `mosquitto_sub` subscriber,
+//! and the `cairn` binary itself.
 #![allow(dead_code, missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod broker;
