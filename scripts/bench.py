@@ -14,7 +14,8 @@ import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CAIRN = os.path.join(ROOT, "target", "release", "cairn")
+# CAIRN_BIN measures another build (a branch, an older release) with the same scenarios.
+CAIRN = os.environ.get("CAIRN_BIN", os.path.join(ROOT, "target", "release", "cairn"))
 
 
 def free_port():

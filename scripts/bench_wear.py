@@ -19,33 +19,16 @@ so that settings can be compared in one run. Needs mosquitto and strace.
 import argparse
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CAIRN = os.environ.get("CAIRN_BIN", os.path.join(ROOT, "target", "release", "cairn"))
+from bench import CAIRN, ROOT, free_port, wait_port
+from bench_modbus import cpu_seconds, next_seq
+
 SCENARIOS = [(1, 1, "1s"), (10, 10, "1s"), (100, 10, "100ms")]
 WARM_UP = 10.0
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port):
-    for _ in range(500):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-            return
-        except OSError:
-            time.sleep(0.02)
-    raise RuntimeError(f"port {port} never opened")
 
 
 def config(data, port, devices, interval, extra):
@@ -66,20 +49,6 @@ def config(data, port, devices, interval, extra):
 def proc_io(pid):
     with open(f"/proc/{pid}/io") as f:
         return {k: int(v) for k, v in (line.split(": ") for line in f)}
-
-
-def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
-
-
-def next_seq(config_path):
-    out = subprocess.run([CAIRN, "stats", "--config", config_path], capture_output=True, text=True)
-    for line in out.stdout.splitlines():
-        if line.startswith("next seq: "):
-            return int(line.split()[2])
-    raise RuntimeError(f"cairn stats said: {out.stdout} {out.stderr}")
 
 
 def run(rate, devices, interval, broker_up, seconds, extra):
