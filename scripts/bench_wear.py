@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """SD-card wear: bytes Cairn writes to the block layer per reading, fsyncs and CPU.
 
-    scripts/bench_wear.py [--seconds 120] [--config-extra YAML] [--label NAME]
+    scripts/bench_wear.py [--seconds 120] [--before BIN] [--variant LABEL=YAML ...]
 
 For 1, 10 and 100 readings per second (1 device at 1 s, 10 devices at 1 s, 10 devices at
 100 ms, three values each), with a broker up (every reading delivered and deleted) and with it
@@ -13,8 +13,10 @@ down (the backlog grows), runs the release binary with its data folder on this m
   - fsync and fdatasync calls per second (strace -c, attached for the window);
   - CPU seconds per hour (utime + stime of /proc/<pid>/stat).
 
-`--config-extra` is YAML appended to the `buffer:` section (e.g. "  commit_interval: 1s"),
-so that settings can be compared in one run. Needs mosquitto and strace.
+Every scenario runs each variant back to back, so that rows compare within one run: `now`
+(this build, defaults), `before` (`--before`: another build, e.g. of an earlier commit, with
+its defaults), and each `--variant LABEL=YAML`, this build with YAML appended to its
+`buffer:` section (e.g. "commit_interval: 1s"). Needs mosquitto and strace.
 """
 import argparse
 import os
@@ -41,7 +43,7 @@ def config(data, port, devices, interval, extra):
     )
     return (f"gateway:\n  id: wear\n  data_dir: {data}\n"
             f"mqtt:\n  host: 127.0.0.1\n  port: {port}\n  reconnect_min: 1s\n  reconnect_max: 5s\n"
-            f"buffer:\n  synchronous: full\n{extra}"
+            f"buffer:\n{'' if 'synchronous' in extra else '  synchronous: full' + chr(10)}{extra}"
             f"feed:\n  listen: 127.0.0.1:0\n"
             f"devices:\n{devs}")
 
@@ -51,7 +53,7 @@ def proc_io(pid):
         return {k: int(v) for k, v in (line.split(": ") for line in f)}
 
 
-def run(rate, devices, interval, broker_up, seconds, extra):
+def run(binary, rate, devices, interval, broker_up, seconds, extra):
     work = tempfile.mkdtemp(prefix="wear-", dir=os.path.join(ROOT, "target"))
     os.chmod(work, 0o777)
     port = free_port()
@@ -67,7 +69,7 @@ def run(rate, devices, interval, broker_up, seconds, extra):
     with open(path, "w") as f:
         f.write(config(os.path.join(work, "data"), port, devices, interval, extra))
     log = open(os.path.join(work, "cairn.log"), "wb")
-    cairn = subprocess.Popen([CAIRN, "run", "--config", path], stdout=log, stderr=log)
+    cairn = subprocess.Popen([binary, "run", "--config", path], stdout=log, stderr=log)
     try:
         time.sleep(WARM_UP)
         seq0, io0, cpu0, t0 = next_seq(path), proc_io(cairn.pid), cpu_seconds(cairn.pid), time.monotonic()
@@ -83,11 +85,12 @@ def run(rate, devices, interval, broker_up, seconds, extra):
         if broker:
             broker.terminate()
             broker.wait()
+    # strace -c columns: % time, seconds, usecs/call, calls, [errors,] syscall.
     fsyncs = 0
     for line in syscalls.splitlines():
         parts = line.split()
-        if parts and parts[-1] in ("fsync", "fdatasync"):
-            fsyncs += int(parts[3] if len(parts) >= 6 else parts[2])
+        if len(parts) >= 5 and parts[-1] in ("fsync", "fdatasync"):
+            fsyncs += int(parts[3])
     readings = max(seq1 - seq0, 1)
     elapsed = t1 - t0
     written = io1["write_bytes"] - io0["write_bytes"]
@@ -102,22 +105,31 @@ def run(rate, devices, interval, broker_up, seconds, extra):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=120)
-    parser.add_argument("--config-extra", default="")
-    parser.add_argument("--label", default="defaults")
+    parser.add_argument("--before", help="another cairn binary, run with its defaults")
+    parser.add_argument("--variant", action="append", default=[], metavar="LABEL=YAML")
+    parser.add_argument("--rates", default="1,10,100", help="which scenarios (readings/s)")
+    parser.add_argument("--broker", default="up,down", help="up, down or both")
     args = parser.parse_args()
     if not os.path.exists(CAIRN):
         sys.exit("build the release binary first: cargo build --release")
-    extra = args.config_extra.replace("\\n", "\n")
-    if extra and not extra.endswith("\n"):
-        extra += "\n"
-    print(f"| settings | readings/s | broker | readings | bytes written per reading | per day | fsyncs/s | CPU s/hour |")
+    variants = [("now", CAIRN, "")]
+    if args.before:
+        variants.insert(0, ("before", args.before, ""))
+    for v in args.variant:
+        label, _, extra = v.partition("=")
+        variants.append((label, CAIRN, "".join(f"  {line}\n" for line in extra.split("\\n"))))
+    rates = {int(r) for r in args.rates.split(",")}
+    print("| settings | readings/s | broker | readings | bytes written per reading | per day | fsyncs/s | CPU s/hour |")
     print("|---|---|---|---|---|---|---|---|")
     for rate, devices, interval in SCENARIOS:
-        for up in (True, False):
-            r = run(rate, devices, interval, up, args.seconds, extra)
-            print(f"| {args.label} | {r['rate']} | {r['broker']} | {r['readings']:,} | "
-                  f"{r['per_reading']:,.0f} B | {r['per_day'] / 1e6:,.1f} MB | {r['fsyncs']:.1f} | "
-                  f"{r['cpu_per_hour']:.1f} |", flush=True)
+        if rate not in rates:
+            continue
+        for up in [b == "up" for b in args.broker.split(",")]:
+            for label, binary, extra in variants:
+                r = run(binary, rate, devices, interval, up, args.seconds, extra)
+                print(f"| {label} | {r['rate']} | {r['broker']} | {r['readings']:,} | "
+                      f"{r['per_reading']:,.0f} B | {r['per_day'] / 1e6:,.1f} MB | {r['fsyncs']:.1f} | "
+                      f"{r['cpu_per_hour']:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -23,5 +23,6 @@ pub mod shutdown;
 pub mod store;
 pub mod supervisor;
 pub mod uplink;
+pub mod wear;
 
 pub use cairn_adapters::Reading;

@@ -226,6 +226,11 @@ fn the_api_answers_while_the_broker_is_unreachable() {
     assert_eq!(status["uplink"]["connected"], false);
     assert!(status["uplink"]["last_error"].is_string());
     assert!(status["backlog"]["oldest_age_s"].as_f64().unwrap() >= 0.0);
+    // The outbox and the history wrote something by now; a rate needs a minute of samples.
+    assert!(
+        status["disk"]["written_bytes"].as_u64().unwrap() > 0,
+        "{status}"
+    );
 
     let devices = api(addr, "/api/devices");
     assert_eq!(devices[0]["name"], "counter");
@@ -266,6 +271,7 @@ fn the_api_answers_while_the_broker_is_unreachable() {
         "cairn_uplink_connected 0",
         "cairn_device_online{device=\"counter\"} 1",
         "cairn_feed_clients 0",
+        "# TYPE cairn_disk_written_bytes_total counter",
     ] {
         assert!(metrics.contains(line), "{line} in\n{metrics}");
     }

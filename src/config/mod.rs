@@ -420,7 +420,9 @@ pub struct BufferConfig {
     /// SQLite durability (default `full`).
     #[serde(default = "default_synchronous")]
     pub synchronous: Synchronous,
-    /// Longest wait to gather readings into one transaction; a crash loses at most this much.
+    /// Longest a reading waits to be committed (default 10s); the writer commits sooner once
+    /// a transaction's worth has gathered, or an alarm came. Readings reach the live feed at
+    /// once, and the uplink once committed. A crash or power cut loses at most this much.
     #[serde(default = "default_commit_interval", with = "humantime_serde")]
     #[schemars(with = "String")]
     pub commit_interval: Duration,
@@ -600,7 +602,7 @@ fn default_synchronous() -> Synchronous {
     Synchronous::Full
 }
 fn default_commit_interval() -> Duration {
-    Duration::from_millis(10)
+    Duration::from_secs(10)
 }
 fn default_max_batch() -> usize {
     2000
@@ -925,6 +927,12 @@ impl Config {
         }
         if self.buffer.reserve.as_u64() < 64 * 1024 {
             push("buffer.reserve", "must be at least 64 KiB".into());
+        }
+        if self.buffer.commit_interval > Duration::from_secs(60) {
+            push(
+                "buffer.commit_interval",
+                "must be at most 1m: a crash or power cut loses what waits".into(),
+            );
         }
         if self.buffer.max_batch == 0 {
             push("buffer.max_batch", "must be at least 1".into());

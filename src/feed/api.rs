@@ -33,6 +33,7 @@ struct Samples {
     counts: VecDeque<(SystemTime, u64, u64, [u64; 3])>,
     oldest_unsent_ms: Option<i64>,
     lanes: [Depth; 3],
+    wear: crate::wear::Wear,
 }
 
 /// One lane as the API and metrics show it.
@@ -73,6 +74,7 @@ impl Rates {
             let oldest = store.oldest_unsent_ms().await.ok().flatten();
             let lanes = lanes::depths(&store, live_age).await.ok();
             let per_lane = Lane::ALL.map(|lane| delivered.get(lane));
+            let written = crate::wear::written_bytes().await;
             let mut samples = self.0.lock().unwrap_or_else(|p| p.into_inner());
             if samples.counts.len() == RATE_SAMPLES {
                 samples.counts.pop_front();
@@ -84,6 +86,9 @@ impl Rates {
                 per_lane,
             ));
             samples.oldest_unsent_ms = oldest;
+            if let Some(written) = written {
+                samples.wear.record(tokio::time::Instant::now(), written);
+            }
             if let Some(lanes) = lanes {
                 samples.lanes = lanes.map(|(_, depth)| depth);
             }
@@ -96,6 +101,12 @@ impl Rates {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .oldest_unsent_ms
+    }
+
+    /// Bytes written to storage since start, and per day over the last day.
+    pub fn wear(&self) -> (Option<u64>, Option<f64>) {
+        let samples = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        (samples.wear.written(), samples.wear.per_day())
     }
 
     /// (readings in, readings published) per second.
@@ -213,6 +224,7 @@ pub async fn status(_: Authorized, State(state): State<AppState>) -> Json<serde_
     let waiting = state.link.waiting();
     let now = SystemTime::now();
     let (readings_per_s, published_per_s) = state.rates.per_second();
+    let (written, written_per_day) = state.rates.wear();
     let dropped: serde_json::Map<String, serde_json::Value> = stats
         .dropped
         .iter()
@@ -246,6 +258,10 @@ pub async fn status(_: Authorized, State(state): State<AppState>) -> Json<serde_
             "oldest_age_s": oldest.map(|ms| (unix_millis(now) - ms).max(0) as f64 / 1000.0),
         },
         "lanes": lanes_json(&state.rates.lanes(), now),
+        "disk": {
+            "written_bytes": written,
+            "written_per_day": written_per_day.map(|b| b.round()),
+        },
         "dropped": dropped,
         "accepted": stats.accepted,
         "delivered": stats.delivered,

@@ -339,6 +339,25 @@ pub async fn metrics(_: Authorized, State(state): State<AppState>) -> impl IntoR
         .duration_since(state.started)
         .unwrap_or_default()
         .as_secs_f64();
+    let (written, per_day) = state.rates.wear();
+    if let Some(written) = written {
+        family(
+            &mut out,
+            "cairn_disk_written_bytes_total",
+            "counter",
+            "Bytes Cairn wrote to storage since start (write_bytes of /proc/self/io): what wears an SD card.",
+            &one(written as f64),
+        );
+    }
+    if let Some(per_day) = per_day {
+        family(
+            &mut out,
+            "cairn_disk_written_bytes_per_day",
+            "gauge",
+            "Bytes written to storage per day, over the last day.",
+            &one(per_day.round()),
+        );
+    }
     family(
         &mut out,
         "cairn_uptime_seconds",

@@ -57,6 +57,10 @@ pub struct Writer {
     /// Rows the limits dropped lately, and why: one of them may have been in flight, and
     /// its acknowledgement still come.
     recent_drops: BTreeMap<i64, DropReason>,
+    /// The meta table's values as this writer last wrote them.
+    saved: BTreeMap<String, i64>,
+    /// The outbox's page size (4 KiB in files made before it was 1 KiB).
+    page_size: u64,
 }
 
 /// Dropped rows remembered for acknowledgements that come after the drop: more than any
@@ -66,10 +70,40 @@ const RECENT_DROPS: usize = 100_000;
 /// How often an idle writer still shows it is alive.
 const PULSE_EVERY: Duration = Duration::from_secs(1);
 
+/// A reading the writer took: already on the live bus, under the `seq` it is committed with.
+struct Accepted {
+    record: Arc<Record>,
+    payload: Vec<u8>,
+    size: u64,
+    /// The reading's `provisional` clock correction (`Reading::provisional`).
+    provisional: Option<i64>,
+    /// The clock correction `record.ts_ms` carries.
+    correction: i64,
+}
+
+/// Row bytes that make a transaction worth committing before `commit_interval` is up: a
+/// commit costs about one page of WAL whatever it holds, so past a few pages of rows waiting
+/// longer saves little (see `scripts/bench_wear.py`).
+const ENOUGH_BYTES: u64 = 8 * 1024;
+
+/// Acknowledgements that make a transaction worth committing at once (a backlog draining).
+const ENOUGH_ACKS: usize = 20_000;
+
 /// What one transaction will do.
 #[derive(Default)]
 struct Batch {
-    readings: Vec<Reading>,
+    accepted: Vec<Accepted>,
+    /// Row bytes of `accepted`.
+    bytes: u64,
+    /// Readings refused by `drop_newest` (`buffer_full`) and at the disk's reserve.
+    refused: u64,
+    no_room: u64,
+    /// Whether the disk was at its reserve when the batch took its first reading.
+    disk_full: Option<bool>,
+    /// An alarm is waiting: commit at once.
+    urgent: bool,
+    /// When the first thing came that this batch will commit.
+    opened: Option<Instant>,
     acks: Vec<i64>,
     given_up: Vec<(Vec<i64>, DropReason)>,
     counters: BTreeMap<String, i64>,
@@ -78,7 +112,9 @@ struct Batch {
 
 impl Batch {
     fn is_empty(&self) -> bool {
-        self.readings.is_empty()
+        self.accepted.is_empty()
+            && self.refused == 0
+            && self.no_room == 0
             && self.acks.is_empty()
             && self.given_up.is_empty()
             && self.counters.is_empty()
@@ -92,12 +128,22 @@ impl Batch {
             Done::Counters(counters) => self.counters.extend(counters),
         }
     }
+
+    /// Whether to commit now rather than gather more: the interval is up, an alarm waits, or
+    /// enough has gathered that waiting would save next to nothing.
+    fn due(&self, interval: Duration, max_batch: usize) -> bool {
+        self.urgent
+            || self.accepted.len() >= max_batch
+            || self.bytes >= ENOUGH_BYTES
+            || self.acks.len() >= ENOUGH_ACKS
+            || self.opened.is_some_and(|at| at.elapsed() >= interval)
+    }
 }
 
 impl Writer {
     pub(super) fn new(
         path: PathBuf,
-        conn: SqliteConnection,
+        (conn, page_size): (SqliteConnection, u64),
         config: &BufferConfig,
         state: State,
         (committed, alarms, timeline): (watch::Sender<i64>, watch::Sender<i64>, Timeline),
@@ -128,6 +174,8 @@ impl Writer {
             pulse: Pulse::new(),
             applied: clock.correction(),
             recent_drops: BTreeMap::new(),
+            saved: BTreeMap::new(),
+            page_size,
             clock,
         }
     }
@@ -139,6 +187,11 @@ impl Writer {
 
     /// Commits readings and acknowledgements until the reading channel is closed *and* every
     /// [`super::Acker`] is gone, so that shutdown still records the uplink's last acks.
+    ///
+    /// A reading goes on the live bus when it arrives; the transaction that makes it durable
+    /// follows within `commit_interval`, sooner when enough has gathered or an alarm came. A
+    /// commit costs about a page of WAL whatever it holds, so at site rates this is what
+    /// spares the card; acknowledgements wait for the same transaction.
     pub async fn run(
         mut self,
         mut readings: mpsc::Receiver<Reading>,
@@ -153,9 +206,10 @@ impl Writer {
         self.disk.hold().await;
         while readings_open || acks_open {
             self.pulse.beat();
+            let deadline = batch.opened.map(|at| at + self.commit_interval);
             tokio::select! {
                 reading = readings.recv(), if readings_open => match reading {
-                    Some(reading) => batch.readings.push(reading),
+                    Some(reading) => self.accept(&mut batch, reading, &live).await,
                     None => readings_open = false,
                 },
                 done = self.acks.recv(), if acks_open => match done {
@@ -167,9 +221,14 @@ impl Writer {
                     self.disk.hold().await;
                     self.checkpoint_if_large().await;
                 }
+                () = sleep_until_some(deadline) => {}
             }
-            if !batch.readings.is_empty() && readings_open {
-                readings_open = self.gather(&mut readings, &mut batch.readings).await;
+            while readings_open && batch.accepted.len() < self.max_batch {
+                match readings.try_recv() {
+                    Ok(reading) => self.accept(&mut batch, reading, &live).await,
+                    Err(mpsc::error::TryRecvError::Disconnected) => readings_open = false,
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                }
             }
             while let Ok(done) = self.acks.try_recv() {
                 batch.take(done);
@@ -177,41 +236,73 @@ impl Writer {
             if batch.is_empty() {
                 continue;
             }
-            let committed = self.commit_retrying(&mut batch).await;
-            batch = Batch::default();
-            for record in committed {
-                live.publish(LiveEvent::Reading(record));
+            batch.opened.get_or_insert_with(Instant::now);
+            let closing = !readings_open || !acks_open;
+            if !closing && !batch.due(self.commit_interval, self.max_batch) {
+                continue;
             }
+            self.commit_retrying(&mut batch).await;
+            batch = Batch::default();
         }
         info!(path = %self.path.display(), backlog = self.stats.backlog, "Outbox closed");
         Ok(())
     }
 
-    /// Collects more readings for the current transaction: whatever is queued at once, then
-    /// whatever arrives within `commit_interval`, up to `max_batch`. Returns whether the channel
-    /// is still open.
-    async fn gather(
-        &self,
-        readings: &mut mpsc::Receiver<Reading>,
-        batch: &mut Vec<Reading>,
-    ) -> bool {
-        let deadline = Instant::now() + self.commit_interval;
-        while batch.len() < self.max_batch {
-            match readings.try_recv() {
-                Ok(reading) => batch.push(reading),
-                Err(mpsc::error::TryRecvError::Disconnected) => return false,
-                Err(mpsc::error::TryRecvError::Empty) => {
-                    tokio::select! {
-                        reading = readings.recv() => match reading {
-                            Some(reading) => batch.push(reading),
-                            None => return false,
-                        },
-                        () = tokio::time::sleep_until(deadline) => return true,
-                    }
-                }
+    /// Takes `reading` into `batch` under the next `seq` and shows it on the live bus, or
+    /// refuses and counts it (`drop_newest` at `max_bytes`, or the disk at its reserve).
+    async fn accept(&mut self, batch: &mut Batch, reading: Reading, live: &LiveBus) {
+        let disk_full = match batch.disk_full {
+            Some(full) => full,
+            None => *batch.disk_full.insert(self.disk_full().await),
+        };
+        if disk_full {
+            batch.no_room += 1;
+            return;
+        }
+        let payload = row::encode(&reading.values);
+        let size = row_bytes(&reading.device, payload.len());
+        // An alarm is never refused: older readings of normal priority make room for it.
+        // Acknowledgements waiting in the batch are not counted as room yet.
+        if self.when_full == WhenFull::DropNewest
+            && reading.priority == Priority::Normal
+            && self.state.bytes + batch.bytes + size > self.max_bytes
+        {
+            batch.refused += 1;
+            return;
+        }
+        // A reading taken while the clock was not known good gets the steps seen since.
+        let correction = self.clock.correction();
+        let ts_ms = unix_millis(reading.ts) + reading.provisional.map_or(0, |c| correction - c);
+        let record = Arc::new(Record {
+            seq: self.state.next_seq + batch.accepted.len() as i64,
+            device: reading.device,
+            ts_ms,
+            values: reading.values,
+            priority: reading.priority,
+            unsynced: reading.provisional.is_some() && !self.clock.known(),
+        });
+        batch.urgent |= record.priority == Priority::Alarm;
+        batch.bytes += size;
+        live.publish(LiveEvent::Reading(record.clone()));
+        batch.accepted.push(Accepted {
+            record,
+            payload,
+            size,
+            provisional: reading.provisional,
+            correction,
+        });
+    }
+
+    /// Whether new readings must be refused for the disk's reserve (see [`disk_full`]); a
+    /// disk that cannot be asked is taken as having room.
+    async fn disk_full(&mut self) -> bool {
+        match disk_full(&mut self.conn, &mut self.disk, &self.wal, self.page_size).await {
+            Ok(full) => full,
+            Err(e) => {
+                debug!(error = %e, "Cannot size the free pages of the outbox");
+                false
             }
         }
-        true
     }
 
     /// Checkpoints the WAL into the database and truncates it once it is past its limit, or
@@ -233,28 +324,32 @@ impl Writer {
     /// Commits `batch`, retrying with backoff while SQLite refuses (disk full, I/O error); while
     /// it retries, the bounded reading channel fills and slows the adapters down, and nothing
     /// already committed is touched.
-    async fn commit_retrying(&mut self, batch: &mut Batch) -> Vec<Arc<Record>> {
+    async fn commit_retrying(&mut self, batch: &mut Batch) {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         loop {
             let outcome = self.commit(batch).await;
             // A failing disk is a state the writer handles, not a hang.
             self.pulse.beat();
-            match outcome {
-                Ok(records) => return records,
-                Err(e) => {
-                    let retry_in = backoff.next_delay();
-                    error!(
-                        path = %self.path.display(),
-                        error = %e,
-                        readings = batch.readings.len(),
-                        retry_in = %humantime::format_duration(retry_in),
-                        "Outbox write failed; holding the readings and retrying"
-                    );
-                    self.disk.release().await;
-                    tokio::time::sleep(retry_in).await;
-                    self.reopen().await;
-                    self.free_room(batch).await;
-                }
+            let Err(e) = outcome else { return };
+            let retry_in = backoff.next_delay();
+            error!(
+                path = %self.path.display(),
+                error = %e,
+                readings = batch.accepted.len(),
+                retry_in = %humantime::format_duration(retry_in),
+                "Outbox write failed; holding the readings and retrying"
+            );
+            self.disk.release().await;
+            tokio::time::sleep(retry_in).await;
+            self.reopen().await;
+            self.free_room(batch).await;
+            // At the reserve the held readings are refused after all, so that the writer
+            // goes on deleting and counting. The live bus showed them under seqs that the
+            // next readings take again: never committed, those seqs never left the gateway.
+            if !batch.accepted.is_empty() && self.disk_full().await {
+                batch.no_room += batch.accepted.len() as u64;
+                batch.accepted.clear();
+                batch.bytes = 0;
             }
         }
     }
@@ -284,7 +379,7 @@ impl Writer {
         while let Ok(done) = self.acks.try_recv() {
             batch.take(done);
         }
-        if (batch.acks.is_empty() && batch.given_up.is_empty()) || batch.readings.is_empty() {
+        if (batch.acks.is_empty() && batch.given_up.is_empty()) || batch.accepted.is_empty() {
             return;
         }
         let mut acks_only = Batch {
@@ -299,7 +394,7 @@ impl Writer {
     }
 
     /// One transaction: acks, age limit, then the new readings and the size limit.
-    async fn commit(&mut self, batch: &mut Batch) -> Result<Vec<Arc<Record>>, sqlx::Error> {
+    async fn commit(&mut self, batch: &mut Batch) -> Result<(), sqlx::Error> {
         let mut stats = self.stats.clone();
         let mut state = self.state.clone();
         let mut tx = self.conn.begin().await?;
@@ -349,57 +444,35 @@ impl Writer {
             record_drop(&mut state, &freed, DropReason::MaxAge, &mut dropped_now);
         }
 
-        let mut records = Vec::with_capacity(batch.readings.len());
-        let mut refused = 0;
-        let mut rows = Vec::with_capacity(batch.readings.len());
-        // At the disk's reserve nothing new goes in; what is committed stays, and deletes go on.
-        let disk_full =
-            !batch.readings.is_empty() && disk_full(&mut tx, &mut self.disk, &self.wal).await?;
-        let no_room = if disk_full { batch.readings.len() } else { 0 };
-        for reading in batch.readings.iter().skip(no_room) {
-            let payload = row::encode(&reading.values);
-            let size = row_bytes(&reading.device, payload.len());
-            // An alarm is never refused: older readings of normal priority make room for it.
-            if self.when_full == WhenFull::DropNewest
-                && reading.priority == Priority::Normal
-                && state.bytes + size > self.max_bytes
-            {
-                refused += 1;
-                continue;
-            }
-            // A reading taken while the clock was not known good gets the steps seen since.
-            let ts_ms = unix_millis(reading.ts) + reading.provisional.map_or(0, |c| correction - c);
-            let provisional = reading.provisional.is_some() && !known;
+        let mut rows = Vec::with_capacity(batch.accepted.len());
+        for accepted in &batch.accepted {
+            let record = &accepted.record;
+            debug_assert_eq!(record.seq, state.next_seq);
+            // The clock may have stepped since the reading was taken.
+            let ts_ms = record.ts_ms
+                + accepted
+                    .provisional
+                    .map_or(0, |_| correction - accepted.correction);
+            let provisional = accepted.provisional.is_some() && !known;
             state.provisional |= provisional;
-            records.push(Arc::new(Record {
-                seq: state.next_seq,
-                device: reading.device.clone(),
-                ts_ms,
-                values: reading.values.clone(),
-                priority: reading.priority,
-                unsynced: provisional,
-            }));
-            rows.push(payload);
-            state.next_seq += 1;
+            rows.push((record, ts_ms, provisional, &accepted.payload[..]));
+            state.next_seq = record.seq + 1;
             state.rows += 1;
-            state.bytes += size;
+            state.bytes += accepted.size;
         }
-        state
-            .dropped
-            .entry(DropReason::BufferFull)
-            .and_modify(|n| *n += refused);
-        *state.dropped.entry(DropReason::DiskFull).or_default() += no_room as u64;
-        for (chunk, payloads) in records.chunks(CHUNK).zip(rows.chunks(CHUNK)) {
+        *state.dropped.entry(DropReason::BufferFull).or_default() += batch.refused;
+        *state.dropped.entry(DropReason::DiskFull).or_default() += batch.no_room;
+        for chunk in rows.chunks(CHUNK) {
             let mut insert = QueryBuilder::new(
                 "INSERT INTO outbox (seq, device, ts_ms, payload, priority, clock) ",
             );
-            insert.push_values(chunk.iter().zip(payloads), |mut row, (record, payload)| {
+            insert.push_values(chunk, |mut row, (record, ts_ms, provisional, payload)| {
                 row.push_bind(record.seq)
                     .push_bind(&*record.device)
-                    .push_bind(record.ts_ms)
-                    .push_bind(&payload[..])
+                    .push_bind(*ts_ms)
+                    .push_bind(*payload)
                     .push_bind(i64::from(record.priority == Priority::Alarm))
-                    .push_bind(i64::from(record.unsynced));
+                    .push_bind(i64::from(*provisional));
             });
             insert
                 .build()
@@ -420,8 +493,15 @@ impl Writer {
             record_drop(&mut state, &freed, DropReason::MaxBytes, &mut dropped_now);
         }
 
-        let mut meta = QueryBuilder::new("INSERT INTO meta (key, value) ");
-        let entries: Vec<(String, i64)> = std::iter::once(("next_seq".to_string(), state.next_seq))
+        // The meta page is written only when something in it changed: it would be a second
+        // page of WAL in every commit. `next_seq` needs saving only when the newest seq given
+        // out is no longer a row (deleted, or dropped), for the table's largest seq tells it.
+        let newest: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM outbox")
+            .fetch_one(&mut *tx)
+            .await?;
+        let entries: Vec<(String, i64)> = (newest != Some(state.next_seq - 1))
+            .then(|| ("next_seq".to_string(), state.next_seq))
+            .into_iter()
             .chain(
                 state
                     .dropped
@@ -435,14 +515,19 @@ impl Writer {
                     .provisional
                     .then(|| ("clock_offset".to_string(), self.clock.offset())),
             )
+            .filter(|(key, value)| self.saved.get(key) != Some(value))
             .collect();
-        meta.push_values(&entries, |mut row, (key, value)| {
-            row.push_bind(key).push_bind(*value);
-        });
-        meta.push(" ON CONFLICT (key) DO UPDATE SET value = excluded.value");
-        meta.build().execute(&mut *tx).await?;
+        if !entries.is_empty() {
+            let mut meta = QueryBuilder::new("INSERT INTO meta (key, value) ");
+            meta.push_values(&entries, |mut row, (key, value)| {
+                row.push_bind(key).push_bind(*value);
+            });
+            meta.push(" ON CONFLICT (key) DO UPDATE SET value = excluded.value");
+            meta.build().execute(&mut *tx).await?;
+        }
         tx.commit().await?;
-        self.disk.refused(no_room as u64);
+        self.saved.extend(entries);
+        self.disk.refused(batch.no_room);
         for (seq, _) in &late {
             self.recent_drops.remove(seq);
         }
@@ -476,7 +561,7 @@ impl Writer {
         if batch.check_age {
             debug!(backlog = state.rows, "Age limit checked");
         }
-        stats.accepted += records.len() as u64;
+        stats.accepted += batch.accepted.len() as u64;
         stats.backlog = state.rows;
         stats.bytes = state.bytes;
         stats.next_seq = state.next_seq;
@@ -485,14 +570,19 @@ impl Writer {
         self.applied = correction;
         self.stats = stats.clone();
         self.stats_tx.send_replace(stats);
-        if let Some(alarm) = records.iter().rev().find(|r| r.priority == Priority::Alarm) {
-            self.alarms.send_replace(alarm.seq);
+        if let Some(alarm) = batch
+            .accepted
+            .iter()
+            .rev()
+            .find(|a| a.record.priority == Priority::Alarm)
+        {
+            self.alarms.send_replace(alarm.record.seq);
         }
-        if !records.is_empty() {
+        if !batch.accepted.is_empty() {
             self.timeline.committed(self.state.next_seq - 1);
             self.committed.send_replace(self.state.next_seq - 1);
         }
-        Ok(records)
+        Ok(())
     }
 }
 
@@ -530,9 +620,10 @@ pub(super) async fn correct_provisional(
 /// room too, though the file does not shrink; and the WAL's share (`wal`: its file and limit)
 /// is kept for it, so that a checkpoint does not make room that its next growth takes back.
 async fn disk_full(
-    tx: &mut SqliteConnection,
+    conn: &mut SqliteConnection,
     disk: &mut Disk,
     (wal, limit): &(PathBuf, u64),
+    page_size: u64,
 ) -> Result<bool, sqlx::Error> {
     // A filesystem that cannot say how full it is is taken as having room.
     let Some(free) = disk.free() else {
@@ -540,14 +631,22 @@ async fn disk_full(
     };
     let reusable = if disk.near(free, *limit) {
         let pages: i64 = sqlx::query_scalar("PRAGMA freelist_count")
-            .fetch_one(&mut *tx)
+            .fetch_one(&mut *conn)
             .await?;
         let wal_now = tokio::fs::metadata(wal).await.map_or(0, |m| m.len());
-        u64::try_from(pages).unwrap_or(0) * 4096 + wal_now
+        u64::try_from(pages).unwrap_or(0) * page_size + wal_now
     } else {
         *limit
     };
     Ok(disk.refusing(free, reusable, *limit))
+}
+
+/// Waits for `deadline`, or forever when there is none.
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Counts what the limits freed as dropped for `reason`, and notes its rows in `noted`.

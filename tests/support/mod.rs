@@ -447,12 +447,17 @@ impl Cairn {
     }
 
     /// [`Cairn::start`] without the start, for a test that prepares the data folder first;
-    /// [`Cairn::restart`] then starts it.
+    /// [`Cairn::restart`] then starts it. A config without a `buffer:` section commits every
+    /// 5 ms, so that a test not about the outbox sees its readings upstream at once (the
+    /// default interval is the card's, seconds long).
     pub fn prepare(config: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut config = config.replace("{data}", &dir.path().join("data").display().to_string());
         if !config.lines().any(|l| l.starts_with("feed:")) {
             config.push_str("\nfeed: {listen: '127.0.0.1:0'}\n");
+        }
+        if !config.lines().any(|l| l.starts_with("buffer:")) {
+            config.push_str("\nbuffer: {commit_interval: 5ms}\n");
         }
         std::fs::write(dir.path().join("cairn.yaml"), config).unwrap();
         Self {

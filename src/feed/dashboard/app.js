@@ -180,6 +180,10 @@ async function refresh() {
       + (status.budget && status.budget.step !== "open" ? " · budget: " + status.budget.step.replace("_", " ") : "");
     $("backlog").textContent = status.backlog.readings + " readings, " + (status.backlog.bytes / 1024).toFixed(1) + " KiB";
     $("oldest").textContent = status.backlog.oldest_unsent ? ago(status.backlog.oldest_unsent) : "none";
+    // What wears the SD card: bytes that reached the disk, per day over the last day.
+    const mb = (b) => (b / 1e6).toFixed(1) + " MB";
+    $("wear").textContent = status.disk.written_bytes == null ? "not counted by this kernel"
+      : (status.disk.written_per_day == null ? "measuring" : mb(status.disk.written_per_day) + " a day") + " · " + mb(status.disk.written_bytes) + " since start";
     // Each lane: its depth, and when it drains, how fast and how long it will take.
     $("lanes").textContent = Object.entries(status.lanes).map(([name, lane]) =>
       name + " " + lane.readings + (lane.eta_s != null ? " (" + lane.drain_per_s.toFixed(1) + "/s, empty in " + Math.round(lane.eta_s) + " s)" : "")
