@@ -11,7 +11,8 @@ down (the backlog grows), runs the release binary with its data folder on this m
   - write_bytes of /proc/<pid>/io: what reached the block layer (what wears a card), per
     reading and per day at that rate;
   - fsync and fdatasync calls per second (strace -c, attached for the window);
-  - CPU seconds per hour (utime + stime of /proc/<pid>/stat).
+  - CPU seconds per hour (utime + stime of /proc/<pid>/stat);
+  - the bytes Cairn logged, apart (its log goes to tmpfs: on a Pi, journald writes it).
 
 Every scenario runs each variant back to back, so that rows compare within one run: `now`
 (this build, defaults), `before` (`--before`: another build, e.g. of an earlier commit, with
@@ -68,17 +69,21 @@ def run(binary, rate, devices, interval, broker_up, seconds, extra):
     path = os.path.join(work, "cairn.yaml")
     with open(path, "w") as f:
         f.write(config(os.path.join(work, "data"), port, devices, interval, extra))
-    log = open(os.path.join(work, "cairn.log"), "wb")
+    # The log goes to tmpfs and is counted apart: on a Pi, journald writes it, not Cairn.
+    log_path = os.path.join("/dev/shm", os.path.basename(work) + ".log")
+    log = open(log_path, "wb")
     cairn = subprocess.Popen([binary, "run", "--config", path], stdout=log, stderr=log)
     try:
         time.sleep(WARM_UP)
         seq0, io0, cpu0, t0 = next_seq(path), proc_io(cairn.pid), cpu_seconds(cairn.pid), time.monotonic()
+        log0 = os.path.getsize(log_path)
         strace = subprocess.Popen(["strace", "-f", "-c", "-e", "trace=fsync,fdatasync", "-p", str(cairn.pid)],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         time.sleep(seconds)
         strace.terminate()
         syscalls = strace.communicate()[1]
         seq1, io1, cpu1, t1 = next_seq(path), proc_io(cairn.pid), cpu_seconds(cairn.pid), time.monotonic()
+        logged = os.path.getsize(log_path) - log0
     finally:
         cairn.terminate()
         cairn.wait()
@@ -95,10 +100,12 @@ def run(binary, rate, devices, interval, broker_up, seconds, extra):
     elapsed = t1 - t0
     written = io1["write_bytes"] - io0["write_bytes"]
     shutil.rmtree(work, ignore_errors=True)
+    os.remove(log_path)
     return {
         "rate": rate, "broker": "up" if broker_up else "down", "readings": readings,
         "per_reading": written / readings, "per_day": written / elapsed * 86400,
         "fsyncs": fsyncs / elapsed, "cpu_per_hour": (cpu1 - cpu0) / elapsed * 3600,
+        "log_per_reading": logged / readings,
     }
 
 
@@ -119,8 +126,8 @@ def main():
         label, _, extra = v.partition("=")
         variants.append((label, CAIRN, "".join(f"  {line}\n" for line in extra.split("\\n"))))
     rates = {int(r) for r in args.rates.split(",")}
-    print("| settings | readings/s | broker | readings | bytes written per reading | per day | fsyncs/s | CPU s/hour |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| settings | readings/s | broker | readings | bytes written per reading | per day | fsyncs/s | CPU s/hour | log per reading |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for rate, devices, interval in SCENARIOS:
         if rate not in rates:
             continue
@@ -129,7 +136,7 @@ def main():
                 r = run(binary, rate, devices, interval, up, args.seconds, extra)
                 print(f"| {label} | {r['rate']} | {r['broker']} | {r['readings']:,} | "
                       f"{r['per_reading']:,.0f} B | {r['per_day'] / 1e6:,.1f} MB | {r['fsyncs']:.1f} | "
-                      f"{r['cpu_per_hour']:.1f} |", flush=True)
+                      f"{r['cpu_per_hour']:.1f} | {r['log_per_reading']:,.0f} B |", flush=True)
 
 
 if __name__ == "__main__":
