@@ -31,6 +31,14 @@ struct Running {
     task: tokio::task::JoinHandle<Result<(), StoreError>>,
 }
 
+/// The defaults, but committing at once: these tests are about what is committed, not when.
+fn test_config() -> BufferConfig {
+    BufferConfig {
+        commit_interval: Duration::from_millis(5),
+        ..BufferConfig::default()
+    }
+}
+
 async fn start(path: &Path, config: &BufferConfig) -> Running {
     let now = crate::pipeline::unix_millis(SystemTime::now());
     start_with(path, config, Clock::reading(now)).await
@@ -80,7 +88,7 @@ impl Running {
 async fn matches_a_model_through_acks_and_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("outbox.db");
-    let config = BufferConfig::default();
+    let config = test_config();
     let mut rng = fastrand::Rng::with_seed(42);
     // The model: seq -> (device, n) of every unsent reading.
     let mut model: BTreeMap<i64, (String, i64)> = BTreeMap::new();
@@ -162,7 +170,7 @@ async fn fill(config: BufferConfig, readings: i64) -> (Stats, Vec<Record>) {
 async fn drop_oldest_keeps_the_newest_within_max_bytes() {
     let config = BufferConfig {
         max_bytes: ByteSize::kib(64),
-        ..BufferConfig::default()
+        ..test_config()
     };
     let (stats, unsent) = fill(config, 5000).await;
     let dropped = stats.dropped[&DropReason::MaxBytes];
@@ -178,7 +186,7 @@ async fn a_row_dropped_in_flight_then_acknowledged_counts_as_delivered() {
     let dir = tempfile::tempdir().unwrap();
     let config = BufferConfig {
         max_bytes: ByteSize::kib(64),
-        ..BufferConfig::default()
+        ..test_config()
     };
     let running = start(&dir.path().join("o.db"), &config).await;
     for n in 0..5000 {
@@ -206,7 +214,7 @@ async fn drop_newest_keeps_the_oldest_within_max_bytes() {
     let config = BufferConfig {
         max_bytes: ByteSize::kib(64),
         when_full: crate::config::WhenFull::DropNewest,
-        ..BufferConfig::default()
+        ..test_config()
     };
     let (stats, unsent) = fill(config, 5000).await;
     let refused = stats.dropped[&DropReason::BufferFull];
@@ -222,7 +230,7 @@ async fn max_age_drops_old_readings_and_counts_them() {
     let dir = tempfile::tempdir().unwrap();
     let config = BufferConfig {
         max_age: Some(Duration::from_secs(3600)),
-        ..BufferConfig::default()
+        ..test_config()
     };
     let running = start(&dir.path().join("o.db"), &config).await;
     let mut old = reading("dev", 1);
@@ -247,7 +255,7 @@ async fn readings_of_an_unknown_clock_are_flagged_after_a_reboot_and_never_aged(
     let path = dir.path().join("o.db");
     let config = BufferConfig {
         max_age: Some(Duration::from_secs(3600)),
-        ..BufferConfig::default()
+        ..test_config()
     };
     // Taken in 1970, before the clock was set: provisional.
     let running = start_with(&path, &config, Clock::reading(5_000)).await;
@@ -288,7 +296,7 @@ async fn device_state_survives_a_restart_beside_the_outbox() {
     use cairn_adapters::StateStore;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("outbox.db");
-    let config = BufferConfig::default();
+    let config = test_config();
     let store = start(&path, &config).await;
     let state = DeviceState::open(&path, &config).await.unwrap();
     assert_eq!(state.load("node", "fcnt").await.unwrap(), None);
@@ -315,7 +323,7 @@ async fn device_state_survives_a_restart_beside_the_outbox() {
 async fn rows_given_up_are_deleted_and_counted() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("o.db");
-    let running = start(&path, &BufferConfig::default()).await;
+    let running = start(&path, &test_config()).await;
     for n in 0..3 {
         running.tx.send(reading("dev", n)).await.unwrap();
     }
@@ -332,10 +340,9 @@ async fn an_outbox_of_schema_2_keeps_its_rows_and_a_newer_one_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("o.db");
     // The tables and a row exactly as schema 2 wrote them: the JSON payload of the day.
-    let mut conn =
-        SqliteConnection::connect_with(&connect_options(&path, &BufferConfig::default()))
-            .await
-            .unwrap();
+    let mut conn = SqliteConnection::connect_with(&connect_options(&path, &test_config()))
+        .await
+        .unwrap();
     sqlx::raw_sql(
         r#"CREATE TABLE outbox (seq INTEGER PRIMARY KEY, device TEXT NOT NULL, ts_ms INTEGER NOT NULL, payload BLOB NOT NULL);
            CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
@@ -348,7 +355,7 @@ async fn an_outbox_of_schema_2_keeps_its_rows_and_a_newer_one_is_refused() {
     .await
     .unwrap();
     conn.close().await.unwrap();
-    let running = start(&path, &BufferConfig::default()).await;
+    let running = start(&path, &test_config()).await;
     running.tx.send(reading("mast", 1)).await.unwrap();
     running.committed(8).await;
     let unsent = running.all_unsent().await;
@@ -357,16 +364,15 @@ async fn an_outbox_of_schema_2_keeps_its_rows_and_a_newer_one_is_refused() {
     assert_eq!(unsent[1].values, [(Arc::from("n"), Value::Int(1))]);
     running.stop().await;
 
-    let mut conn =
-        SqliteConnection::connect_with(&connect_options(&path, &BufferConfig::default()))
-            .await
-            .unwrap();
+    let mut conn = SqliteConnection::connect_with(&connect_options(&path, &test_config()))
+        .await
+        .unwrap();
     sqlx::raw_sql("PRAGMA user_version = 99;")
         .execute(&mut conn)
         .await
         .unwrap();
     conn.close().await.unwrap();
-    let error = open(&path, &BufferConfig::default(), Arc::new(Clock::reading(0)))
+    let error = open(&path, &test_config(), Arc::new(Clock::reading(0)))
         .await
         .unwrap_err();
     assert!(
@@ -385,7 +391,7 @@ async fn retention_drops_alarms_last_and_never_refuses_one() {
         let config = BufferConfig {
             max_bytes: ByteSize::kib(64),
             when_full,
-            ..BufferConfig::default()
+            ..test_config()
         };
         let running = start(&dir.path().join("o.db"), &config).await;
         // An alarm first, then far more than fits.
@@ -414,5 +420,71 @@ async fn retention_drops_alarms_last_and_never_refuses_one() {
             "{when_full:?}"
         );
         running.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn readings_go_live_at_once_and_commit_within_the_interval_or_at_once_for_an_alarm() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("outbox.db");
+    // Longer than the test waits for anything: only an alarm, or closing, commits here.
+    let config = BufferConfig {
+        commit_interval: Duration::from_secs(600),
+        ..BufferConfig::default()
+    };
+    let now = crate::pipeline::unix_millis(SystemTime::now());
+    let (reader, acker, writer) = open(&path, &config, Arc::new(Clock::reading(now)))
+        .await
+        .unwrap();
+    let live = LiveBus::new(16);
+    let mut watching = live.subscribe();
+    let (tx, rx) = mpsc::channel(16);
+    let task = tokio::spawn(writer.run(rx, live));
+    let patience = Duration::from_secs(60);
+
+    tx.send(reading("d0", 1)).await.unwrap();
+    let shown = next_live(&mut watching, patience).await;
+    assert_eq!(
+        shown.seq, 1,
+        "on the live bus under the seq it will be committed with"
+    );
+    assert_eq!(*reader.committed().borrow(), 0, "not committed yet");
+
+    let mut alarm = reading("d0", 2);
+    alarm.priority = Priority::Alarm;
+    tx.send(alarm).await.unwrap();
+    assert_eq!(next_live(&mut watching, patience).await.seq, 2);
+    let mut committed = reader.committed();
+    tokio::time::timeout(patience, committed.wait_for(|c| *c == 2))
+        .await
+        .expect("an alarm commits at once, with what waited before it")
+        .unwrap();
+
+    // Acknowledgements wait for the next transaction; closing commits it.
+    acker.ack(vec![1, 2]);
+    tx.send(reading("d0", 3)).await.unwrap();
+    assert_eq!(next_live(&mut watching, patience).await.seq, 3);
+    assert_eq!(
+        reader.stats().backlog,
+        2,
+        "the deletes wait for the next commit"
+    );
+    drop(tx);
+    drop(acker);
+    task.await.unwrap().unwrap();
+    let running = start(&path, &test_config()).await;
+    let left: Vec<i64> = running.all_unsent().await.iter().map(|r| r.seq).collect();
+    assert_eq!(left, [3]);
+    running.stop().await;
+}
+
+/// The next reading on the live bus, within `patience`.
+async fn next_live(
+    watching: &mut tokio::sync::broadcast::Receiver<crate::live::LiveEvent>,
+    patience: Duration,
+) -> Arc<Record> {
+    match tokio::time::timeout(patience, watching.recv()).await {
+        Ok(Ok(crate::live::LiveEvent::Reading(record))) => record,
+        other => panic!("no reading on the live bus: {other:?}"),
     }
 }
