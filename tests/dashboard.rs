@@ -75,6 +75,8 @@ fn live_values_appear_and_change_in_a_real_browser() {
     let read1 = humantime::parse_rfc3339(&read1).unwrap();
     assert!(read1 > opened, "{read1:?} is not after {opened:?}");
     assert!(first.contains("pulses"), "units are shown");
+    let version = format!("v{} · up ", env!("CARGO_PKG_VERSION"));
+    assert!(first.contains(&version), "the version and uptime are shown");
 
     let second = render(&url, 3000, None);
     let (n2, _) = shown(&second, "n").unwrap();

@@ -171,6 +171,9 @@ async function refresh() {
   try {
     const status = await api("/api/status");
     $("gateway").textContent = status.gateway;
+    const up = status.uptime_s;
+    $("version").textContent = "v" + status.version + " · up " + (up < 3600 ? Math.floor(up / 60) + " min"
+      : up < 172800 ? Math.floor(up / 3600) + " h" : Math.floor(up / 86400) + " days");
     const u = status.uplink;
     $("uplink-state").textContent = u.sleeping_until ? "sleeping until " + new Date(u.sleeping_until).toLocaleString()
       : (u.connected ? (u.stalled ? "stalled: no answer for " + Math.round(u.waiting_s) + " s" : "connected") : "down") + " since " + ago(u.since) + (u.last_error && !u.connected ? " (" + u.last_error + ")" : "");
