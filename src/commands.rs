@@ -236,6 +236,7 @@ mod tests {
         let handle = DeviceHandle {
             name: Arc::from("boiler"),
             adapter: "modbus",
+            description: None,
             status: watch::channel(status).1,
             counters: Arc::new(DeviceCounters::default()),
             writable: vec!["setpoint".into()],

@@ -61,6 +61,8 @@ pub struct DeviceHandle {
     pub name: Arc<str>,
     /// The adapter type.
     pub adapter: &'static str,
+    /// What the config says it is (`description:`).
+    pub description: Option<Arc<str>>,
     /// Its current status.
     pub status: watch::Receiver<DeviceStatus>,
     /// Its counters.
@@ -100,6 +102,7 @@ pub fn spawn(
     let handle = DeviceHandle {
         name,
         adapter: device.adapter.kind().as_str(),
+        description: device.description.as_deref().map(Arc::from),
         status,
         counters,
         writable: device

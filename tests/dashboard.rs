@@ -59,7 +59,7 @@ fn live_values_appear_and_change_in_a_real_browser() {
     let cairn = Cairn::start(&format!(
         "gateway: {{id: test, data_dir: '{{data}}'}}\n\
          mqtt: {{host: 127.0.0.1, port: {}}}\n\
-         devices:\n  - name: counter\n    type: sim\n    interval: 200ms\n    values:\n\
+         devices:\n  - name: counter\n    description: pulse counter by the pump\n    type: sim\n    interval: 200ms\n    values:\n\
          \x20     - {{name: n, unit: pulses, counter: {{}}}}\n\
          \x20     - {{name: level, unit: m, sine: {{mean: 2, amplitude: 1, period: 10s}}}}\n",
         broker.port
@@ -77,6 +77,10 @@ fn live_values_appear_and_change_in_a_real_browser() {
     assert!(first.contains("pulses"), "units are shown");
     let version = format!("v{} · up ", env!("CARGO_PKG_VERSION"));
     assert!(first.contains(&version), "the version and uptime are shown");
+    assert!(
+        first.contains("pulse counter by the pump · sim"),
+        "the device's description is shown"
+    );
 
     let second = render(&url, 3000, None);
     let (n2, _) = shown(&second, "n").unwrap();

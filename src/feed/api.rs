@@ -288,6 +288,7 @@ pub async fn devices(_: Authorized, State(state): State<AppState>) -> Json<serde
             json!({
                 "name": &*d.name,
                 "adapter": d.adapter,
+                "description": d.description.as_deref(),
                 "status": view.map_or("offline", |v| v.status),
                 "error": view.and_then(|v| v.error.clone()),
                 "last_seen": view.and_then(|v| v.last_seen.clone()),

@@ -197,7 +197,9 @@ async function refresh() {
     for (const device of await api("/api/devices")) {
       const errors = Object.entries(device.errors).map(([k, v]) => k + " " + v).join(", ");
       const card = deviceCard(device.name);
-      card.querySelector(".seen").textContent = device.adapter + " · last seen " + ago(device.last_seen) + (errors ? " · errors: " + errors : "");
+      card.querySelector(".seen").textContent = (device.description ? device.description + " · " : "") + device.adapter
+        + " · last seen " + ago(device.last_seen) + (device.restarts ? " · restarts " + device.restarts : "")
+        + (errors ? " · errors: " + errors : "") + (device.error ? " · last error: " + device.error : "");
     }
   } catch (e) { /* shown by the badges; tried again */ }
 }
