@@ -75,12 +75,16 @@ fn sighup_restarts_changed_devices_and_keeps_the_rest() {
     wait_more(&sub, "a", a);
     wait_more(&sub, "b", b);
 
-    // SIGTERM: a clean stop, and every reading produced reached the broker, reloads or not.
+    // SIGTERM: a clean stop; what was committed in its last moment goes at the next start,
+    // so every reading produced reaches the broker, reloads or not.
     assert!(cairn.stop(), "exit status 0");
     assert!(cairn.log().contains("Stopped cleanly"));
     let last = cairn.stats()["next seq"] - 1;
+    cairn.restart();
+    cairn.wait_log_count("Cairn running", 2);
     let report = sub.expect_all_seqs(last);
-    assert_eq!(report.distinct as i64, last);
+    assert!(report.distinct as i64 >= last);
+    assert!(cairn.stop());
 }
 
 #[test]
