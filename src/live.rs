@@ -1,4 +1,4 @@
-//! The live bus: every committed reading and every device status change, broadcast in memory to
+//! The live bus: every reading the outbox takes (before its commit) and every device status change, broadcast in memory to
 //! whoever watches on site. Slow subscribers lag and are told so; they never slow the pipeline.
 
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use crate::store::Record;
 /// One thing that happened, as the live bus carries it.
 #[derive(Debug, Clone)]
 pub enum LiveEvent {
-    /// A reading committed to the outbox, with its sequence number and encoded payload.
+    /// A reading the outbox took, under the sequence number it is committed with.
     Reading(Arc<Record>),
     /// A device changed status.
     Status {

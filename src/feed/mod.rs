@@ -52,7 +52,7 @@ pub struct FeedSources {
     pub uplink: watch::Receiver<UplinkStatus>,
     /// The outbox's counters and oldest unsent reading.
     pub store: StoreReader,
-    /// Every committed reading and status change.
+    /// Every reading the outbox takes, and every status change.
     pub live: LiveBus,
     /// Readings the uplink delivered per lane.
     pub delivered: Arc<crate::uplink::lanes::Delivered>,

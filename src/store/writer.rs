@@ -293,16 +293,32 @@ impl Writer {
         });
     }
 
-    /// Whether new readings must be refused for the disk's reserve (see [`disk_full`]); a
-    /// disk that cannot be asked is taken as having room.
+    /// Whether new readings must be refused for the disk's reserve. Pages freed by deletes are
+    /// room too, though the file does not shrink; and the WAL's share (its limit) is kept for
+    /// it, so that a checkpoint does not make room that its next growth takes back. A disk or
+    /// an outbox that cannot be asked is taken as having room.
     async fn disk_full(&mut self) -> bool {
-        match disk_full(&mut self.conn, &mut self.disk, &self.wal, self.page_size).await {
-            Ok(full) => full,
-            Err(e) => {
-                debug!(error = %e, "Cannot size the free pages of the outbox");
-                false
-            }
-        }
+        let (wal, limit) = &self.wal;
+        let Some(free) = self.disk.free() else {
+            return false;
+        };
+        let reusable = if self.disk.near(free, *limit) {
+            let pages: i64 = match sqlx::query_scalar("PRAGMA freelist_count")
+                .fetch_one(&mut self.conn)
+                .await
+            {
+                Ok(pages) => pages,
+                Err(e) => {
+                    debug!(error = %e, "Cannot size the free pages of the outbox");
+                    return false;
+                }
+            };
+            let wal_now = tokio::fs::metadata(wal).await.map_or(0, |m| m.len());
+            u64::try_from(pages).unwrap_or(0) * self.page_size + wal_now
+        } else {
+            *limit
+        };
+        self.disk.refusing(free, reusable, *limit)
     }
 
     /// Checkpoints the WAL into the database and truncates it once it is past its limit, or
@@ -614,31 +630,6 @@ pub(super) async fn correct_provisional(
         state.provisional = false;
     }
     Ok(())
-}
-
-/// Whether new readings must be refused for the disk's reserve. Pages freed by deletes are
-/// room too, though the file does not shrink; and the WAL's share (`wal`: its file and limit)
-/// is kept for it, so that a checkpoint does not make room that its next growth takes back.
-async fn disk_full(
-    conn: &mut SqliteConnection,
-    disk: &mut Disk,
-    (wal, limit): &(PathBuf, u64),
-    page_size: u64,
-) -> Result<bool, sqlx::Error> {
-    // A filesystem that cannot say how full it is is taken as having room.
-    let Some(free) = disk.free() else {
-        return Ok(false);
-    };
-    let reusable = if disk.near(free, *limit) {
-        let pages: i64 = sqlx::query_scalar("PRAGMA freelist_count")
-            .fetch_one(&mut *conn)
-            .await?;
-        let wal_now = tokio::fs::metadata(wal).await.map_or(0, |m| m.len());
-        u64::try_from(pages).unwrap_or(0) * page_size + wal_now
-    } else {
-        *limit
-    };
-    Ok(disk.refusing(free, reusable, *limit))
 }
 
 /// Waits for `deadline`, or forever when there is none.

@@ -76,30 +76,29 @@ class PowerCutFs(Operations):
         if not os.path.exists(self._real(path)):
             raise FuseOSError(errno.ENOENT)
 
-    def mkdir(self, path, mode):
+    def _on_backing(self, op, path, *args):
+        # Names and attributes reach BACKING at once (see the module's doc).
         self._alive()
-        os.mkdir(self._real(path), mode)
+        op(self._real(path), *args)
+
+    def mkdir(self, path, mode):
+        self._on_backing(os.mkdir, path, mode)
 
     def mknod(self, path, mode, dev):
         # The uplink's Unix socket.
-        self._alive()
-        os.mknod(self._real(path), mode, dev)
+        self._on_backing(os.mknod, path, mode, dev)
 
     def rmdir(self, path):
-        self._alive()
-        os.rmdir(self._real(path))
+        self._on_backing(os.rmdir, path)
 
     def chmod(self, path, mode):
-        self._alive()
-        os.chmod(self._real(path), mode)
+        self._on_backing(os.chmod, path, mode)
 
     def chown(self, path, uid, gid):
-        self._alive()
-        os.chown(self._real(path), uid, gid)
+        self._on_backing(os.chown, path, uid, gid)
 
     def utimens(self, path, times=None):
-        self._alive()
-        os.utime(self._real(path), times)
+        self._on_backing(os.utime, path, times)
 
     def _next_fh(self):
         self.fh += 1
