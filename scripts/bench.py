@@ -80,7 +80,7 @@ class Subscriber:
 
 
 class Cairn:
-    def __init__(self, port, rate, limit, extra="", mqtt=""):
+    def __init__(self, port, rate, limit, extra="", mqtt="", feed=""):
         self.dir = tempfile.mkdtemp()
         self.config = os.path.join(self.dir, "cairn.yaml")
         self.feed_port = free_port()
@@ -88,7 +88,7 @@ class Cairn:
             f.write(f"""gateway: {{id: bench, data_dir: {self.dir}/data}}
 mqtt: {{host: 127.0.0.1, port: {port}, reconnect_min: 100ms, reconnect_max: 1s, max_inflight: 1000{mqtt}}}
 buffer: {{max_bytes: 2GiB{extra}}}
-feed: {{listen: '127.0.0.1:{self.feed_port}'}}
+feed: {{listen: '127.0.0.1:{self.feed_port}'{feed}}}
 devices:
   - name: sim
     type: sim

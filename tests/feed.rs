@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 
 use futures_util::StreamExt;
 use support::feed::{api, connect, http_get, http_get_with, next};
-use support::{Broker, Cairn, PATIENCE, PYTHON, Subscriber, free_port, sim_config};
+use support::{Broker, Cairn, PATIENCE, PYTHON, Subscriber, free_port, rss_kib, sim_config};
 
 /// A gateway with a `counter` device producing `limit` readings (0: no end) at `rate` per
 /// second.
@@ -278,14 +278,15 @@ fn the_api_answers_while_the_broker_is_unreachable() {
     assert_eq!(http_get(addr, "/healthz", None), (200, "ok".to_string()));
 }
 
-#[test]
-fn an_independent_python_client_reads_the_same_feed() {
-    let broker = Broker::start();
-    let cairn = gateway(broker.port, 20, 0, "");
-    let url = format!("ws://{}/ws", cairn.feed());
+/// What the server answers to the offers browsers and Python `websockets` make.
+const DEFLATE: &str = "permessage-deflate; server_max_window_bits=12; client_max_window_bits=9";
+
+/// Runs `tests/peers/ws_client.py` with `args`; its one JSON line.
+fn ws_client(args: &[&str]) -> serde_json::Value {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/ws_client.py");
     let output = std::process::Command::new(PYTHON)
-        .args([script, &url, "10"])
+        .arg(script)
+        .args(args)
         .output()
         .expect("the test venv exists (scripts/test creates it)");
     assert!(
@@ -293,15 +294,121 @@ fn an_independent_python_client_reads_the_same_feed() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    assert_eq!(report["first"], "snapshot");
-    let feed_seqs: Vec<i64> = serde_json::from_value(report["feed_seqs"].clone()).unwrap();
-    assert!(
-        feed_seqs.windows(2).all(|w| w[1] == w[0] + 1),
-        "{feed_seqs:?}"
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[test]
+fn python_clients_read_the_same_feed_compressed_plain_and_in_cbor() {
+    let broker = Broker::start();
+    let cairn = gateway(broker.port, 20, 0, "");
+    let url = format!("ws://{}/ws", cairn.feed());
+    let report = ws_client(&["compare", &url, "40"]);
+    for (client, extensions) in [("deflate", DEFLATE), ("plain", ""), ("cbor", DEFLATE)] {
+        let client = &report[client];
+        assert_eq!(client["first"], "snapshot");
+        assert_eq!(client["extensions"].as_str().unwrap_or(""), extensions);
+        let feed_seqs: Vec<i64> = serde_json::from_value(client["feed_seqs"].clone()).unwrap();
+        assert!(
+            feed_seqs.windows(2).all(|w| w[1] == w[0] + 1),
+            "{feed_seqs:?}"
+        );
+        let seqs: Vec<i64> = serde_json::from_value(client["seqs"].clone()).unwrap();
+        assert!(seqs.windows(2).all(|w| w[1] > w[0]), "{seqs:?}");
+    }
+    // The three joined within moments of each other: most messages are in all three lists,
+    // and each of those decoded the same from deflated JSON, plain JSON and CBOR.
+    assert!(report["common"].as_u64().unwrap() >= 20, "{report}");
+    assert_eq!(report["same"], true);
+}
+
+#[test]
+fn bad_extension_offers_are_served_uncompressed_and_deflate_places_are_bounded() {
+    let broker = Broker::start();
+    let cairn = gateway(
+        broker.port,
+        20,
+        0,
+        "feed: {listen: '127.0.0.1:0', deflate_clients: 1}\n",
     );
-    let seqs: Vec<i64> = serde_json::from_value(report["seqs"].clone()).unwrap();
-    assert!(seqs.windows(2).all(|w| w[1] > w[0]), "{seqs:?}");
-    // The client offered permessage-deflate; the server (tungstenite) declines it: see README.
-    assert_eq!(report["extensions"], serde_json::Value::Null);
+    let addr = cairn.feed();
+    for bad in [
+        &b"permessage-deflate; server_max_window_bits=8"[..],
+        b"permessage-deflate; server_max_window_bits=99",
+        b"permessage-deflate; client_max_window_bits=abc",
+        b"permessage-deflate; server_no_context_takeover; server_no_context_takeover",
+        b"permessage-deflate; bogus=1",
+        b"permessage-deflate; \xff\xfe",
+        b";;;,,,=",
+    ] {
+        let (_socket, head) = support::feed::handshake(addr, bad);
+        let what = String::from_utf8_lossy(bad);
+        assert!(head.starts_with("HTTP/1.1 101"), "{what}: {head}");
+        assert!(
+            !head
+                .to_ascii_lowercase()
+                .contains("sec-websocket-extensions"),
+            "{what}: {head}"
+        );
+    }
+    // A bad offer followed by a good one: the good one is taken. It holds the one deflate
+    // place, so the next client is served uncompressed.
+    let (_first, head) =
+        support::feed::handshake(addr, b"permessage-deflate; mystery, permessage-deflate");
+    assert!(
+        head.to_ascii_lowercase().contains(
+            "sec-websocket-extensions: permessage-deflate; server_max_window_bits=12\r\n"
+        ),
+        "{head}"
+    );
+    let (_second, head) = support::feed::handshake(addr, b"permessage-deflate");
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(!head.contains("permessage-deflate"), "{head}");
+    // Nothing of this took the feed down.
+    assert_eq!(http_get(addr, "/healthz", None), (200, "ok".to_string()));
+}
+
+#[test]
+fn two_hundred_compressing_clients_stay_within_the_memory_bound() {
+    const CLIENTS: u64 = 200;
+    /// The most each compressing client may add to Cairn's memory (README, "The live feed").
+    const PER_CLIENT_KIB: u64 = 256;
+    let broker = Broker::start();
+    let cairn = gateway(
+        broker.port,
+        20,
+        0,
+        "feed: {listen: '127.0.0.1:0', deflate_clients: 200, max_per_client: 256}\n",
+    );
+    let url = format!("ws://{}/ws", cairn.feed());
+    let pid = cairn.pid().unwrap();
+    let rss_before = rss_kib(pid);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/ws_client.py");
+    let mut child = std::process::Command::new(PYTHON)
+        .args([script, "many", &url, &CLIENTS.to_string(), "20", "--hold"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the test venv exists (scripts/test creates it)");
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    assert_eq!(line.trim(), format!("{{\"held\": {CLIENTS}}}"));
+    // Every client has compressed 20 messages or more, so each context is fully allocated.
+    let rss_held = rss_kib(pid);
+    let status = api(cairn.feed(), "/api/status");
+    drop(child.stdin.take());
+    line.clear();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    assert!(child.wait().unwrap().success());
+    let report: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let grown = rss_held.saturating_sub(rss_before);
+    println!(
+        "RSS {rss_before} KiB before, {rss_held} KiB with {CLIENTS} compressing clients: \
+         {} KiB each",
+        grown / CLIENTS
+    );
+    assert_eq!(report["gaps"], serde_json::json!([]), "contiguous feed_seq");
+    assert_eq!(report["extensions"], serde_json::json!([DEFLATE]));
+    assert_eq!(status["ws_clients"], CLIENTS, "{status}");
+    assert!(grown <= CLIENTS * PER_CLIENT_KIB, "grew {grown} KiB");
 }

@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
 use std::time::{Duration, Instant};
 
-use support::{Broker, Cairn, PATIENCE, Subscriber};
+use support::{Broker, Cairn, PATIENCE, Subscriber, rss_kib};
 
 /// The descriptor limit Cairn runs under here: a quarter of systemd's default, so that the
 /// flood below is four times what would exhaust it.
@@ -52,15 +52,6 @@ fn still_open(mut stream: &TcpStream) -> bool {
 
 fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap()
 }
 
 /// Lets this test process hold the flood's sockets.

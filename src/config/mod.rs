@@ -449,6 +449,11 @@ pub struct FeedConfig {
     /// Most WebSocket clients at once (default 256).
     #[serde(default = "default_max_clients")]
     pub max_clients: usize,
+    /// Most WebSocket clients compressed with permessage-deflate at once (default 32); the
+    /// others are served uncompressed. Each holds its compressor's state (README: about
+    /// 150 KiB), so this bounds what compression costs in all; 0 turns it off.
+    #[serde(default = "default_deflate_clients")]
+    pub deflate_clients: usize,
     /// Most connections at once, all clients together (default 512; lowered to fit the
     /// process's descriptor limit).
     #[serde(default = "default_max_connections")]
@@ -516,6 +521,9 @@ fn default_listen() -> std::net::SocketAddr {
 fn default_max_clients() -> usize {
     256
 }
+fn default_deflate_clients() -> usize {
+    32
+}
 fn default_replay() -> usize {
     10_000
 }
@@ -537,6 +545,7 @@ impl Default for FeedConfig {
             token: None,
             token_file: None,
             max_clients: default_max_clients(),
+            deflate_clients: default_deflate_clients(),
             max_connections: default_max_connections(),
             max_per_client: default_max_per_client(),
             header_timeout: default_header_timeout(),

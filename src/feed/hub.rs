@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::SystemTime;
 
-use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
 use cairn_adapters::DeviceStatus;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
@@ -35,7 +35,9 @@ pub struct Message {
     pub device: Arc<str>,
     /// For readings: the record the text is made from.
     pub record: Option<Arc<Record>>,
-    text: OnceLock<Utf8Bytes>,
+    text: OnceLock<Bytes>,
+    /// The same in CBOR, made when the first binary client needs it.
+    cbor: OnceLock<Bytes>,
 }
 
 /// The latest of one value.
@@ -162,7 +164,7 @@ pub enum Start {
     /// The messages it missed since the `seq` it named.
     Replay(Vec<Arc<Message>>),
     /// A fresh snapshot (text) as of feed seq `.1`.
-    Snapshot(Utf8Bytes, u64),
+    Snapshot(Bytes, u64),
 }
 
 struct State {
@@ -287,6 +289,7 @@ impl Hub {
                     device: record.device.clone(),
                     record: Some(record),
                     text: OnceLock::new(),
+                    cbor: OnceLock::new(),
                 }
             }
             LiveEvent::Status { device, status } => {
@@ -301,7 +304,8 @@ impl Hub {
                     seq,
                     device,
                     record: None,
-                    text: OnceLock::from(Utf8Bytes::from(text.to_string())),
+                    text: OnceLock::from(Bytes::from(text.to_string())),
+                    cbor: OnceLock::new(),
                 }
             }
         };
@@ -340,7 +344,7 @@ impl Hub {
     }
 
     /// A snapshot for `filter` now, and the feed seq it is as of.
-    pub fn snapshot(&self, filter: &Filter) -> (Utf8Bytes, u64) {
+    pub fn snapshot(&self, filter: &Filter) -> (Bytes, u64) {
         let state = self.lock();
         (snapshot_text(&state, filter), state.last)
     }
@@ -366,23 +370,53 @@ impl Hub {
     }
 }
 
+/// How a client takes its messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// JSON in text frames.
+    #[default]
+    Json,
+    /// The same messages as CBOR in binary frames.
+    Cbor,
+}
+
+impl Format {
+    /// `json` (a message as the hub makes it) in this format.
+    pub fn encode(self, json: Bytes) -> Bytes {
+        match self {
+            Format::Json => json,
+            Format::Cbor => super::cbor::from_json(&json),
+        }
+    }
+}
+
 impl Message {
-    /// The text for a client with `filter`, or `None` when it wants none of it.
-    pub fn text_for(&self, filter: &Filter) -> Option<Utf8Bytes> {
+    /// The message for a client with `filter` in `format`, or `None` when it wants none of
+    /// it. What every client gets alike is encoded once.
+    pub fn encoded_for(&self, filter: &Filter, format: Format) -> Option<Bytes> {
         if !filter.device(&self.device) {
             return None;
         }
         match &self.record {
-            Some(record) if !filter.all_values() => filtered_reading(self.seq, record, filter),
-            _ => Some(self.text().clone()),
+            Some(record) if !filter.all_values() => {
+                filtered_reading(self.seq, record, filter).map(|text| format.encode(text))
+            }
+            _ => Some(match format {
+                Format::Json => self.text().clone(),
+                Format::Cbor => self
+                    .cbor
+                    .get_or_init(|| format.encode(self.text().clone()))
+                    .clone(),
+            }),
         }
     }
 
     /// The text for a client that takes everything.
-    fn text(&self) -> &Utf8Bytes {
+    fn text(&self) -> &Bytes {
         self.text.get_or_init(|| match &self.record {
             Some(record) => reading_text(self.seq, record),
-            None => Utf8Bytes::from_static(""),
+            None => Bytes::new(),
         })
     }
 }
@@ -394,14 +428,14 @@ fn reading_head(seq: u64, device: &str) -> String {
 }
 
 /// A reading message: the `json` encoding's object with the feed's fields in front.
-fn reading_text(seq: u64, record: &Record) -> Utf8Bytes {
+fn reading_text(seq: u64, record: &Record) -> Bytes {
     let body = json::reading(record, false);
     let body = String::from_utf8_lossy(body.get(1..).unwrap_or_default());
-    Utf8Bytes::from(reading_head(seq, &record.device) + &body)
+    Bytes::from(reading_head(seq, &record.device) + &body)
 }
 
 /// A reading message with only the values `filter` wants; `None` if it wants none.
-fn filtered_reading(seq: u64, record: &Record, filter: &Filter) -> Option<Utf8Bytes> {
+fn filtered_reading(seq: u64, record: &Record, filter: &Filter) -> Option<Bytes> {
     let values: Vec<_> = record
         .values
         .iter()
@@ -418,7 +452,7 @@ fn filtered_reading(seq: u64, record: &Record, filter: &Filter) -> Option<Utf8By
     Some(reading_text(seq, &filtered))
 }
 
-fn snapshot_text(state: &State, filter: &Filter) -> Utf8Bytes {
+fn snapshot_text(state: &State, filter: &Filter) -> Bytes {
     let devices: BTreeMap<&str, DeviceView> = state
         .devices
         .iter()
@@ -431,7 +465,7 @@ fn snapshot_text(state: &State, filter: &Filter) -> Utf8Bytes {
         "ts": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
         "devices": devices,
     });
-    Utf8Bytes::from(text.to_string())
+    Bytes::from(text.to_string())
 }
 
 #[cfg(test)]
@@ -467,8 +501,8 @@ mod tests {
         Hub::new(&[meta("pump"), meta("tank")], replay)
     }
 
-    fn json(text: &Utf8Bytes) -> serde_json::Value {
-        serde_json::from_str(text.as_str()).unwrap()
+    fn json(text: &Bytes) -> serde_json::Value {
+        serde_json::from_slice(text).unwrap()
     }
 
     #[test]
@@ -508,11 +542,20 @@ mod tests {
             devices: devices.iter().map(|d| d.to_string()).collect(),
             values: values.iter().map(|v| v.to_string()).collect(),
         };
-        let filtered = state.ring[0].text_for(&filter(&[], &["r*"])).unwrap();
+        let encoded = |filter: &Filter, format| state.ring[0].encoded_for(filter, format);
+        let filtered = encoded(&filter(&[], &["r*"]), Format::Json).unwrap();
         assert_eq!(json(&filtered)["values"], serde_json::json!({"rpm": 1200}));
         assert_eq!(json(&filtered)["feed_seq"], 1);
-        assert!(state.ring[0].text_for(&filter(&[], &["temp*"])).is_none());
-        assert!(state.ring[0].text_for(&filter(&["tank"], &[])).is_none());
+        assert!(encoded(&filter(&[], &["temp*"]), Format::Json).is_none());
+        assert!(encoded(&filter(&["tank"], &[]), Format::Json).is_none());
+        // The binary form is the same message, for every client and filtered alike.
+        let everything = encoded(&Filter::default(), Format::Cbor).unwrap();
+        assert_eq!(
+            everything,
+            super::super::cbor::from_json(state.ring[0].text())
+        );
+        let filtered_cbor = encoded(&filter(&[], &["r*"]), Format::Cbor).unwrap();
+        assert_eq!(filtered_cbor, super::super::cbor::from_json(&filtered));
     }
 
     #[test]

@@ -8,9 +8,11 @@
 mod api;
 pub use api::running_status;
 mod assets;
+mod cbor;
 pub mod history;
 pub mod hub;
 mod metrics;
+mod offer;
 mod server;
 mod ws;
 
@@ -20,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use axum::Router;
-use axum::extract::{FromRequestParts, Query, State, WebSocketUpgrade};
+use axum::extract::{FromRequestParts, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -38,7 +40,7 @@ use crate::supervisor::DeviceHandle;
 use crate::uplink::UplinkStatus;
 use crate::uplink::topics::DeviceMeta;
 use history::History;
-use hub::{Filter, Hub};
+use hub::{Filter, Format, Hub};
 
 /// What the feed reads from the rest of the gateway.
 pub struct FeedSources {
@@ -90,6 +92,7 @@ struct AppState {
     rates: api::Rates,
     clients: Arc<Semaphore>,
     max_clients: usize,
+    deflate_clients: Arc<Semaphore>,
     server: Arc<server::ServerCounters>,
     cancel: CancellationToken,
 }
@@ -165,6 +168,7 @@ pub async fn start(
         rates,
         clients: Arc::new(Semaphore::new(config.max_clients)),
         max_clients: config.max_clients,
+        deflate_clients: Arc::new(Semaphore::new(config.deflate_clients)),
         server: counters.clone(),
         cancel: cancel.clone(),
     };
@@ -263,12 +267,14 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// `/ws` query: where to resume, and optional filters as comma-separated globs.
+/// `/ws` query: where to resume, optional filters as comma-separated globs, and the format.
 #[derive(Deserialize)]
 struct WsQuery {
     since: Option<u64>,
     devices: Option<String>,
     values: Option<String>,
+    #[serde(default)]
+    format: Format,
 }
 
 fn globs(list: Option<String>) -> Vec<String> {
@@ -276,12 +282,33 @@ fn globs(list: Option<String>) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Whether `parts` ask for a WebSocket: `Upgrade: websocket` and `Connection: upgrade`
+/// (RFC 6455 §4.2.1), which the library leaves to the caller.
+fn asks_to_upgrade(parts: &Parts) -> bool {
+    let has = |name, token: &str| {
+        parts.headers.get_all(name).iter().any(|value| {
+            value
+                .to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    has(header::UPGRADE, "websocket") && has(header::CONNECTION, "upgrade")
+}
+
 async fn websocket(
     _: Authorized,
     State(state): State<AppState>,
     Query(query): Query<WsQuery>,
-    upgrade: WebSocketUpgrade,
+    request: Request,
 ) -> Response {
+    let (mut parts, _) = request.into_parts();
+    if !asks_to_upgrade(&parts) {
+        return (
+            StatusCode::UPGRADE_REQUIRED,
+            "a WebSocket upgrade is required",
+        )
+            .into_response();
+    }
     let Ok(permit) = state.clients.clone().try_acquire_owned() else {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -289,16 +316,58 @@ async fn websocket(
         )
             .into_response();
     };
-    let filter = Filter {
-        devices: globs(query.devices),
-        values: globs(query.values),
+    // The offers are checked here and handed on as the one accepted, or not at all.
+    let offers: Vec<&str> = parts
+        .headers
+        .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let offer = offer::accepted(&offers.join(","));
+    parts.headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
+    let deflate = match offer {
+        Some(offer) => state
+            .deflate_clients
+            .clone()
+            .try_acquire_owned()
+            .ok()
+            .inspect(|_| {
+                if let Ok(value) = HeaderValue::from_str(&offer) {
+                    parts
+                        .headers
+                        .insert(header::SEC_WEBSOCKET_EXTENSIONS, value);
+                }
+            }),
+        None => None,
     };
-    upgrade
-        .max_message_size(ws::MAX_INCOMING)
-        .max_frame_size(ws::MAX_INCOMING)
-        .on_upgrade(move |socket| {
-            ws::serve(socket, state.hub, filter, query.since, state.cancel, permit)
-        })
+    let upgrade = match yawc::IncomingUpgrade::from_request_parts(&mut parts, &()).await {
+        Ok(upgrade) => upgrade,
+        Err(status) => return (status, "not a valid WebSocket handshake").into_response(),
+    };
+    let (response, socket) = match upgrade.upgrade(ws::options(deflate.is_some())) {
+        Ok(upgraded) => upgraded,
+        Err(e) => {
+            warn!(error = %e, "WebSocket handshake failed");
+            return (StatusCode::BAD_REQUEST, "WebSocket handshake failed").into_response();
+        }
+    };
+    let client = ws::Client {
+        filter: Filter {
+            devices: globs(query.devices),
+            values: globs(query.values),
+        },
+        since: query.since,
+        format: query.format,
+        _permit: permit,
+        _deflate: deflate,
+    };
+    tokio::spawn(async move {
+        match socket.await {
+            Ok(socket) => ws::serve(socket, state.hub, client, state.cancel).await,
+            Err(e) => tracing::debug!(error = %e, "WebSocket upgrade did not complete"),
+        }
+    });
+    response.map(axum::body::Body::new).into_response()
 }
 
 #[cfg(test)]

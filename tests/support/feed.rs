@@ -84,3 +84,30 @@ pub async fn next(socket: &mut Socket) -> Option<serde_json::Value> {
         }
     }
 }
+
+/// A WebSocket handshake on a raw socket, offering `extensions` (raw header bytes, none if
+/// empty): the open socket and the response's head.
+pub fn handshake(addr: SocketAddr, extensions: &[u8]) -> (std::net::TcpStream, String) {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut request = format!(
+        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+    )
+    .into_bytes();
+    if !extensions.is_empty() {
+        request.extend_from_slice(b"Sec-WebSocket-Extensions: ");
+        request.extend_from_slice(extensions);
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"\r\n");
+    stream.write_all(&request).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap() == 1 {
+        head.push(byte[0]);
+    }
+    (stream, String::from_utf8_lossy(&head).into_owned())
+}

@@ -213,7 +213,7 @@ fn decimal_places(cells: &[Option<&Value>]) -> Option<u8> {
 }
 
 /// A float in the shortest of half, single or double precision that holds it exactly.
-fn shortest_float(
+pub(crate) fn shortest_float(
     e: &mut Encoder<Vec<u8>>,
     x: f64,
 ) -> Result<&mut Encoder<Vec<u8>>, minicbor::encode::Error<std::convert::Infallible>> {
