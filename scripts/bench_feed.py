@@ -12,13 +12,15 @@ import asyncio
 import json
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 
 import cbor2
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import Broker, Cairn, free_port  # noqa: E402
+from bench import CAIRN, ROOT, Broker, Cairn, free_port  # noqa: E402
 from websockets.asyncio.client import connect  # noqa: E402
 
 
@@ -95,52 +97,76 @@ def rss_kib(pid):
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
 
 
-async def reader(url, compression, limit, counts, connected):
+class Demo:
+    """The demo gateway (config/demo.yaml: 4 devices, 0.8 readings/s) on private ports: the
+    mix of readings a site sends."""
+
+    def __init__(self, broker_port, feed):
+        self.dir = tempfile.mkdtemp()
+        self.feed_port = free_port()
+        with open(os.path.join(ROOT, "config", "demo.yaml")) as f:
+            text = f.read()
+        text = (text.replace("data_dir: ./data", f"data_dir: {self.dir}/data")
+                .replace("port: 1883", f"port: {broker_port}")
+                .replace("listen: 0.0.0.0:8080", f"listen: 127.0.0.1:{self.feed_port}\n  " + feed))
+        config = os.path.join(self.dir, "cairn.yaml")
+        with open(config, "w") as f:
+            f.write(text)
+        self.proc = subprocess.Popen([CAIRN, "run", "--config", config], stderr=subprocess.DEVNULL,
+                                     env={**os.environ, "RUST_LOG": "warn"})
+
+    def close(self):
+        self.proc.terminate()
+        self.proc.wait()
+
+
+async def reader(url, compression, until, counts, connected):
     async with connect(url, compression=compression, max_size=None) as ws:
         extensions = ws.response.headers.get("Sec-WebSocket-Extensions")
         connected.append(extensions)
-        while True:
-            frame = await ws.recv()
+        while time.monotonic() < until:
+            try:
+                frame = await asyncio.wait_for(ws.recv(), max(0.01, until - time.monotonic()))
+            except asyncio.TimeoutError:
+                break
             message = cbor2.loads(frame) if isinstance(frame, bytes) else json.loads(frame)
-            if message["type"] != "reading":
-                continue
-            counts.append(1)
-            if message["values"]["pulses"] >= limit - 1:
-                return extensions
+            if message["type"] == "reading":
+                counts.append(1)
+        return extensions
 
 
-async def wire(clients, rate, seconds, compression, fmt):
-    """`clients` clients through relays: bytes per reading per client, CPU per 1,000 messages
-    per client, and RSS with all connected."""
-    broker = Broker()
-    limit = rate * seconds
-    # The device starts once the clients are in: the readings' `pulses` run from 0.
-    cairn = Cairn(broker.port, rate, limit, extra=", commit_interval: 10ms",
-                  feed=f", deflate_clients: {clients}, max_per_client: {clients + 8}")
+async def wire(gateway, clients, seconds, compression, fmt):
+    """`clients` clients of `gateway` through relays for `seconds`: bytes per reading, Cairn's
+    CPU per 1,000 messages it sent, and its RSS with all of them connected."""
     for _ in range(500):
         try:
-            async with connect(f"ws://127.0.0.1:{cairn.feed_port}/ws"):
+            async with connect(f"ws://127.0.0.1:{gateway.feed_port}/ws"):
                 break
         except OSError:
             await asyncio.sleep(0.02)
-    relays = [Relay(cairn.feed_port) for _ in range(clients)]
+    relays = [Relay(gateway.feed_port) for _ in range(clients)]
     ports = [await r.start() for r in relays]
     query = "?format=cbor" if fmt == "cbor" else ""
     counts, connected = [], []
-    cpu0 = cpu_seconds(cairn.proc.pid)
-    tasks = [asyncio.create_task(reader(f"ws://127.0.0.1:{p}/ws{query}", compression, limit, counts,
+    cpu0 = cpu_seconds(gateway.proc.pid)
+    until = time.monotonic() + seconds
+    tasks = [asyncio.create_task(reader(f"ws://127.0.0.1:{p}/ws{query}", compression, until, counts,
                                         connected)) for p in ports]
     while len(connected) < clients:
         await asyncio.sleep(0.05)
     await asyncio.sleep(seconds / 2)
-    rss = rss_kib(cairn.proc.pid)
+    rss = rss_kib(gateway.proc.pid)
     extensions = await asyncio.gather(*tasks)
-    cpu = cpu_seconds(cairn.proc.pid) - cpu0
-    cairn.close()
-    broker.close()
-    readings = len(counts)
+    cpu = cpu_seconds(gateway.proc.pid) - cpu0
+    gateway.close()
+    readings = max(len(counts), 1)
     return {"per_reading": sum(r.down for r in relays) / readings, "readings": readings / clients,
             "cpu_per_1000": cpu / readings * 1000, "rss": rss, "deflate": bool(extensions[0])}
+
+
+def row(label, r):
+    print(f"| {label} | {'yes' if r['deflate'] else 'no'} | {r['readings']:,.0f} | {r['per_reading']:.1f} B | "
+          f"{r['cpu_per_1000'] * 1000:.1f} ms | {r['rss'] / 1024:.1f} MiB |", flush=True)
 
 
 def main():
@@ -148,15 +174,22 @@ def main():
         count, p50, p99 = asyncio.run(run(clients, rate, 10))
         print(f"feed:       {clients:3} client(s) at {rate:,} readings/s: p50 {p50:.1f} ms, p99 {p99:.1f} ms "
               f"from reading to WebSocket client ({count} samples)")
-    print("| clients | frames | deflate | readings each | bytes per reading | CPU per 1,000 messages per client | RSS |")
-    print("|---|---|---|---|---|---|---|")
-    for clients, rate, seconds in [(1, 10, 60), (100, 10, 30)]:
-        for fmt in ["json", "cbor"]:
-            for compression in [None, "deflate"]:
-                r = asyncio.run(wire(clients, rate, seconds, compression, fmt))
-                print(f"| {clients} | {fmt} | {'yes' if r['deflate'] else 'no'} | {r['readings']:,.0f} | "
-                      f"{r['per_reading']:.1f} B | {r['cpu_per_1000'] * 1000:.1f} ms | {r['rss'] / 1024:.1f} MiB |",
-                      flush=True)
+    print("| clients, frames | deflate | readings each | bytes per reading | Cairn CPU per 1,000 messages sent | RSS |")
+    print("|---|---|---|---|---|---|")
+    # A site's mix (the demo, 0.8 readings/s), one client: what a viewer's link carries.
+    for fmt in ["json", "cbor"]:
+        for compression in [None, "deflate"]:
+            broker = Broker()
+            demo = Demo(broker.port, "deflate_clients: 4")
+            row(f"demo, 1 client, {fmt}", asyncio.run(wire(demo, 1, 180, compression, fmt)))
+            broker.close()
+    # 100 clients at 100 readings/s (10,000 messages/s): what compressing costs Cairn.
+    for compression in [None, "deflate"]:
+        broker = Broker()
+        cairn = Cairn(broker.port, 100, 10**9, extra=", commit_interval: 10ms",
+                      feed=", deflate_clients: 100, max_per_client: 108")
+        row("100 readings/s, 100 clients, json", asyncio.run(wire(cairn, 100, 30, compression, "json")))
+        broker.close()
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-//! Writes requested over MQTT: each `<prefix>/<gateway>/<device>/<value>/set` message is checked
-//! against the config, handed to the device's adapter, and answered on `.../result`.
+//! Writes requested over MQTT, or from the dashboard: each `<prefix>/<gateway>/<device>/<value>/set`
+//! message, or `POST /api/set`, is checked against the config, handed to the device's adapter,
+//! and answered, on `.../result` or to the page.
 //!
 //! The payload is a JSON scalar (`21.5`, `true`, `"auto"`) or `{"value": 21.5, "id": "..."}`;
 //! the answer echoes the `id`, so a caller can match it to its request:
@@ -28,7 +29,7 @@ const ANSWER_WITHIN: Duration = Duration::from_secs(30);
 /// Requests, and results, that may wait between the uplink and the router.
 const QUEUE: usize = 64;
 
-/// A `.../set` message as it arrived.
+/// A `.../set` message as it arrived, or the dashboard's request in the same form.
 #[derive(Debug)]
 pub struct SetRequest {
     /// The device named in the topic.
@@ -37,6 +38,9 @@ pub struct SetRequest {
     pub point: String,
     /// The message's payload.
     pub payload: Vec<u8>,
+    /// Where the answer goes: to the dashboard's request that waits on it, or, with `None`,
+    /// to the broker on `.../result`.
+    pub reply: Option<oneshot::Sender<Vec<u8>>>,
 }
 
 /// An answer to publish on `.../result`.
@@ -138,7 +142,12 @@ impl Router {
     /// Sends the command to its device, or refuses it, and answers in the background.
     fn start(&self, request: SetRequest, waiting: &mut JoinSet<()>) {
         let (value, id) = parse_payload(&request.payload);
-        info!(device = %request.device, point = %request.point, value = ?value, "Command received");
+        let via = if request.reply.is_some() {
+            "dashboard"
+        } else {
+            "mqtt"
+        };
+        info!(device = %request.device, point = %request.point, value = ?value, via, "Command received");
         let dispatched = match value {
             Some(value) => self.dispatch(&request, value),
             None => Err("the payload must be a JSON number, true/false, a \"string\", or {\"value\": ..., \"id\": ...}".into()),
@@ -157,13 +166,21 @@ impl Router {
                 warn!(device = %request.device, point = %request.point, error = %e, "Command failed");
             }
             let payload = answer_payload(&result, id);
-            let answer = SetResult {
-                device: request.device,
-                point: request.point,
-                payload,
-            };
-            // The uplink gone means shutdown; the answer has nowhere to go.
-            let _ = results.send(answer).await;
+            match request.reply {
+                // A page that gave up waiting does not need it.
+                Some(reply) => {
+                    let _ = reply.send(payload);
+                }
+                None => {
+                    let answer = SetResult {
+                        device: request.device,
+                        point: request.point,
+                        payload,
+                    };
+                    // The uplink gone means shutdown; the answer has nowhere to go.
+                    let _ = results.send(answer).await;
+                }
+            }
         });
     }
 
@@ -250,6 +267,7 @@ mod tests {
             device: "boiler".into(),
             point: point.into(),
             payload: payload.as_bytes().to_vec(),
+            reply: None,
         }
     }
 
@@ -294,6 +312,24 @@ mod tests {
         assert_eq!(got["ok"], false);
         assert_eq!(got["error"], "exception: Illegal data value");
         assert!(got.get("id").is_none());
+
+        // The dashboard's request is answered to it alone.
+        let (reply, answered) = oneshot::channel();
+        end.requests
+            .send(SetRequest {
+                reply: Some(reply),
+                ..request("setpoint", "19")
+            })
+            .await
+            .unwrap();
+        adapter
+            .recv()
+            .await
+            .unwrap()
+            .reply(Ok(Some(Value::Int(19))));
+        let got: serde_json::Value = serde_json::from_slice(&answered.await.unwrap()).unwrap();
+        assert_eq!((&got["ok"], &got["value"]), (&true.into(), &19.into()));
+        assert!(end.results.try_recv().is_err(), "nothing for the broker");
 
         cancel.cancel();
         running.await.unwrap();

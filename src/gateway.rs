@@ -96,6 +96,8 @@ pub async fn run(
         tokio::spawn(router.run(stop_uplink.clone()));
         end
     });
+    // The dashboard's writes take the same path as the broker's.
+    let page_commands = commands.as_ref().map(|end| end.requests.clone());
     let meter = Arc::new(Meter::resume(Meter::from_saved(
         &reader
             .counters("link_")
@@ -128,6 +130,7 @@ pub async fn run(
             gateway: config.gateway.id.clone(),
             metas,
             devices: devices.clone(),
+            commands: page_commands,
             uplink: uplink_status,
             store: reader.clone(),
             live: live.clone(),

@@ -318,6 +318,23 @@ pub struct HistoryQuery {
     /// Milliseconds since the epoch, an RFC 3339 time, or a duration back from now (`15m`).
     since: Option<String>,
     limit: Option<u32>,
+    /// Averages the numbers per this duration (`144s`) or milliseconds, for long ranges.
+    step: Option<String>,
+}
+
+/// A `step` in milliseconds, from milliseconds or a duration; at least 1 ms.
+fn parse_step(text: &str) -> Result<i64, String> {
+    text.parse::<i64>()
+        .ok()
+        .or_else(|| {
+            humantime::parse_duration(text)
+                .ok()
+                .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        })
+        .filter(|ms| *ms >= 1)
+        .ok_or_else(|| {
+            format!("`step` must be milliseconds or a duration of 1 ms or more, not `{text}`")
+        })
 }
 
 /// `/api/history`: recent values of one metric, oldest first.
@@ -351,9 +368,19 @@ pub async fn history(
         Ok(since) => since,
         Err(e) => return (StatusCode::BAD_REQUEST, e).into_response(),
     };
+    let step = match query.step.as_deref().map(parse_step).transpose() {
+        Ok(step) => step,
+        Err(e) => return (StatusCode::BAD_REQUEST, e).into_response(),
+    };
     let limit = query.limit.unwrap_or(1000).min(MAX_POINTS);
     match history
-        .query(&query.device, &query.metric, unix_millis(since), limit)
+        .query(
+            &query.device,
+            &query.metric,
+            unix_millis(since),
+            limit,
+            step,
+        )
         .await
     {
         Ok(points) => Json(json!({
@@ -363,6 +390,62 @@ pub async fn history(
         }))
         .into_response(),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("history: {e}")).into_response(),
+    }
+}
+
+/// `POST /api/set`: a write from the page.
+#[derive(Deserialize)]
+pub struct SetBody {
+    device: String,
+    point: String,
+    /// A value, or `{"value": ..., "id": ...}`, as a `.../set` payload.
+    value: serde_json::Value,
+}
+
+/// `POST /api/set`: writes a value through the same router, checks and answers as MQTT
+/// `.../set`, and answers as `.../result` does (with the value read back). Only with a
+/// feed token: a gateway open to its LAN shows its data, but nobody on that LAN may turn a
+/// pump on.
+pub async fn set(
+    _: Authorized,
+    State(state): State<AppState>,
+    Json(body): Json<SetBody>,
+) -> Response {
+    if state.token.is_none() {
+        return (
+            StatusCode::FORBIDDEN,
+            "writes from the dashboard need a feed token (feed.token)",
+        )
+            .into_response();
+    }
+    let Some(commands) = &state.commands else {
+        return (
+            StatusCode::NOT_FOUND,
+            "no device on this gateway takes writes",
+        )
+            .into_response();
+    };
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let request = crate::commands::SetRequest {
+        device: body.device,
+        point: body.point,
+        payload: serde_json::to_vec(&body.value).unwrap_or_default(),
+        reply: Some(reply),
+    };
+    if commands.try_send(request).is_err() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many writes waiting, or the gateway is stopping",
+        )
+            .into_response();
+    }
+    match answer.await {
+        Ok(payload) => (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            payload,
+        )
+            .into_response(),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "the gateway is stopping").into_response(),
     }
 }
 

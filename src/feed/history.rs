@@ -138,23 +138,36 @@ impl History {
         self.pending().drain(..batch.len());
     }
 
-    /// Up to `limit` points of `device`'s `metric` taken at or after `since_ms`, oldest first.
+    /// Up to `limit` points of `device`'s `metric` taken at or after `since_ms`, oldest first;
+    /// with `step_ms`, its numbers averaged per `step_ms` (a 24 h chart needs 600 points, not
+    /// 86,400), each at the time of the newest point it holds.
     pub async fn query(
         &self,
         device: &str,
         metric: &str,
         since_ms: i64,
         limit: u32,
+        step_ms: Option<i64>,
     ) -> Result<Vec<Point>, sqlx::Error> {
+        const POINTS: &str = "SELECT ts_ms,
+             json_extract(payload, '$.values.' || json_quote(?)) AS value FROM history
+             WHERE device = ? AND ts_ms >= ? AND value IS NOT NULL ORDER BY ts_ms DESC LIMIT ?";
+        const AVERAGES: &str = "SELECT MAX(ts_ms), AVG(value) FROM (SELECT ts_ms,
+             json_extract(payload, '$.values.' || json_quote(?)) AS value FROM history
+             WHERE device = ? AND ts_ms >= ?) WHERE typeof(value) IN ('integer', 'real')
+             GROUP BY ts_ms / ? ORDER BY 1 DESC LIMIT ?";
+        let limit = limit.min(MAX_POINTS);
+        let step = step_ms.map(|step| step.max(1));
         // The newest `limit` points, returned oldest first: a chart wants the recent end.
-        let rows = sqlx::query(
-            "SELECT ts_ms, json_extract(payload, '$.values.' || json_quote(?)) AS value FROM history
-             WHERE device = ? AND ts_ms >= ? AND value IS NOT NULL ORDER BY ts_ms DESC LIMIT ?",
-        )
-        .bind(metric)
-        .bind(device)
-        .bind(since_ms)
-        .bind(limit.min(MAX_POINTS))
+        let rows = match step {
+            None => sqlx::query(POINTS).bind(metric).bind(device).bind(since_ms),
+            Some(step) => sqlx::query(AVERAGES)
+                .bind(metric)
+                .bind(device)
+                .bind(since_ms)
+                .bind(step),
+        }
+        .bind(limit)
         .fetch_all(&self.pool)
         .await?;
         let mut points = rows
@@ -185,11 +198,41 @@ impl History {
                     value: chart_value(value)?,
                 })
             });
-        points.extend(waiting);
-        let excess = points.len().saturating_sub(limit.min(MAX_POINTS) as usize);
+        match step {
+            None => points.extend(waiting),
+            Some(step) => points.extend(averaged(waiting, step)),
+        }
+        let excess = points.len().saturating_sub(limit as usize);
         points.drain(..excess);
         Ok(points)
     }
+}
+
+/// `points` (oldest first) averaged per `step` ms as the query averages the written ones:
+/// numbers only, each bucket at the time of its newest point.
+fn averaged(points: impl Iterator<Item = Point>, step: i64) -> Vec<Point> {
+    let mut buckets: Vec<(i64, i64, f64, u32)> = Vec::new();
+    for point in points {
+        let Some(x) = point.value.as_f64() else {
+            continue;
+        };
+        let bucket = point.ts / step;
+        match buckets.last_mut() {
+            Some((b, ts, sum, n)) if *b == bucket => {
+                *ts = point.ts;
+                *sum += x;
+                *n += 1;
+            }
+            _ => buckets.push((bucket, point.ts, x, 1)),
+        }
+    }
+    buckets
+        .into_iter()
+        .map(|(_, ts, sum, n)| Point {
+            ts,
+            value: serde_json::Value::from(sum / f64::from(n)),
+        })
+        .collect()
 }
 
 /// A value as the written history gives it back (SQLite's `json_extract`): booleans as 0 and
@@ -243,7 +286,7 @@ mod tests {
         }
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while history
-            .query("tank", "level m", now, 100)
+            .query("tank", "level m", now, 100, None)
             .await
             .unwrap()
             .len()
@@ -252,7 +295,7 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "points never charted");
             tokio::task::yield_now().await;
         }
-        let ok = history.query("tank", "ok", now, 2).await.unwrap();
+        let ok = history.query("tank", "ok", now, 2, None).await.unwrap();
         let ok: Vec<_> = ok.iter().map(|p| (p.ts, p.value.clone())).collect();
         assert_eq!(
             ok,
@@ -269,7 +312,7 @@ mod tests {
         assert_eq!(written(&history).await, 5, "written at the end");
         assert_eq!(
             history
-                .query("tank", "level m", now, 100)
+                .query("tank", "level m", now, 100, None)
                 .await
                 .unwrap()
                 .len(),
@@ -298,7 +341,10 @@ mod tests {
         let writer = tokio::spawn(history.clone().run(rx, cancel.clone()));
         drop(tx);
         writer.await.unwrap();
-        let points = history.query("tank", "level m", now, 100).await.unwrap();
+        let points = history
+            .query("tank", "level m", now, 100, None)
+            .await
+            .unwrap();
         let values: Vec<_> = points.iter().map(|p| p.value.clone()).collect();
         assert_eq!(
             values,
@@ -306,22 +352,74 @@ mod tests {
             "the reading 400 ms after another is skipped"
         );
         assert_eq!(
-            history.query("tank", "level m", now, 1).await.unwrap()[0].value,
+            history
+                .query("tank", "level m", now, 1, None)
+                .await
+                .unwrap()[0]
+                .value,
             4.5
         );
         assert!(
             history
-                .query("tank", "nothing", 0, 10)
+                .query("tank", "nothing", 0, 10, None)
                 .await
                 .unwrap()
                 .is_empty()
         );
         assert!(
             history
-                .query("pump", "level m", 0, 10)
+                .query("pump", "level m", 0, 10, None)
                 .await
                 .unwrap()
                 .is_empty()
+        );
+    }
+
+    #[tokio::test]
+    async fn averages_per_step_the_same_before_and_after_the_points_are_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let history = History::open(&dir.path().join("history.db"), &HistoryConfig::default())
+            .await
+            .unwrap();
+        let (tx, rx) = broadcast::channel(64);
+        let cancel = CancellationToken::new();
+        let now = crate::pipeline::unix_millis(std::time::SystemTime::now()) / 2000 * 2000;
+        for i in 0..6 {
+            tx.send(reading(now + i * 1000, i as f64)).unwrap();
+        }
+        let writer = tokio::spawn(history.clone().run(rx, cancel.clone()));
+        let expected = [(now + 1000, 0.5), (now + 3000, 2.5), (now + 5000, 4.5)];
+        let averaged = || async {
+            let points = history
+                .query("tank", "level m", now, 100, Some(2000))
+                .await
+                .unwrap();
+            points
+                .iter()
+                .map(|p| (p.ts, p.value.as_f64().unwrap()))
+                .collect::<Vec<_>>()
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while averaged().await != expected {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{:?}",
+                averaged().await
+            );
+            tokio::task::yield_now().await;
+        }
+        cancel.cancel();
+        writer.await.unwrap();
+        assert_eq!(written(&history).await, 6);
+        assert_eq!(averaged().await, expected, "written, averaged alike");
+        assert_eq!(
+            history
+                .query("tank", "level m", now, 2, Some(2000))
+                .await
+                .unwrap()
+                .len(),
+            2,
+            "the newest buckets"
         );
     }
 }

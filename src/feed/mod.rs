@@ -24,15 +24,16 @@ use std::time::{Duration, SystemTime};
 use axum::Router;
 use axum::extract::{FromRequestParts, Query, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
 use crate::backoff::Backoff;
+use crate::commands::SetRequest;
 use crate::config::FeedConfig;
 use crate::live::LiveBus;
 use crate::store::StoreReader;
@@ -50,6 +51,9 @@ pub struct FeedSources {
     pub metas: Vec<DeviceMeta>,
     /// The supervised devices (status, counters).
     pub devices: Vec<DeviceHandle>,
+    /// Where writes from the page go (the router MQTT `.../set` uses); `None` when no device
+    /// takes writes.
+    pub commands: Option<mpsc::Sender<SetRequest>>,
     /// The uplink's state.
     pub uplink: watch::Receiver<UplinkStatus>,
     /// The outbox's counters and oldest unsent reading.
@@ -81,6 +85,7 @@ struct AppState {
     history: Option<History>,
     history_keep: Duration,
     devices: Arc<[DeviceHandle]>,
+    commands: Option<mpsc::Sender<SetRequest>>,
     uplink: watch::Receiver<UplinkStatus>,
     meter: Arc<crate::uplink::meter::Meter>,
     link: Arc<crate::uplink::link::LinkState>,
@@ -157,6 +162,7 @@ pub async fn start(
         history,
         history_keep: config.history.keep,
         devices: Arc::from(sources.devices),
+        commands: sources.commands,
         uplink: sources.uplink,
         meter: sources.meter,
         link: sources.link,
@@ -182,10 +188,15 @@ pub async fn start(
 }
 
 fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/", get(assets::index))
-        .route("/app.js", get(assets::script))
-        .route("/style.css", get(assets::style))
+    let files = assets::FILES
+        .iter()
+        .fold(Router::new(), |router, (path, ..)| {
+            router.route(
+                path,
+                get(move |request: HeaderMap| async move { assets::serve(path, &request) }),
+            )
+        });
+    files
         .route("/healthz", get(|| async { "ok" }))
         .route("/ws", get(websocket))
         .route("/metrics", get(metrics::metrics))
@@ -193,6 +204,7 @@ fn router(state: AppState) -> Router {
         .route("/api/devices", get(api::devices))
         .route("/api/latest", get(api::latest))
         .route("/api/history", get(api::history))
+        .route("/api/set", axum::routing::post(api::set))
         .with_state(state)
 }
 

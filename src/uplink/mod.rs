@@ -803,6 +803,7 @@ impl Uplink {
             device: device.to_string(),
             point: point.to_string(),
             payload: publish.payload.to_vec(),
+            reply: None,
         };
         if commands.try_send(request).is_err() {
             self.status.send_modify(|s| s.ignored_commands += 1);

@@ -1,9 +1,14 @@
 // Cairn dashboard: the snapshot and live readings from /ws, device health and the uplink from
-// /api, a small chart per numeric value (backfilled from /api/history, then live).
+// /api, a chart per numeric value (uPlot; backfilled from /api/history over the chosen range,
+// then live).
 "use strict";
 
-const KEEP = 600;           // points per chart
-const state = { devices: {}, charts: {}, seq: null, token: localStorage.getItem("cairn-token") || "" };
+const RANGES = { "15m": 900, "1h": 3600, "24h": 86400 }; // seconds
+const POINTS = 600;         // per chart and range: the history averages down to this
+const state = {
+  devices: {}, charts: {}, seq: null, token: localStorage.getItem("cairn-token") || "",
+  range: RANGES[localStorage.getItem("cairn-range")] ? localStorage.getItem("cairn-range") : "1h",
+};
 const $ = (id) => document.getElementById(id);
 
 function headers() {
@@ -81,51 +86,117 @@ function metricRow(device, metric) {
   return row;
 }
 
+function css(name) {
+  return getComputedStyle(document.documentElement).getPropertyValue(name).trim();
+}
+
+// A value's chart: time axis, value scale, and the value under the pointer in its legend.
 function chart(device, metric) {
   const key = device + "\u0000" + metric;
   if (!state.charts[key]) {
-    // Only numbers get a chart; the canvas appears with the first one.
-    const canvas = el("canvas", { width: 300, height: 48 });
-    metricRow(device, metric).append(canvas);
-    state.charts[key] = { points: [], canvas };
-    const since = encodeURIComponent("1h");
-    api(`/api/history?device=${encodeURIComponent(device)}&metric=${encodeURIComponent(metric)}&since=${since}&limit=${KEEP}`)
-      .then((history) => {
-        const c = state.charts[key];
-        const first = c.points.length ? c.points[0][0] : Infinity;
-        const old = history.points.filter((p) => p.ts < first && typeof p.value === "number").map((p) => [p.ts, p.value]);
-        c.points = old.concat(c.points).slice(-KEEP);
-        draw(c);
-      }).catch(() => {});
+    // Only numbers get a chart; it appears with the first one.
+    const row = metricRow(device, metric);
+    const box = el("div", { class: "chart" });
+    row.append(box);
+    const unit = (state.devices[device] && state.devices[device].units || {})[metric] || "";
+    const axis = { stroke: css("--dim"), grid: { stroke: "#0001" }, ticks: { stroke: "#0002" } };
+    const plot = new uPlot({
+      width: Math.max(200, row.clientWidth), height: 150,
+      cursor: { drag: { x: false, y: false } },
+      // The time axis spans the chosen range up to now, however few points it holds yet.
+      scales: { x: { time: true, range: () => { const now = Date.now() / 1000; return [now - RANGES[state.range], now]; } } },
+      series: [
+        { value: (u, t) => t == null ? "–" : new Date(t * 1000).toLocaleString() },
+        { label: metric, stroke: css("--line"), width: 1.5, value: (u, v) => v == null ? "–" : format(v) + (unit ? " " + unit : "") },
+      ],
+      axes: [axis, { ...axis, size: 52 }],
+    }, [[], []], box);
+    state.charts[key] = { device, metric, plot, xs: [], ys: [], n: 0 };
+    backfill(state.charts[key]);
   }
   return state.charts[key];
 }
 
+// The chart's range from the history, averaged to POINTS; live points then join it.
+function backfill(c) {
+  const range = RANGES[state.range];
+  const step = range * 1000 / POINTS;
+  c.xs = []; c.ys = []; c.n = 0; c.dirty = true;
+  api(`/api/history?device=${encodeURIComponent(c.device)}&metric=${encodeURIComponent(c.metric)}`
+    + `&since=${state.range}&step=${Math.round(step)}&limit=${POINTS}`)
+    .then((history) => {
+      const first = c.xs.length ? c.xs[0] : Infinity;
+      const old = history.points.filter((p) => p.ts / 1000 < first && typeof p.value === "number");
+      c.xs = old.map((p) => p.ts / 1000).concat(c.xs);
+      c.ys = old.map((p) => p.value).concat(c.ys);
+      c.dirty = true;
+    }).catch(() => {});
+}
+
+// A live point: averaged into the newest one while within a step of it, as the history is.
+function addPoint(c, t, v) {
+  const range = RANGES[state.range], step = range / POINTS, last = c.xs.length - 1;
+  if (last >= 0 && c.n > 0 && t - c.start < step && t >= c.xs[last]) {
+    c.ys[last] = (c.ys[last] * c.n + v) / (c.n + 1);
+    c.xs[last] = t;
+    c.n += 1;
+  } else {
+    c.xs.push(t); c.ys.push(v); c.start = t; c.n = 1;
+  }
+  while (c.xs.length && c.xs[0] < t - range) { c.xs.shift(); c.ys.shift(); }
+  c.dirty = true;
+}
+
 function draw(c) {
-  const ctx = c.canvas.getContext("2d");
-  const { width, height } = c.canvas;
-  ctx.clearRect(0, 0, width, height);
-  if (c.points.length < 2) return;
-  const xs = c.points.map((p) => p[0]), ys = c.points.map((p) => p[1]);
-  const x0 = Math.min(...xs), x1 = Math.max(...xs), y0 = Math.min(...ys), y1 = Math.max(...ys);
-  const x = (t) => (x1 === x0 ? width : ((t - x0) / (x1 - x0)) * (width - 2) + 1);
-  const y = (v) => (y1 === y0 ? height / 2 : height - 3 - ((v - y0) / (y1 - y0)) * (height - 6));
-  ctx.strokeStyle = getComputedStyle(document.documentElement).getPropertyValue("--line");
-  ctx.lineWidth = 1.5;
-  ctx.beginPath();
-  c.points.forEach(([t, v], i) => (i ? ctx.lineTo(x(t), y(v)) : ctx.moveTo(x(t), y(v))));
-  ctx.stroke();
+  c.plot.setData([c.xs, c.ys]);
+}
+
+function chooseRange(range) {
+  state.range = range;
+  localStorage.setItem("cairn-range", range);
+  document.querySelectorAll("#ranges button").forEach((b) => b.classList.toggle("on", b.dataset.range === range));
+  Object.values(state.charts).forEach(backfill);
 }
 
 function showValue(device, metric, value, ts) {
   const shown = metricRow(device, metric).querySelector(".value");
   shown.textContent = format(value);
   shown.title = "read at " + ts;
-  if (typeof value === "number") {
-    const c = chart(device, metric);
-    c.points.push([Date.parse(ts), value]);
-    if (c.points.length > KEEP) c.points.shift();
-    c.dirty = true;
+  if (typeof value === "number") addPoint(chart(device, metric), Date.parse(ts) / 1000, value);
+}
+
+// A writable point's control: a value asked for, confirmed, then written through the same
+// path as MQTT `.../set`; the answer shows the value read back from the device.
+function writeControl(device, point) {
+  const row = metricRow(device, point);
+  if (row.querySelector("button.set")) return;
+  const answer = el("span", { class: "answer" });
+  const button = el("button", { class: "set", "data-device": device, "data-point": point }, "Set…");
+  button.addEventListener("click", () => write(device, point, answer));
+  row.append(el("div", { class: "write" }, button, answer));
+}
+
+async function write(device, point, answer) {
+  const now = metricRow(device, point).querySelector(".value").textContent;
+  const text = prompt(`New value for ${device} · ${point} (now ${now})`);
+  if (text === null || text.trim() === "") return;
+  const t = text.trim();
+  const value = t === "true" ? true : t === "false" ? false : isNaN(Number(t)) ? t : Number(t);
+  if (!confirm(`Set ${device} · ${point} to ${JSON.stringify(value)}?`)) return;
+  answer.textContent = "writing…";
+  answer.className = "answer";
+  try {
+    const response = await fetch("api/set", {
+      method: "POST", headers: { ...headers(), "Content-Type": "application/json" },
+      body: JSON.stringify({ device, point, value }),
+    });
+    const json = (response.headers.get("content-type") || "").includes("json");
+    const result = json ? await response.json() : { ok: false, error: await response.text() };
+    answer.textContent = result.ok ? "set · read back " + (result.value == null ? "nothing" : format(result.value)) : "refused: " + result.error;
+    answer.className = "answer " + (result.ok ? "ok" : "bad");
+  } catch (e) {
+    answer.textContent = "failed: " + e.message;
+    answer.className = "answer bad";
   }
 }
 
@@ -158,7 +229,15 @@ function connect(delay) {
   if (state.token) url.searchParams.set("token", state.token);
   if (state.seq !== null) url.searchParams.set("since", state.seq);
   const socket = new WebSocket(url);
-  socket.onopen = () => { $("live").textContent = "live"; $("live").className = "badge"; delay = 1000; };
+  socket.onopen = () => {
+    // Whether the feed is compressed (permessage-deflate): what a slow link cares about.
+    const deflate = socket.extensions.includes("permessage-deflate");
+    $("live").textContent = deflate ? "live · compressed" : "live";
+    $("live").title = socket.extensions || "uncompressed";
+    $("live").dataset.extensions = socket.extensions;
+    $("live").className = "badge";
+    delay = 1000;
+  };
   socket.onmessage = onMessage;
   socket.onclose = () => {
     $("live").textContent = "reconnecting";
@@ -195,6 +274,7 @@ async function refresh() {
     const dropped = Object.entries(status.dropped).filter(([, v]) => v > 0).map(([k, v]) => k + ": " + v).join(", ");
     $("dropped").textContent = dropped || "none";
     for (const device of await api("/api/devices")) {
+      (device.writable || []).forEach((point) => writeControl(device.name, point));
       const errors = Object.entries(device.errors).map(([k, v]) => k + " " + v).join(", ");
       const card = deviceCard(device.name);
       card.querySelector(".seen").textContent = (device.description ? device.description + " · " : "") + device.adapter
@@ -210,6 +290,10 @@ async function start() {
   $("main").hidden = false;
   if (started) return;
   started = true;
+  document.querySelectorAll("#ranges button").forEach((b) => b.addEventListener("click", () => chooseRange(b.dataset.range)));
+  chooseRange(state.range);
+  window.addEventListener("resize", () => Object.values(state.charts).forEach((c) =>
+    c.plot.setSize({ width: Math.max(200, c.plot.root.parentElement.parentElement.clientWidth), height: 150 })));
   connect(1000);
   refresh();
   setInterval(refresh, 5000);
