@@ -87,6 +87,13 @@ write("ws_client", [
     '{"subscribe":{"devices":["mast*"],"values":["t?mp*"]}}',
     '{"subscribe":{}}',
 ])
+write("ws_offer", [
+    "permessage-deflate; client_max_window_bits",
+    "permessage-deflate",
+    'permessage-deflate; server_max_window_bits=10; client_max_window_bits="12"; '
+    "server_no_context_takeover; client_no_context_takeover",
+    "x-webkit-deflate-frame, permessage-deflate; server_max_window_bits=8, permessage-deflate",
+])
 
 body = {"b": [{"d": "mast", "s": [41, 1], "t": [1764064800000, 1000], "u": [1],
                "c": [{"n": "temperature", "k": "d", "e": 1, "v": [215, 1]},

@@ -11,6 +11,7 @@ stime over the run; RSS its VmRSS with all clients connected.
 import asyncio
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -20,7 +21,7 @@ import time
 import cbor2
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import CAIRN, ROOT, Broker, Cairn, free_port  # noqa: E402
+from bench import CAIRN, ROOT, Broker, Cairn, free_port, wait_port  # noqa: E402
 from websockets.asyncio.client import connect  # noqa: E402
 
 
@@ -101,11 +102,14 @@ class Demo:
     """The demo gateway (config/demo.yaml: 4 devices, 0.8 readings/s) on private ports: the
     mix of readings a site sends."""
 
-    def __init__(self, broker_port, feed):
+    def __init__(self, broker_port, feed, full_precision=False):
         self.dir = tempfile.mkdtemp()
         self.feed_port = free_port()
         with open(os.path.join(ROOT, "config", "demo.yaml")) as f:
             text = f.read()
+        if full_precision:
+            # Sensor noise to 17 digits, as a device without `decimals` sends it.
+            text = re.sub(r"\n *decimals: \d+[^\n]*", "", text)
         text = (text.replace("data_dir: ./data", f"data_dir: {self.dir}/data")
                 .replace("port: 1883", f"port: {broker_port}")
                 .replace("listen: 0.0.0.0:8080", f"listen: 127.0.0.1:{self.feed_port}\n  " + feed))
@@ -164,6 +168,38 @@ async def wire(gateway, clients, seconds, compression, fmt):
             "cpu_per_1000": cpu / readings * 1000, "rss": rss, "deflate": bool(extensions[0])}
 
 
+def http(port, path, headers=""):
+    """GET `path` as a browser asks for it: the whole response's bytes and its ETag."""
+    import socket
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: gateway\r\nAccept-Encoding: gzip, deflate, br, zstd\r\n"
+                     f"{headers}Connection: close\r\n\r\n".encode())
+        response = b""
+        while chunk := sock.recv(65536):
+            response += chunk
+    head = response.split(b"\r\n\r\n", 1)[0].decode()
+    etag = next((line.split(":", 1)[1].strip() for line in head.split("\r\n")
+                 if line.lower().startswith("etag:")), None)
+    return len(response), etag
+
+
+def first_load():
+    """The bytes of the dashboard's first load (its five files, the status and the devices)
+    and of a reload (the files revalidated), headers included."""
+    broker = Broker()
+    demo = Demo(broker.port, "deflate_clients: 4")
+    wait_port(demo.feed_port)
+    files = ["/", "/app.js", "/style.css", "/uplot.js", "/uplot.css"]
+    first = [http(demo.feed_port, path) for path in files]
+    api = sum(http(demo.feed_port, path)[0] for path in ["/api/status", "/api/devices"])
+    reload = sum(http(demo.feed_port, path, f"If-None-Match: {etag}\r\n")[0]
+                 for path, (_, etag) in zip(files, first))
+    demo.close()
+    broker.close()
+    print(f"dashboard:  first load {sum(n for n, _ in first):,} B of files and {api:,} B of /api/status "
+          f"and /api/devices; a reload {reload:,} B (five 304s)")
+
+
 def row(label, r):
     print(f"| {label} | {'yes' if r['deflate'] else 'no'} | {r['readings']:,.0f} | {r['per_reading']:.1f} B | "
           f"{r['cpu_per_1000'] * 1000:.1f} ms | {r['rss'] / 1024:.1f} MiB |", flush=True)
@@ -174,15 +210,18 @@ def main():
         count, p50, p99 = asyncio.run(run(clients, rate, 10))
         print(f"feed:       {clients:3} client(s) at {rate:,} readings/s: p50 {p50:.1f} ms, p99 {p99:.1f} ms "
               f"from reading to WebSocket client ({count} samples)")
+    first_load()
     print("| clients, frames | deflate | readings each | bytes per reading | Cairn CPU per 1,000 messages sent | RSS |")
     print("|---|---|---|---|---|---|")
     # A site's mix (the demo, 0.8 readings/s), one client: what a viewer's link carries.
-    for fmt in ["json", "cbor"]:
-        for compression in [None, "deflate"]:
-            broker = Broker()
-            demo = Demo(broker.port, "deflate_clients: 4")
-            row(f"demo, 1 client, {fmt}", asyncio.run(wire(demo, 1, 180, compression, fmt)))
-            broker.close()
+    for full in [False, True]:
+        for fmt in ["json", "cbor"]:
+            for compression in [None, "deflate"]:
+                broker = Broker()
+                demo = Demo(broker.port, "deflate_clients: 4", full)
+                label = f"demo{' at full precision' if full else ''}, 1 client, {fmt}"
+                row(label, asyncio.run(wire(demo, 1, 150, compression, fmt)))
+                broker.close()
     # 100 clients at 100 readings/s (10,000 messages/s): what compressing costs Cairn.
     for compression in [None, "deflate"]:
         broker = Broker()

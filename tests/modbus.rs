@@ -156,6 +156,67 @@ fn units_sharing_an_rs485_bus_are_polled_in_turn() {
 }
 
 #[test]
+fn fifty_units_behind_a_one_connection_gateway_share_it_and_every_poll_arrives() {
+    const UNITS: usize = 50;
+    let dir = tempfile::tempdir().unwrap();
+    let refusals = dir.path().join("refusals");
+    let broker = Broker::start();
+    let sub = Subscriber::start(&broker, "cairn/test/#");
+    let server = ModbusServer::start_with(&[
+        "--units",
+        &UNITS.to_string(),
+        "--one-connection",
+        refusals.to_str().unwrap(),
+    ]);
+    let tcp = format!("tcp: {{host: 127.0.0.1, port: {}}}", server.port);
+    let mut devices: String = (1..=UNITS)
+        .map(|u| {
+            format!(
+                "  - name: unit{u}\n    type: modbus\n    {tcp}\n    unit_id: {u}\n    interval: 1s\n\
+                 \x20   points: [{{name: id, table: holding, address: 0}}]\n"
+            )
+        })
+        .collect();
+    // A unit the gateway does not have: its exceptions must not hold the others up.
+    devices.push_str(&format!(
+        "  - name: missing\n    type: modbus\n    {tcp}\n    unit_id: 99\n    interval: 1s\n\
+         \x20   points: [{{name: id, table: holding, address: 0}}]\n"
+    ));
+    let cairn = Cairn::start(&config(broker.port, &devices));
+    let counts = |r: &support::Received| -> Vec<usize> {
+        (1..=UNITS)
+            .map(|u| {
+                let topic = format!("cairn/test/unit{u}");
+                r.data().filter(|(t, _)| *t == topic).count()
+            })
+            .collect()
+    };
+    assert!(
+        sub.wait_until(PATIENCE, |r| counts(r).iter().all(|n| *n >= 8)),
+        "{:?}\n{}",
+        sub.with(counts),
+        cairn.log()
+    );
+    // Every unit was polled every second, none starved by the others or by the missing one.
+    let seen = sub.with(counts);
+    let most = *seen.iter().max().unwrap();
+    assert!(seen.iter().all(|n| n + 2 >= most), "{seen:?}");
+    for u in 1..=UNITS {
+        let values = sub.values_of(&format!("unit{u}"));
+        assert!(
+            values.iter().all(|v| *v == serde_json::json!({"id": u})),
+            "unit {u}: {values:?}"
+        );
+    }
+    assert!(sub.values_of("missing").is_empty());
+    assert!(
+        !refusals.exists(),
+        "a second connection was tried: {}",
+        std::fs::read_to_string(&refusals).unwrap_or_default()
+    );
+}
+
+#[test]
 fn writes_over_mqtt_reach_the_device_and_are_answered() {
     let mut broker = Broker::start();
     let sub = Subscriber::start(&broker, "cairn/test/#");

@@ -451,7 +451,7 @@ pub struct FeedConfig {
     pub max_clients: usize,
     /// Most WebSocket clients compressed with permessage-deflate at once (default 32); the
     /// others are served uncompressed. Each holds its compressor's state (README: about
-    /// 150 KiB), so this bounds what compression costs in all; 0 turns it off.
+    /// 200 KiB), so this bounds what compression costs in all; 0 turns it off.
     #[serde(default = "default_deflate_clients")]
     pub deflate_clients: usize,
     /// Most connections at once, all clients together (default 512; lowered to fit the

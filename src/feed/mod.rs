@@ -12,7 +12,7 @@ mod cbor;
 pub mod history;
 pub mod hub;
 mod metrics;
-mod offer;
+pub mod offer;
 mod server;
 mod ws;
 

@@ -3,8 +3,15 @@
 Usage: modbus_server.py PORT (Modbus TCP) or modbus_server.py --rtu DEVICE (Modbus RTU at
 19200 baud on a serial device, e.g. one end of a socat pty pair). Prints "ready" once
 listening. Unit 1 holds the map below; unit 2 a second device whose register 8 is 7. Other unit
-ids get an exception response (a real RS-485 bus would stay silent)."""
+ids get an exception response (a real RS-485 bus would stay silent).
+
+    modbus_server.py PORT --units N --one-connection REFUSALS
+
+plays a TCP-to-RTU gateway (a Moxa MGate takes 1 to 4 connections): units 1 to N, each
+holding its own id in register 0, behind a front that takes one connection at a time and
+closes any other at once, appending a line to the file REFUSALS for each."""
 import asyncio
+import socket
 import sys
 
 from pymodbus.datastore import ModbusDeviceContext, ModbusSequentialDataBlock, ModbusServerContext
@@ -40,7 +47,49 @@ def device(holding):
                                di=block({}, 100))
 
 
+async def gateway(port, units, refusals):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        inner = s.getsockname()[1]
+    context = ModbusServerContext(devices={u: device({0: [u]}) for u in range(1, units + 1)}, single=False)
+    server = asyncio.create_task(StartAsyncTcpServer(context=context, address=("127.0.0.1", inner)))
+    for _ in range(500):
+        try:
+            _, w = await asyncio.open_connection("127.0.0.1", inner)
+            w.close()
+            break
+        except OSError:
+            await asyncio.sleep(0.01)
+    busy = []
+
+    async def front(reader, writer):
+        if busy:
+            with open(refusals, "a") as f:
+                f.write("refused\n")
+            writer.close()
+            return
+        busy.append(writer)
+        to_r, to_w = await asyncio.open_connection("127.0.0.1", inner)
+
+        async def pipe(r, w):
+            while data := await r.read(4096):
+                w.write(data)
+                await w.drain()
+            w.close()
+
+        await asyncio.gather(pipe(reader, to_w), pipe(to_r, writer), return_exceptions=True)
+        busy.clear()
+
+    listening = await asyncio.start_server(front, "127.0.0.1", port)
+    print("ready", flush=True)
+    await asyncio.gather(listening.serve_forever(), server)
+
+
 async def main(args):
+    if "--units" in args:
+        await gateway(int(args[0]), int(args[args.index("--units") + 1]),
+                      args[args.index("--one-connection") + 1])
+        return
     context = ModbusServerContext(devices={1: device(HOLDING), 2: device({8: [7]})}, single=False)
     print("ready", flush=True)
     if args[0] == "--rtu":

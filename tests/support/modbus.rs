@@ -11,15 +11,23 @@ use super::{PYTHON, free_port};
 pub struct ModbusServer {
     pub port: u16,
     rtu: Option<PathBuf>,
+    args: Vec<String>,
     child: Option<Child>,
 }
 
 impl ModbusServer {
     /// A Modbus TCP server on a free port.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// A Modbus TCP server on a free port, with more arguments for the script (e.g. the
+    /// many-unit gateway of `--units`).
+    pub fn start_with(args: &[&str]) -> Self {
         let mut server = Self {
             port: free_port(),
             rtu: None,
+            args: args.iter().map(|a| a.to_string()).collect(),
             child: None,
         };
         server.restart();
@@ -31,6 +39,7 @@ impl ModbusServer {
         let mut server = Self {
             port: 0,
             rtu: Some(tty.to_path_buf()),
+            args: Vec::new(),
             child: None,
         };
         server.restart();
@@ -44,7 +53,7 @@ impl ModbusServer {
         command.arg(script);
         match &self.rtu {
             Some(tty) => command.arg("--rtu").arg(tty),
-            None => command.arg(self.port.to_string()),
+            None => command.arg(self.port.to_string()).args(&self.args),
         };
         let mut child = command
             .stdout(Stdio::piped())

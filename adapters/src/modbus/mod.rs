@@ -1,5 +1,5 @@
-//! Modbus devices polled from a register map, over TCP or over an RS-485 bus (RTU) shared with
-//! other devices ([`bus`]).
+//! Modbus devices polled from a register map, over Modbus TCP or an RS-485 bus (RTU); the
+//! devices on one serial port, or behind one TCP `host:port`, share its link ([`bus`]).
 //!
 //! Points are coalesced into as few requests as the protocol allows ([`plan`]), every request
 //! has a timeout (tokio-modbus would wait forever), exceptions are counted by code, and after
@@ -16,7 +16,6 @@ mod registers;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,15 +23,18 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use tokio::time::Instant;
 use tokio_modbus::client::{Client, Context};
-use tokio_modbus::{ExceptionCode, ProtocolError, Request as ModbusRequest, Response, Slave};
+use tokio_modbus::{ExceptionCode, ProtocolError, Request as ModbusRequest, Response};
 
 use crate::adapter::{Adapter, AdapterContext, AdapterError, DeviceStatus};
 use crate::command::Command;
 use crate::config::ValueInfo;
 use crate::reading::Reading;
-pub use bus::{RtuBus, RtuConfig, SharedBuses};
+pub use bus::{Bus, Link, RtuConfig, SharedBuses};
 pub use plan::{Request, plan};
 pub use registers::{ByteOrder, Point, PointType, Table, Write};
+
+/// The least time a TCP connect may take: a gateway's first answer may be slow.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Settings of a Modbus device (`type: modbus`).
 #[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
@@ -86,6 +88,15 @@ pub struct TcpConfig {
     /// Port (default 502).
     #[serde(default = "default_port")]
     pub port: u16,
+    /// Whether devices naming the same host and port share one connection (default true), as
+    /// units behind a TCP-to-RTU gateway must: such a gateway takes 1 to 4 connections. false
+    /// gives this device a connection of its own, for servers that want one per unit.
+    #[serde(default = "default_true")]
+    pub shared: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_unit() -> u8 {
@@ -195,11 +206,23 @@ impl ModbusConfig {
     pub(crate) fn build(&self, buses: &SharedBuses) -> ModbusAdapter {
         // Validation resolved the profile already; it cannot fail differently now.
         let resolved = self.resolved().unwrap_or_else(|_| self.clone());
-        let bus = resolved.rtu.as_ref().map(|rtu| buses.bus(rtu));
+        let bus = match (&resolved.rtu, &resolved.tcp) {
+            (Some(rtu), _) => buses.bus(Link::Rtu(rtu.clone())),
+            (None, Some(tcp)) => {
+                let link = Link::Tcp(format!("{}:{}", tcp.host, tcp.port));
+                if tcp.shared {
+                    buses.bus(link)
+                } else {
+                    Arc::new(tokio::sync::Mutex::new(Bus::new(link)))
+                }
+            }
+            // Validation refuses a device with neither; such a bus never opens.
+            (None, None) => Arc::new(tokio::sync::Mutex::new(Bus::new(Link::Tcp(String::new())))),
+        };
         resolved.build_resolved(bus)
     }
 
-    fn build_resolved(&self, bus: Option<Arc<tokio::sync::Mutex<RtuBus>>>) -> ModbusAdapter {
+    fn build_resolved(&self, bus: Arc<tokio::sync::Mutex<Bus>>) -> ModbusAdapter {
         // One schedule per distinct interval, each with its own coalesced requests.
         let mut by_interval: BTreeMap<Duration, Vec<usize>> = BTreeMap::new();
         for (i, point) in self.points.iter().enumerate() {
@@ -248,7 +271,7 @@ pub struct ModbusAdapter {
     config: ModbusConfig,
     names: Vec<Arc<str>>,
     schedules: Vec<Schedule>,
-    bus: Option<Arc<tokio::sync::Mutex<RtuBus>>>,
+    bus: Arc<tokio::sync::Mutex<Bus>>,
 }
 
 /// One Modbus transaction.
@@ -322,7 +345,7 @@ impl ModbusAdapter {
             // Noise on an RS-485 line is a bad answer, not a lost link: the bus is reopened
             // (dropping what is left of the frame) and the device keeps its schedule.
             Ok(Err(tokio_modbus::Error::Transport(e)))
-                if self.bus.is_some() && e.kind() == std::io::ErrorKind::InvalidData =>
+                if self.config.rtu.is_some() && e.kind() == std::io::ErrorKind::InvalidData =>
             {
                 ctx.counters().count_error("crc");
                 Failure::Corrupted
@@ -347,28 +370,21 @@ impl ModbusAdapter {
         Ok(Outcome::Failed(failure))
     }
 
-    /// Runs one transaction over this device's TCP connection, or on its RS-485 bus while
-    /// holding the bus.
-    async fn request(
-        &self,
-        tcp: Option<&mut Context>,
-        ctx: &AdapterContext,
-        op: &Op<'_>,
-    ) -> Result<Outcome, AdapterError> {
-        if let Some(modbus) = tcp {
-            return self.call(modbus, ctx, op).await;
-        }
-        let Some(bus) = &self.bus else {
-            return Err(AdapterError::Config("neither `tcp` nor `rtu`".into()));
-        };
-        let mut bus = bus.lock().await;
+    /// Runs one transaction on this device's link (its RS-485 bus or its Modbus TCP
+    /// connection, shared or not) while holding it.
+    async fn request(&self, ctx: &AdapterContext, op: &Op<'_>) -> Result<Outcome, AdapterError> {
+        let mut bus = self.bus.lock().await;
         let modbus = bus
-            .unit(self.config.unit_id)
+            .unit(
+                self.config.unit_id,
+                self.config.timeout.max(CONNECT_TIMEOUT),
+            )
             .await
             .map_err(AdapterError::Transport)?;
         let outcome = self.call(modbus, ctx, op).await;
         bus.done();
-        // A late answer would be read as the reply to the next request: start afresh.
+        // A late answer would be read as the reply to the next request (on TCP too, where
+        // tokio-modbus refuses it by transaction id but does not skip it): start afresh.
         if matches!(
             outcome,
             Err(_) | Ok(Outcome::Failed(Failure::Timeout | Failure::Corrupted))
@@ -380,12 +396,7 @@ impl ModbusAdapter {
 
     /// Carries out a command: writes the point, then reads it back. `Err` is a broken link
     /// (the command is answered first).
-    async fn write(
-        &self,
-        mut tcp: Option<&mut Context>,
-        ctx: &AdapterContext,
-        command: Command,
-    ) -> Result<(), AdapterError> {
+    async fn write(&self, ctx: &AdapterContext, command: Command) -> Result<(), AdapterError> {
         let found = self.config.points.iter().find(|p| p.name == command.point);
         let point = match found {
             Some(point) if point.writable => point,
@@ -406,9 +417,7 @@ impl ModbusAdapter {
                 return Ok(());
             }
         };
-        let outcome = self
-            .request(tcp.as_deref_mut(), ctx, &Op::Write(point.address, &data))
-            .await;
+        let outcome = self.request(ctx, &Op::Write(point.address, &data)).await;
         match outcome {
             Ok(Outcome::Words(_)) => {}
             Ok(Outcome::Failed(failure)) => {
@@ -428,7 +437,7 @@ impl ModbusAdapter {
             points: Vec::new(),
         };
         // The write happened; a failed read-back only leaves the new value unknown.
-        let read_back = match self.request(tcp, ctx, &Op::Read(&request)).await {
+        let read_back = match self.request(ctx, &Op::Read(&request)).await {
             Ok(Outcome::Words(words)) => point.decode_registers(&words),
             Ok(Outcome::Failed(_)) => None,
             Err(e) => {
@@ -444,16 +453,13 @@ impl ModbusAdapter {
     /// request failed.
     async fn poll(
         &self,
-        mut tcp: Option<&mut Context>,
         ctx: &AdapterContext,
         schedule: &Schedule,
     ) -> Result<(Option<Reading>, bool), AdapterError> {
         let mut values = Vec::new();
         let mut failed = 0;
         for request in &schedule.requests {
-            let outcome = self
-                .request(tcp.as_deref_mut(), ctx, &Op::Read(request))
-                .await?;
+            let outcome = self.request(ctx, &Op::Read(request)).await?;
             let Outcome::Words(words) = outcome else {
                 failed += 1;
                 continue;
@@ -467,26 +473,6 @@ impl ModbusAdapter {
         }
         let reading = (!values.is_empty()).then(|| Reading::now(ctx.device().clone(), values));
         Ok((reading, failed == schedule.requests.len()))
-    }
-
-    /// A TCP connection to the device, for `tcp:` devices.
-    async fn connect(&self, tcp: &TcpConfig) -> Result<Context, AdapterError> {
-        let endpoint = format!("{}:{}", tcp.host, tcp.port);
-        let addr: SocketAddr = tokio::net::lookup_host(&endpoint)
-            .await
-            .ok()
-            .and_then(|mut addrs| addrs.next())
-            .ok_or_else(|| AdapterError::Transport(format!("cannot resolve {endpoint}")))?;
-        let connect = tokio_modbus::client::tcp::connect_slave(addr, Slave(self.config.unit_id));
-        match tokio::time::timeout(self.config.timeout.max(Duration::from_secs(3)), connect).await {
-            Ok(Ok(modbus)) => Ok(modbus),
-            Ok(Err(e)) => Err(AdapterError::Transport(format!(
-                "cannot connect to {endpoint}: {e}"
-            ))),
-            Err(_) => Err(AdapterError::Transport(format!(
-                "connecting to {endpoint} timed out"
-            ))),
-        }
     }
 }
 
@@ -572,10 +558,6 @@ fn mismatch(message: &str, response: Response) -> tokio_modbus::Error {
 #[async_trait]
 impl Adapter for ModbusAdapter {
     async fn run(&mut self, ctx: &AdapterContext) -> Result<(), AdapterError> {
-        let mut tcp = match &self.config.tcp {
-            Some(tcp) => Some(self.connect(tcp).await?),
-            None => None,
-        };
         let mut due: Vec<Instant> = vec![Instant::now(); self.schedules.len()];
         let mut failures = 0;
         loop {
@@ -589,14 +571,14 @@ impl Adapter for ModbusAdapter {
                 () = ctx.cancelled().cancelled() => return Ok(()),
                 () = tokio::time::sleep_until(when) => {}
                 Some(command) = ctx.next_command() => {
-                    self.write(tcp.as_mut(), ctx, command).await?;
+                    self.write(ctx, command).await?;
                     continue;
                 }
             }
             let schedule = &self.schedules[index];
             // Keep the schedule's rhythm; after a stall, skip what was missed.
             due[index] = (when + schedule.every).max(Instant::now());
-            let (reading, all_failed) = self.poll(tcp.as_mut(), ctx, schedule).await?;
+            let (reading, all_failed) = self.poll(ctx, schedule).await?;
             if all_failed {
                 failures += 1;
                 if failures >= self.config.offline_after {
@@ -624,6 +606,7 @@ mod tests {
             tcp: Some(TcpConfig {
                 host: "meter".into(),
                 port: 502,
+                shared: true,
             }),
             rtu: None,
             unit_id: 1,
@@ -669,7 +652,7 @@ mod tests {
                 let _ = device.write_all(&answer).await;
             }
         });
-        tokio_modbus::client::rtu::attach_slave(client, Slave(1))
+        tokio_modbus::client::rtu::attach_slave(client, tokio_modbus::Slave(1))
     }
 
     fn rtu_frame(pdu: &[u8]) -> Vec<u8> {
