@@ -2,6 +2,8 @@
 
 1. 100 devices x 20 holding registers polled every second for 30 s: cairn's CPU % and peak RSS.
 2. One device polled as fast as it answers: requests per second (bounded by pymodbus).
+3. 50 units behind one endpoint (a TCP-to-RTU gateway) polled as fast as they answer, over one
+   shared connection (the default) and over a connection each (`shared: false`).
 """
 import os
 import subprocess
@@ -74,6 +76,20 @@ def main():
         cpu, rss, rate = run(one, 10, broker.port)
         print(f"modbus tcp: one device polled back to back: {rate:.0f} requests/s "
               f"(bounded by pymodbus, a Python server), cairn CPU {cpu:.1f} %")
+        units_port = free_port()
+        units = subprocess.Popen([PYTHON, SERVER, str(units_port), "--units", "50"],
+                                 stdout=subprocess.PIPE, text=True)
+        units.stdout.readline()
+        wait_port(units_port)
+        for shared in ["true", "false"]:
+            devices = "".join(
+                f"  - name: unit{u}\n    type: modbus\n    tcp: {{host: 127.0.0.1, port: {units_port}, shared: {shared}}}\n"
+                f"    unit_id: {u}\n    interval: 1ms\n    points: [{{name: id, table: holding, address: 0}}]\n"
+                for u in range(1, 51))
+            cpu, rss, rate = run(devices, 10, broker.port)
+            how = "one shared connection" if shared == "true" else "a connection each"
+            print(f"modbus tcp: 50 units back to back over {how}: {rate:.0f} requests/s, cairn CPU {cpu:.1f} %")
+        units.terminate()
     finally:
         server.terminate()
         broker.close()

@@ -44,7 +44,7 @@ async def main(url, token, device, point, value):
                     answer = json.loads(await browser.recv())
                     if answer.get("id") == id_:
                         if "error" in answer:
-                            raise SystemExit(f"{method}: {answer['error']}")
+                            raise RuntimeError(f"{method}: {answer['error']}")
                         return answer["result"]
 
             target = (await call("Target.createTarget", url=url))["targetId"]
@@ -53,20 +53,27 @@ async def main(url, token, device, point, value):
             async def evaluate(expression):
                 result = await call("Runtime.evaluate", session, expression=expression,
                                     returnByValue=True, awaitPromise=True)
+                if "exceptionDetails" in result:
+                    raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
                 return result["result"].get("value")
 
             async def until(expression):
+                # While the page loads or reloads, its context may be gone: not true yet.
                 deadline = asyncio.get_running_loop().time() + PATIENCE
                 while asyncio.get_running_loop().time() < deadline:
-                    value = await evaluate(expression)
+                    try:
+                        value = await evaluate(expression)
+                    except RuntimeError:
+                        value = None
                     if value:
                         return value
                     await asyncio.sleep(0.1)
                 raise SystemExit(f"never true: {expression}")
 
-            # The page asks for the token on a 401; give it the way a user's login form does.
-            await until("document.readyState === 'complete'")
-            await evaluate(f"localStorage.setItem('cairn-token', {json.dumps(token)}); location.reload()")
+            # The page asks for the token on a 401; give it the way a user's login form does,
+            # once the gateway's page (not the blank one before it) has loaded.
+            await until(f"location.href === {json.dumps(url)} && document.readyState === 'complete'")
+            await evaluate(f"localStorage.setItem('cairn-token', {json.dumps(token)}); location.reload(); true")
             button = f"document.querySelector('button.set[data-device={json.dumps(device)}][data-point={json.dumps(point)}]')"
             await until(f"!!{button}")
             await evaluate(f"window.prompt = () => {json.dumps(value)};"

@@ -5,11 +5,12 @@ Usage: modbus_server.py PORT (Modbus TCP) or modbus_server.py --rtu DEVICE (Modb
 listening. Unit 1 holds the map below; unit 2 a second device whose register 8 is 7. Other unit
 ids get an exception response (a real RS-485 bus would stay silent).
 
-    modbus_server.py PORT --units N --one-connection REFUSALS
+    modbus_server.py PORT --units N [--one-connection REFUSALS]
 
-plays a TCP-to-RTU gateway (a Moxa MGate takes 1 to 4 connections): units 1 to N, each
-holding its own id in register 0, behind a front that takes one connection at a time and
-closes any other at once, appending a line to the file REFUSALS for each."""
+plays a TCP-to-RTU gateway: units 1 to N, each holding its own id in register 0. With
+--one-connection, as a Moxa MGate that takes few connections: behind a front that takes one
+connection at a time and closes any other at once, appending a line to the file REFUSALS for
+each."""
 import asyncio
 import socket
 import sys
@@ -48,10 +49,14 @@ def device(holding):
 
 
 async def gateway(port, units, refusals):
+    context = ModbusServerContext(devices={u: device({0: [u]}) for u in range(1, units + 1)}, single=False)
+    if refusals is None:
+        print("ready", flush=True)
+        await StartAsyncTcpServer(context=context, address=("127.0.0.1", port))
+        return
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         inner = s.getsockname()[1]
-    context = ModbusServerContext(devices={u: device({0: [u]}) for u in range(1, units + 1)}, single=False)
     server = asyncio.create_task(StartAsyncTcpServer(context=context, address=("127.0.0.1", inner)))
     for _ in range(500):
         try:
@@ -87,8 +92,8 @@ async def gateway(port, units, refusals):
 
 async def main(args):
     if "--units" in args:
-        await gateway(int(args[0]), int(args[args.index("--units") + 1]),
-                      args[args.index("--one-connection") + 1])
+        refusals = args[args.index("--one-connection") + 1] if "--one-connection" in args else None
+        await gateway(int(args[0]), int(args[args.index("--units") + 1]), refusals)
         return
     context = ModbusServerContext(devices={1: device(HOLDING), 2: device({8: [7]})}, single=False)
     print("ready", flush=True)
