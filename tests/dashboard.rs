@@ -152,20 +152,10 @@ fn a_write_from_the_page_reaches_the_device_and_shows_the_value_read_back() {
     let cairn = Cairn::start(&config("feed: {listen: '127.0.0.1:0', token: s3cret}\n"));
     cairn.wait_log("Device online");
     let url = format!("http://{}/", cairn.feed());
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/peers/dashboard_write.py"
+    let report = support::peer_json(
+        "dashboard_write.py",
+        &[&url, "s3cret", "boiler", "setpoint", "23.4"],
     );
-    let output = Command::new(support::PYTHON)
-        .args([script, &url, "s3cret", "boiler", "setpoint", "23.4"])
-        .output()
-        .expect("the test venv exists (scripts/test creates it)");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(report["confirmed"], "Set boiler · setpoint to 23.4?");
     assert_eq!(report["answer"], "set · read back 23.4");
     // The device holds it: the next readings upstream show it.

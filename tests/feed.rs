@@ -281,28 +281,12 @@ fn the_api_answers_while_the_broker_is_unreachable() {
 /// What the server answers to the offers browsers and Python `websockets` make.
 const DEFLATE: &str = "permessage-deflate; server_max_window_bits=12; client_max_window_bits=9";
 
-/// Runs `tests/peers/ws_client.py` with `args`; its one JSON line.
-fn ws_client(args: &[&str]) -> serde_json::Value {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/ws_client.py");
-    let output = std::process::Command::new(PYTHON)
-        .arg(script)
-        .args(args)
-        .output()
-        .expect("the test venv exists (scripts/test creates it)");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap()
-}
-
 #[test]
 fn python_clients_read_the_same_feed_compressed_plain_and_in_cbor() {
     let broker = Broker::start();
     let cairn = gateway(broker.port, 20, 0, "");
     let url = format!("ws://{}/ws", cairn.feed());
-    let report = ws_client(&["compare", &url, "40"]);
+    let report = support::peer_json("ws_client.py", &["compare", &url, "40"]);
     for (client, extensions) in [("deflate", DEFLATE), ("plain", ""), ("cbor", DEFLATE)] {
         let client = &report[client];
         assert_eq!(client["first"], "snapshot");

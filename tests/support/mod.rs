@@ -53,6 +53,23 @@ pub fn wait_for_port_within(port: u16, up: bool, patience: Duration) {
     }
 }
 
+/// Runs the Python peer `tests/peers/<script>` with `args` and parses the one JSON line it
+/// prints; its stderr is the failure message.
+pub fn peer_json(script: &str, args: &[&str]) -> serde_json::Value {
+    let path = format!("{}/tests/peers/{script}", env!("CARGO_MANIFEST_DIR"));
+    let output = std::process::Command::new(PYTHON)
+        .arg(path)
+        .args(args)
+        .output()
+        .expect("the test venv exists (scripts/test creates it)");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
 /// The resident memory of process `pid`, in KiB.
 pub fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
