@@ -156,7 +156,15 @@ pub async fn run(
 
     // From here only the adapters hold senders: the channel closes when the last one stops.
     drop(sink);
-    info!(gateway = %config.gateway.id, devices = devices.len(), "Cairn running");
+    info!(gateway = %config.gateway.id, config = %config_path.display(), devices = devices.len(), "Cairn running");
+    if devices.is_empty() {
+        // A fresh install's config has none: say what to do next, where people look first.
+        warn!(
+            config = %config_path.display(),
+            examples = "/usr/share/doc/cairn/examples",
+            "No devices configured: add them under `devices:` in the config, then restart Cairn (systemctl restart cairn)"
+        );
+    }
     service::ready(&format!("running, {} devices", devices.len()));
     let stop_watchdog = CancellationToken::new();
     let watchdog = tokio::spawn(service::watchdog(reader.clone(), stop_watchdog.clone()));

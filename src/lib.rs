@@ -22,6 +22,7 @@ pub mod service;
 pub mod shutdown;
 pub mod store;
 pub mod supervisor;
+pub mod tools;
 pub mod uplink;
 pub mod wear;
 

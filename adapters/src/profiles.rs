@@ -34,20 +34,24 @@ const PROFILES: &[(AdapterKind, &str, &str)] = &[
     ),
 ];
 
+/// The names of the profiles for `adapter`.
+pub fn names(adapter: AdapterKind) -> Vec<&'static str> {
+    PROFILES
+        .iter()
+        .filter(|(a, _, _)| *a == adapter)
+        .map(|(_, n, _)| *n)
+        .collect()
+}
+
 /// The profile `name` for `adapter`, parsed as `T`; the error lists the profiles there are.
 pub fn load<T: DeserializeOwned>(adapter: AdapterKind, name: &str) -> Result<T, String> {
     let (_, _, text) = PROFILES
         .iter()
         .find(|(a, n, _)| *a == adapter && *n == name)
         .ok_or_else(|| {
-            let names: Vec<&str> = PROFILES
-                .iter()
-                .filter(|(a, _, _)| *a == adapter)
-                .map(|(_, n, _)| *n)
-                .collect();
             format!(
                 "no {adapter} profile `{name}`; there are: {}",
-                names.join(", ")
+                names(adapter).join(", ")
             )
         })?;
     serde_saphyr::from_str(text).map_err(|e| format!("profile `{name}` is broken: {e}"))

@@ -26,8 +26,9 @@ pub use preset::LinkPreset;
 pub struct Config {
     /// Who this gateway is and where it keeps its files.
     pub gateway: GatewayConfig,
-    /// The upstream broker.
-    #[serde(default)]
+    /// The upstream broker. Without this section there is none: readings stay in the outbox
+    /// (within `buffer.max_bytes` and `max_age`) until one is configured.
+    #[serde(default = "MqttConfig::absent")]
     pub mqtt: MqttConfig,
     /// The store-and-forward outbox.
     #[serde(default)]
@@ -59,6 +60,10 @@ pub struct GatewayConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MqttConfig {
+    /// Whether there is an uplink (default true when the `mqtt:` section is present, false
+    /// when it is absent). Off, nothing connects anywhere and readings wait in the outbox.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
     /// The kind of link: `lan` (the default), `cellular`, `satellite` or `dialup`. It chooses
     /// the encoding, batching, lanes, window, keepalive and timeouts; any of those set here
     /// wins over it.
@@ -620,6 +625,7 @@ fn default_max_batch() -> usize {
 impl Default for MqttConfig {
     fn default() -> Self {
         Self {
+            enabled: true,
             link: None,
             url: None,
             host: None,
@@ -676,6 +682,15 @@ pub struct Endpoint {
 }
 
 impl MqttConfig {
+    /// What a config without an `mqtt:` section has: no uplink, so that a fresh install never
+    /// retries a broker that does not exist.
+    fn absent() -> Self {
+        Self {
+            enabled: false,
+            ..Self::default()
+        }
+    }
+
     /// The broker address. Only valid on a validated config.
     pub fn endpoint(&self) -> Endpoint {
         let parsed = self.url.as_ref().and_then(|url| parse_url(&url.value).ok());

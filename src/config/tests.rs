@@ -25,9 +25,23 @@ fn minimal_config_gets_defaults() {
         }
     );
     assert_eq!(config.mqtt.qos, 1);
+    assert!(!config.mqtt.enabled, "no `mqtt:` section, no uplink");
     assert_eq!(config.buffer.when_full, WhenFull::DropOldest);
     assert_eq!(config.buffer.synchronous, Synchronous::Full);
     assert!(config.devices.is_empty());
+}
+
+#[test]
+fn an_mqtt_section_turns_the_uplink_on_unless_it_says_otherwise() {
+    assert!(load("gateway: {id: g}\nmqtt: {}\n").unwrap().mqtt.enabled);
+    assert!(
+        load("gateway: {id: g}\nmqtt: {host: b}\n")
+            .unwrap()
+            .mqtt
+            .enabled
+    );
+    let off = load("gateway: {id: g}\nmqtt: {host: b, enabled: false}\n").unwrap();
+    assert!(!off.mqtt.enabled);
 }
 
 #[test]

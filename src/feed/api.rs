@@ -236,6 +236,7 @@ pub async fn status(_: Authorized, State(state): State<AppState>) -> Json<serde_
         "started": rfc3339(state.started),
         "uptime_s": now.duration_since(state.started).unwrap_or_default().as_secs(),
         "uplink": {
+            "configured": uplink.configured,
             "connected": uplink.connected,
             "since": rfc3339(uplink.since),
             "last_error": uplink.last_error,

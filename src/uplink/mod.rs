@@ -105,6 +105,8 @@ impl From<rumqttc::ConnectionError> for UplinkError {
 /// The link as people on site should see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UplinkStatus {
+    /// Whether a broker is configured at all.
+    pub configured: bool,
     /// Whether the broker has accepted the connection.
     pub connected: bool,
     /// Since when the link is in this state.
@@ -120,6 +122,8 @@ pub struct UplinkStatus {
 
 /// The uplink task and its settings.
 pub struct Uplink {
+    /// False without an `mqtt:` section: nothing to connect to.
+    enabled: bool,
     options: MqttOptions,
     network: NetworkOptions,
     broker: String,
@@ -169,6 +173,7 @@ impl Uplink {
         let (options, network) = options::build(config, gateway, &topics.status(), link.path());
         let endpoint = config.endpoint();
         let status = UplinkStatus {
+            configured: config.enabled,
             connected: false,
             since: SystemTime::now(),
             last_error: None,
@@ -176,6 +181,7 @@ impl Uplink {
             sleeping_until: None,
         };
         Ok(Self {
+            enabled: config.enabled,
             options,
             network,
             broker: format!("{}:{}", endpoint.host, endpoint.port),
@@ -230,6 +236,15 @@ impl Uplink {
 
     /// Connects, drains, reconnects with backoff, until `cancel` fires; then leaves cleanly.
     pub async fn run(mut self, cancel: CancellationToken) {
+        if !self.enabled {
+            info!(
+                "No broker configured (no `mqtt:` section): readings stay in the outbox until one is added and Cairn restarted"
+            );
+            self.status
+                .send_modify(|s| s.last_error = Some("no broker configured".into()));
+            cancel.cancelled().await;
+            return;
+        }
         let mut backoff = Backoff::new(self.reconnect.0, self.reconnect.1);
         let mut answers = self.answers.take();
         let mut network = network::Watch::new();

@@ -5,9 +5,11 @@ Usage: modbus_server.py PORT (Modbus TCP) or modbus_server.py --rtu DEVICE (Modb
 listening. Unit 1 holds the map below; unit 2 a second device whose register 8 is 7. Other unit
 ids get an exception response (a real RS-485 bus would stay silent).
 
-    modbus_server.py PORT --units N [--one-connection REFUSALS]
+    modbus_server.py PORT --units N [--one-connection REFUSALS] [--silent]
 
 plays a TCP-to-RTU gateway: units 1 to N, each holding its own id in register 0. With
+--silent, requests for unit ids that no device has go unanswered, as on a real RS-485 bus
+(pymodbus otherwise answers them with exception 4, "server device failure"). With
 --one-connection, as a Moxa MGate that takes few connections: behind a front that takes one
 connection at a time and closes any other at once, appending a line to the file REFUSALS for
 each."""
@@ -48,16 +50,17 @@ def device(holding):
                                di=block({}, 100))
 
 
-async def gateway(port, units, refusals):
+async def gateway(port, units, refusals, silent):
     context = ModbusServerContext(devices={u: device({0: [u]}) for u in range(1, units + 1)}, single=False)
     if refusals is None:
         print("ready", flush=True)
-        await StartAsyncTcpServer(context=context, address=("127.0.0.1", port))
+        await StartAsyncTcpServer(context=context, address=("127.0.0.1", port), ignore_missing_devices=silent)
         return
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         inner = s.getsockname()[1]
-    server = asyncio.create_task(StartAsyncTcpServer(context=context, address=("127.0.0.1", inner)))
+    server = asyncio.create_task(StartAsyncTcpServer(context=context, address=("127.0.0.1", inner),
+                                                     ignore_missing_devices=silent))
     for _ in range(500):
         try:
             _, w = await asyncio.open_connection("127.0.0.1", inner)
@@ -90,17 +93,36 @@ async def gateway(port, units, refusals):
     await asyncio.gather(listening.serve_forever(), server)
 
 
+def stay_silent_for_missing_units():
+    """pymodbus 3.16 converts the server context to its simulator core, whose device lookup
+    raises KeyError for a missing id (answered as exception 4) instead of NoSuchIdException
+    (which ignore_missing_devices turns into silence). Restore the documented behaviour."""
+    from pymodbus.exceptions import NoSuchIdException
+    from pymodbus.simulator import simcore
+
+    def get_device(self, device_id):
+        if device_id in self.devices:
+            return self.devices[device_id]
+        raise NoSuchIdException(f"no device {device_id}")
+
+    simcore.SimCore._SimCore__get_device = get_device
+
+
 async def main(args):
+    silent = "--silent" in args
+    if silent:
+        stay_silent_for_missing_units()
     if "--units" in args:
         refusals = args[args.index("--one-connection") + 1] if "--one-connection" in args else None
-        await gateway(int(args[0]), int(args[args.index("--units") + 1]), refusals)
+        await gateway(int(args[0]), int(args[args.index("--units") + 1]), refusals, silent)
         return
     context = ModbusServerContext(devices={1: device(HOLDING), 2: device({8: [7]})}, single=False)
     print("ready", flush=True)
     if args[0] == "--rtu":
-        await StartAsyncSerialServer(context=context, port=args[1], framer=FramerType.RTU, baudrate=19200)
+        await StartAsyncSerialServer(context=context, port=args[1], framer=FramerType.RTU, baudrate=19200,
+                                     ignore_missing_devices=silent)
     else:
-        await StartAsyncTcpServer(context=context, address=("127.0.0.1", int(args[0])))
+        await StartAsyncTcpServer(context=context, address=("127.0.0.1", int(args[0])), ignore_missing_devices=silent)
 
 
 asyncio.run(main(sys.argv[1:]))

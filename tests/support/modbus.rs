@@ -36,10 +36,15 @@ impl ModbusServer {
 
     /// A Modbus RTU server (19200 8N1) on the serial device `tty`.
     pub fn start_rtu(tty: &Path) -> Self {
+        Self::start_rtu_with(tty, &[])
+    }
+
+    /// [`ModbusServer::start_rtu`] with more arguments for the script (`--silent`).
+    pub fn start_rtu_with(tty: &Path, args: &[&str]) -> Self {
         let mut server = Self {
             port: 0,
             rtu: Some(tty.to_path_buf()),
-            args: Vec::new(),
+            args: args.iter().map(|a| a.to_string()).collect(),
             child: None,
         };
         server.restart();
@@ -52,7 +57,7 @@ impl ModbusServer {
         let mut command = Command::new(PYTHON);
         command.arg(script);
         match &self.rtu {
-            Some(tty) => command.arg("--rtu").arg(tty),
+            Some(tty) => command.arg("--rtu").arg(tty).args(&self.args),
             None => command.arg(self.port.to_string()).args(&self.args),
         };
         let mut child = command

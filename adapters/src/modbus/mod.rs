@@ -13,6 +13,7 @@
 mod bus;
 mod plan;
 mod registers;
+pub mod scan;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;

@@ -254,9 +254,10 @@ async function refresh() {
     $("version").textContent = "v" + status.version + " · up " + (up < 3600 ? Math.floor(up / 60) + " min"
       : up < 172800 ? Math.floor(up / 3600) + " h" : Math.floor(up / 86400) + " days");
     const u = status.uplink;
-    $("uplink-state").textContent = u.sleeping_until ? "sleeping until " + new Date(u.sleeping_until).toLocaleString()
+    $("uplink-state").textContent = !u.configured ? "no broker configured: readings wait in the outbox (add an mqtt: section to the config)"
+      : u.sleeping_until ? "sleeping until " + new Date(u.sleeping_until).toLocaleString()
       : (u.connected ? (u.stalled ? "stalled: no answer for " + Math.round(u.waiting_s) + " s" : "connected") : "down") + " since " + ago(u.since) + (u.last_error && !u.connected ? " (" + u.last_error + ")" : "");
-    $("uplink").className = "panel " + (u.sleeping_until ? "" : !u.connected ? "down" : u.stalled ? "stalled" : "");
+    $("uplink").className = "panel " + (u.sleeping_until || !u.configured ? "" : !u.connected ? "down" : u.stalled ? "stalled" : "");
     const kib = (b) => ((b.up + b.down) / 1024).toFixed(1) + " KiB";
     $("link").textContent = kib(status.link.today) + " today, " + kib(status.link.month) + " this month, " + status.link.connects + " connects"
       + (status.budget && status.budget.step !== "open" ? " · budget: " + status.budget.step.replace("_", " ") : "");
@@ -273,7 +274,9 @@ async function refresh() {
     $("rates").textContent = status.readings_per_s.toFixed(1) + " / " + status.published_per_s.toFixed(1) + " per s";
     const dropped = Object.entries(status.dropped).filter(([, v]) => v > 0).map(([k, v]) => k + ": " + v).join(", ");
     $("dropped").textContent = dropped || "none";
-    for (const device of await api("/api/devices")) {
+    const devices = await api("/api/devices");
+    $("no-devices").hidden = devices.length > 0;
+    for (const device of devices) {
       (device.writable || []).forEach((point) => writeControl(device.name, point));
       const errors = Object.entries(device.errors).map(([k, v]) => k + " " + v).join(", ");
       const card = deviceCard(device.name);
