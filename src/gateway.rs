@@ -114,7 +114,8 @@ pub async fn run(
         &config.gateway.data_dir.join("link"),
         meter.clone(),
     )
-    .context("cannot set up the MQTT uplink")?;
+    .context("cannot set up the MQTT uplink")?
+    .with_discovery(&config.homeassistant, &config.gateway.id);
     let uplink_status = uplink.status();
     let delivered = uplink.delivered();
     let link_state = uplink.link_state();

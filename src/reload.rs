@@ -48,6 +48,7 @@ fn changed_devices<'n>(current: &Config, new: &'n Config) -> Result<Vec<&'n Devi
         ("mqtt", current.mqtt == new.mqtt),
         ("buffer", current.buffer == new.buffer),
         ("feed", current.feed == new.feed),
+        ("homeassistant", current.homeassistant == new.homeassistant),
     ];
     let mut restart: Vec<&str> = sections
         .iter()

@@ -272,3 +272,79 @@ fn tail_prints_a_devices_readings_and_errors_without_touching_the_outbox() {
     );
     assert!(!data.exists(), "tail wrote nothing to the data folder");
 }
+
+#[test]
+fn home_assistant_discovers_every_value_and_drives_the_writable_ones() {
+    let broker = support::Broker::start();
+    let plc = ModbusServer::start();
+    let cairn = Cairn::start(&format!(
+        "gateway: {{id: site, data_dir: '{{data}}'}}\n\
+         mqtt: {{host: 127.0.0.1, port: {}, reconnect_min: 100ms, reconnect_max: 1s}}\n\
+         homeassistant: {{discovery: true}}\n\
+         devices:\n\
+         \x20 - name: mast\n    type: sim\n    interval: 200ms\n    values:\n\
+         \x20     - {{name: temperature, unit: °C, decimals: 1, sine: {{mean: 14, amplitude: 6, period: 10m}}}}\n\
+         \x20     - {{name: energy, unit: kWh, counter: {{start: 0, step: 1}}}}\n\
+         \x20     - {{name: heater, toggle: {{period: 1s}}}}\n\
+         \x20     - {{name: mode, cycle: {{states: [auto, manual], every: 1s}}}}\n\
+         \x20 - name: plc\n    type: modbus\n    tcp: {{host: 127.0.0.1, port: {}}}\n    interval: 200ms\n    points:\n\
+         \x20     - {{name: setpoint, table: holding, address: 11, type: u16, scale: 0.1, unit: °C, writable: true}}\n\
+         \x20     - {{name: pump, table: coil, address: 0, writable: true}}\n",
+        broker.port, plc.port
+    ));
+    cairn.wait_log("MQTT connected");
+    let port = broker.port.to_string();
+    let seen = support::peer_json(
+        "ha_subscriber.py",
+        &[
+            &port,
+            "6",
+            "--set",
+            "cairn_site_plc_setpoint=23.5",
+            "--switch",
+            "cairn_site_plc_pump=off",
+        ],
+    );
+    assert_eq!(seen["problems"], serde_json::json!([]), "{seen:#}");
+    let entities = &seen["entities"];
+    let component = |id: &str| {
+        entities[id]["component"]
+            .as_str()
+            .unwrap_or("none")
+            .to_string()
+    };
+    assert_eq!(component("cairn_site_mast_temperature"), "sensor");
+    assert_eq!(component("cairn_site_mast_energy"), "sensor");
+    assert_eq!(component("cairn_site_mast_heater"), "binary_sensor");
+    assert_eq!(component("cairn_site_mast_mode"), "sensor");
+    assert_eq!(component("cairn_site_plc_setpoint"), "number");
+    assert_eq!(component("cairn_site_plc_pump"), "switch");
+    let temperature = &entities["cairn_site_mast_temperature"];
+    assert_eq!(temperature["config"]["device_class"], "temperature");
+    let t: f64 = temperature["state"].as_str().unwrap().parse().unwrap();
+    assert!((7.0..=21.0).contains(&t), "a temperature of the sine: {t}");
+    assert_eq!(
+        entities["cairn_site_mast_energy"]["config"]["state_class"],
+        "total_increasing"
+    );
+    assert!(
+        ["auto", "manual"].contains(&entities["cairn_site_mast_mode"]["state"].as_str().unwrap())
+    );
+    assert!(
+        ["on", "off"].contains(
+            &entities["cairn_site_mast_heater"]["state"]
+                .as_str()
+                .unwrap()
+        )
+    );
+    // The commands went through Cairn's .../set to the pymodbus device, and read back.
+    assert_eq!(entities["cairn_site_plc_setpoint"]["state"], "23.5");
+    assert_eq!(entities["cairn_site_plc_pump"]["state"], "off");
+    assert!(
+        entities
+            .as_object()
+            .unwrap()
+            .values()
+            .all(|e| e["available"] == true)
+    );
+}

@@ -92,6 +92,25 @@ pub struct ValueInfo {
     pub report: Option<crate::report::ReportConfig>,
     /// How urgently it travels.
     pub priority: crate::report::Priority,
+    /// What kind of value it is, where the config says (Home Assistant discovery picks the
+    /// entity from it).
+    pub kind: ValueKind,
+}
+
+/// What kind of value a device produces, as far as its config tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ValueKind {
+    /// A measurement that goes up and down.
+    Number,
+    /// A count that only grows (pulses, energy), except when the device resets it.
+    Counter,
+    /// On or off.
+    Bool,
+    /// Free text, such as a mode or a status word.
+    Text,
+    /// Whatever the device sends (text lines and codecs decide per message).
+    #[default]
+    Unknown,
 }
 
 impl AdapterConfig {

@@ -90,6 +90,12 @@ impl ValueSpec {
             }),
             report: self.report.clone(),
             priority: self.priority,
+            // A binary field is a number; a text field may hold anything.
+            kind: if self.kind.is_some() {
+                crate::config::ValueKind::Number
+            } else {
+                crate::config::ValueKind::Unknown
+            },
         }
     }
 }

@@ -22,7 +22,7 @@ pub mod uart;
 
 pub use adapter::{Adapter, AdapterContext, AdapterError, DeviceCounters, DeviceStatus, Shared};
 pub use command::{Command, CommandResult};
-pub use config::{AdapterConfig, AdapterKind, ValueInfo};
+pub use config::{AdapterConfig, AdapterKind, ValueInfo, ValueKind};
 pub use reading::{Reading, Value};
 pub use report::{Priority, ReportConfig};
 pub use state::{MemoryState, StateStore};

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::adapter::{Adapter, AdapterContext, AdapterError, DeviceStatus};
-use crate::config::ValueInfo;
+use crate::config::{ValueInfo, ValueKind};
 use crate::reading::{Reading, Value};
 use crate::report::{Priority, ReportConfig};
 
@@ -271,6 +271,15 @@ impl SimConfig {
                 decimals: v.decimals,
                 report: v.report.clone(),
                 priority: v.priority,
+                kind: if v.toggle.is_some() {
+                    ValueKind::Bool
+                } else if v.cycle.is_some() {
+                    ValueKind::Text
+                } else if v.counter.is_some() {
+                    ValueKind::Counter
+                } else {
+                    ValueKind::Number
+                },
             })
             .collect()
     }

@@ -36,6 +36,9 @@ pub struct Config {
     /// The dashboard, WebSocket feed and HTTP API on site.
     #[serde(default)]
     pub feed: FeedConfig,
+    /// Home Assistant MQTT discovery (off by default).
+    #[serde(default)]
+    pub homeassistant: HomeAssistantConfig,
     /// The devices to read.
     #[serde(default)]
     pub devices: Vec<Spanned<DeviceConfig>>,
@@ -434,6 +437,32 @@ pub struct BufferConfig {
     /// Most readings in one transaction.
     #[serde(default = "default_max_batch")]
     pub max_batch: usize,
+}
+
+/// `homeassistant:` — announcing every value to Home Assistant's MQTT discovery.
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HomeAssistantConfig {
+    /// Publish a retained discovery config for every value (default false). Needs the `json`
+    /// encoding, whose per-device messages Home Assistant's templates read.
+    #[serde(default)]
+    pub discovery: bool,
+    /// Home Assistant's discovery prefix (default `homeassistant`).
+    #[serde(default = "default_discovery_prefix")]
+    pub prefix: String,
+}
+
+fn default_discovery_prefix() -> String {
+    "homeassistant".into()
+}
+
+impl Default for HomeAssistantConfig {
+    fn default() -> Self {
+        Self {
+            discovery: false,
+            prefix: default_discovery_prefix(),
+        }
+    }
 }
 
 /// `feed:` — the local dashboard, WebSocket push feed and HTTP API.
@@ -879,6 +908,27 @@ impl Config {
             && tls.cert_file.is_some() != tls.key_file.is_some()
         {
             push("mqtt.tls", "`cert_file` and `key_file` go together".into());
+        }
+        let ha = &self.homeassistant;
+        if ha.discovery && !mqtt.enabled {
+            push(
+                "homeassistant.discovery",
+                "needs a broker: add an `mqtt:` section".into(),
+            );
+        }
+        if ha.discovery && mqtt.encoding != Encoding::Json {
+            push(
+                "homeassistant.discovery",
+                "needs `mqtt.encoding: json` (Home Assistant reads one JSON message per reading; \
+                 the link preset may have chosen cbor)"
+                    .into(),
+            );
+        }
+        if ha.prefix.is_empty() || ha.prefix.contains(['+', '#']) {
+            push(
+                "homeassistant.prefix",
+                "must be non-empty, without `+` or `#`".into(),
+            );
         }
         if mqtt.compression != Compression::None && mqtt.encoding != Encoding::Cbor {
             push(

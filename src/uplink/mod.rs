@@ -17,6 +17,7 @@
 pub mod batcher;
 pub mod budget;
 pub mod encoding;
+pub mod homeassistant;
 mod inflight;
 pub mod lanes;
 pub mod link;
@@ -151,6 +152,8 @@ pub struct Uplink {
     schedule: Option<Schedule>,
     /// Lines about ignored commands: a flood of them must not flood the log.
     command_log: crate::logging::Throttle,
+    /// Home Assistant discovery messages, per device (empty unless discovery is on).
+    discovery: Vec<(String, Vec<homeassistant::Announcement>)>,
 }
 
 impl Uplink {
@@ -211,7 +214,33 @@ impl Uplink {
             budget: Arc::new(Budget::new(config.budget.clone())),
             schedule: config.connect.clone().map(Schedule::new),
             command_log: crate::logging::Throttle::new(Duration::from_secs(60)),
+            discovery: Vec::new(),
         })
+    }
+
+    /// Announces every value to Home Assistant's MQTT discovery at each connect, when `config`
+    /// turns it on.
+    pub fn with_discovery(
+        mut self,
+        config: &crate::config::HomeAssistantConfig,
+        gateway: &str,
+    ) -> Self {
+        if config.discovery {
+            self.discovery = self
+                .devices
+                .iter()
+                .map(|device| {
+                    let announced = homeassistant::announcements(
+                        &config.prefix,
+                        gateway,
+                        &mut self.topics,
+                        device,
+                    );
+                    (device.name.clone(), announced)
+                })
+                .collect();
+        }
+        self
     }
 
     /// The link's state, for the feed and the logs.
@@ -387,8 +416,10 @@ impl Uplink {
         carried: &mut tokio::task::JoinHandle<Result<(), LinkError>>,
         closing: Option<Instant>,
     ) -> Result<Ended, UplinkError> {
-        // Room for the window, the status and metadata messages, the subscription and answers.
-        let capacity = self.window + self.devices.len() + 3 + ANSWER_ROOM;
+        // Room for the window, the status, metadata and discovery messages, the subscription
+        // and answers.
+        let announcements: usize = self.discovery.iter().map(|(_, a)| a.len()).sum();
+        let capacity = self.window + self.devices.len() + announcements + 3 + ANSWER_ROOM;
         let (client, mut events) = AsyncClient::new(self.options.clone(), capacity);
         events.set_network_options(self.network.clone());
         let connack = tokio::select! {
@@ -432,6 +463,38 @@ impl Uplink {
                 payload,
             )?;
             inflight.queued(Carried::saving(vec![(hash, print), (at, now)]));
+        }
+        // Discovery configs go the same way: again only when changed, or a day later.
+        for (device, announced) in &self.discovery {
+            let (hash, at) = (
+                format!("meta_ha_hash_{device}"),
+                format!("meta_ha_at_{device}"),
+            );
+            let all: Vec<u8> = announced
+                .iter()
+                .flat_map(|a| a.topic.bytes().chain(a.payload.iter().copied()))
+                .collect();
+            let print = fingerprint(&all);
+            let fresh = published
+                .get(&at)
+                .is_some_and(|t| (0..META_REFRESH).contains(&(now - t)));
+            if fresh && published.get(&hash) == Some(&print) {
+                continue;
+            }
+            for (i, announcement) in announced.iter().enumerate() {
+                client.try_publish(
+                    announcement.topic.clone(),
+                    QoS::AtLeastOnce,
+                    true,
+                    announcement.payload.clone(),
+                )?;
+                // The last one's acknowledgement records that all of them went.
+                inflight.queued(if i + 1 == announced.len() {
+                    Carried::saving(vec![(hash.clone(), print), (at.clone(), now)])
+                } else {
+                    Carried::control()
+                });
+            }
         }
         if self.commands.is_some() {
             // Commands sent while the link was down are not delivered later (clean session):

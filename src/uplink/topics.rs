@@ -63,6 +63,11 @@ impl Topics {
         (set == "set").then_some((device, value))
     }
 
+    /// `<prefix>/<gateway>/<device>/<value>/set`: where a command for the value goes.
+    pub fn set(&self, device: &str, value: &str) -> String {
+        format!("{}/{device}/{value}/set", self.base)
+    }
+
     /// `<prefix>/<gateway>/<device>/<value>/result`: the answer to a command.
     pub fn result(&self, device: &str, value: &str) -> String {
         format!("{}/{device}/{value}/result", self.base)
@@ -85,6 +90,9 @@ pub struct DeviceMeta {
     /// The values that take commands on `.../<value>/set`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub writable: Vec<String>,
+    /// Every value as the config describes it (for Home Assistant discovery).
+    #[serde(skip)]
+    pub values: Vec<ValueInfo>,
 }
 
 impl DeviceMeta {
@@ -116,6 +124,7 @@ impl DeviceMeta {
                 .filter(|v| v.writable)
                 .map(|v| v.name.clone())
                 .collect(),
+            values: values.to_vec(),
         }
     }
 

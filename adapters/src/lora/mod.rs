@@ -310,6 +310,8 @@ impl LoraConfig {
     }
 
     pub(crate) fn values(&self) -> Vec<ValueInfo> {
+        // The forwarder's statistics, frame counters and radio metadata are numbers; what an
+        // unknown device sent mixes text (its address, its payload in hex) and numbers.
         let info = |name: &str, unit: Option<&str>| ValueInfo {
             name: name.into(),
             unit: unit.map(Into::into),
@@ -317,12 +319,16 @@ impl LoraConfig {
             decimals: None,
             report: None,
             priority: Default::default(),
+            kind: crate::config::ValueKind::Number,
         };
         let mut values: Vec<ValueInfo> = Vec::new();
         if let Some(forwarder) = &self.forwarder {
             values.extend(forwarder::STAT_VALUES.iter().map(|(n, u)| info(n, *u)));
             if forwarder.unknown_devices == UnknownDevices::Publish {
-                values.extend(forwarder::UNKNOWN_VALUES.iter().map(|n| info(n, None)));
+                values.extend(forwarder::UNKNOWN_VALUES.iter().map(|n| ValueInfo {
+                    kind: crate::config::ValueKind::Unknown,
+                    ..info(n, None)
+                }));
             }
         } else {
             let decoded = std::iter::once(&self.payload).chain(self.ports.values());

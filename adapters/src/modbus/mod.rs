@@ -28,7 +28,7 @@ use tokio_modbus::{ExceptionCode, ProtocolError, Request as ModbusRequest, Respo
 
 use crate::adapter::{Adapter, AdapterContext, AdapterError, DeviceStatus};
 use crate::command::Command;
-use crate::config::ValueInfo;
+use crate::config::{ValueInfo, ValueKind};
 use crate::reading::Reading;
 pub use bus::{Bus, Link, RtuConfig, SharedBuses};
 pub use plan::{Request, plan};
@@ -200,6 +200,11 @@ impl ModbusConfig {
                 decimals: p.decimals(),
                 report: p.report.clone(),
                 priority: p.priority,
+                kind: match p.kind() {
+                    PointType::Bool => ValueKind::Bool,
+                    PointType::String => ValueKind::Text,
+                    _ => ValueKind::Number,
+                },
             })
             .collect()
     }
