@@ -10,6 +10,7 @@ mod support;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
 use serde_json::{Value, json};
 use support::feed::api;
 use support::lora::{LoraModule, PacketForwarder, build_frames, push_data, rxpk, unhex};
@@ -312,7 +313,7 @@ fn bad_datagrams_are_counted_and_the_endpoint_keeps_serving() {
     gateway.push("{\"stat\": {\"rxnb\": \"two\"}}");
 
     let errors = wait_errors(&cairn, "gw", |e| {
-        e["bad_json"] == 1 && e["not_lorawan"] == 1 && e["join_request"] == 1
+        e["bad_json"] == 1 && e["not_lorawan"] == 1 && e["unknown_join"] == 1
     });
     for (counter, n) in [
         ("oversize", 1),
@@ -428,4 +429,97 @@ fn an_unplugged_module_goes_offline_and_is_read_again_when_plugged_back() {
     let _module = LoraModule::start("rak3172", &serial.sensor, dir.path(), &["05682A"]);
     assert_eq!(sub.wait_values("rak", 2)[1]["humidity_5"], 21.0);
     cairn.wait_log_count("Device online device=rak", 2);
+}
+
+/// The OTAA device of the join test, as its label would give it.
+const APP_KEY: &str = "2B7E151628AED2A6ABF7158809CF4F3C";
+const JOIN_EUI: &str = "70B3D57ED0000001";
+const DEV_EUI: &str = "0102030405060708";
+
+/// The PULL_RESP Cairn sent the test gateway, as its `txpk`.
+fn pull_resp(fw: &PacketForwarder) -> Option<Value> {
+    let datagram = fw.receive(Duration::from_secs(5))?;
+    assert_eq!(datagram[3], 3, "PULL_RESP: {datagram:?}");
+    let body: Value = serde_json::from_slice(&datagram[4..]).unwrap();
+    Some(body["txpk"].clone())
+}
+
+#[test]
+fn an_otaa_device_joins_offline_and_its_uplinks_decode() {
+    let broker = Broker::start();
+    let sub = Subscriber::start(&broker, "cairn/test/sensor");
+    let devices = forwarder("")
+        + &format!(
+            "  - name: sensor\n    type: lora\n    lorawan: {{via: gw, otaa: {{dev_eui: '{DEV_EUI}', join_eui: '{JOIN_EUI}', app_key: {APP_KEY}}}}}\n    payload: {{codec: cayenne_lpp}}\n"
+        );
+    let (mut cairn, mut fw) = start(&broker, &devices);
+    fw.pull(); // the gateway opens its downlink path, as forwarders do every few seconds
+
+    // lora-packet builds the join request; Cairn answers in RX1 through the gateway.
+    let request = support::lora::lora_packet(&["join", APP_KEY, JOIN_EUI, DEV_EUI, "1234"]);
+    let request = unhex(request["phy"].as_str().unwrap());
+    let heard = rxpk(&request, -40, 9.0);
+    fw.push(&push_data(std::slice::from_ref(&heard)));
+    let txpk = pull_resp(&fw).expect("a join accept");
+    let tmst = heard["tmst"].as_u64().unwrap();
+    assert_eq!(
+        txpk["tmst"].as_u64(),
+        Some(tmst + 5_000_000),
+        "JOIN_ACCEPT_DELAY1 after the request: {txpk}"
+    );
+    assert_eq!(txpk["imme"], false);
+    assert_eq!(
+        txpk["freq"], heard["freq"],
+        "EU868 RX1: the request's channel"
+    );
+    assert_eq!(txpk["datr"], heard["datr"], "and its data rate");
+    assert_eq!(txpk["ipol"], true, "downlinks invert polarity");
+    assert_eq!(txpk["size"], 17);
+    let phy = base64::engine::general_purpose::STANDARD
+        .decode(txpk["data"].as_str().unwrap())
+        .unwrap();
+    let phy_hex: String = phy.iter().map(|b| format!("{b:02x}")).collect();
+
+    // The device opens the accept and derives its keys, independently of Cairn.
+    let accept = support::lora::lora_packet(&["accept", APP_KEY, "1234", &phy_hex]);
+    assert_eq!(accept["mtype"], "Join Accept", "{accept}");
+    assert_eq!(accept["mic_ok"], true, "{accept}");
+    assert_eq!(accept["net_id"], "000000");
+    assert_eq!(accept["rx_delay"], 1);
+    let dev_addr = accept["dev_addr"].as_str().unwrap().to_string();
+    let (nwk, app) = (
+        accept["nwk_s_key"].as_str().unwrap().to_string(),
+        accept["app_s_key"].as_str().unwrap().to_string(),
+    );
+    let uplink = |fcnt: &str, payload: &str| {
+        let up = support::lora::lora_packet(&["uplink", &nwk, &app, &dev_addr, fcnt, "1", payload]);
+        unhex(up["phy"].as_str().unwrap())
+    };
+    // Temperature 25.5 °C, then 26.0 °C, on Cayenne channel 1.
+    fw.push(&push_data(&[rxpk(&uplink("0", "016700FF"), -41, 8.5)]));
+    sub.wait_data(1);
+
+    // A replayed join request gets no answer, and is counted.
+    fw.push(&push_data(&[heard]));
+    assert!(pull_resp(&fw).is_none(), "a replay is not answered");
+    wait_errors(&cairn, "sensor", |e| e["join_replay"] == 1);
+
+    // A restart keeps the session: the next uplink decodes without a new join.
+    cairn.stop();
+    cairn.restart();
+    let mut fw = PacketForwarder::new(cairn.logged_addr(LISTENING));
+    fw.pull();
+    fw.push(&push_data(&[rxpk(&uplink("1", "01670104"), -41, 8.5)]));
+    sub.wait_data(2);
+    let values = sub.values_of("sensor");
+    let temperatures: Vec<&Value> = values
+        .iter()
+        .filter_map(|v| {
+            v.as_object()?
+                .iter()
+                .find(|(k, _)| k.starts_with("temperature"))
+                .map(|(_, t)| t)
+        })
+        .collect();
+    assert_eq!(temperatures, [&json!(25.5), &json!(26.0)], "{values:?}");
 }

@@ -45,7 +45,7 @@ impl PacketForwarder {
     /// The next datagram from the server, if one comes within a short while.
     pub fn receive(&self, wait: Duration) -> Option<Vec<u8>> {
         self.socket.set_read_timeout(Some(wait)).unwrap();
-        let mut buf = [0u8; 64];
+        let mut buf = [0u8; 2048];
         let n = self.socket.recv(&mut buf).ok()?;
         Some(buf[..n].to_vec())
     }
@@ -187,4 +187,20 @@ impl Drop for LoraModule {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Runs the LoRaWAN device played by the npm package lora-packet
+/// (`tests/peers/lorawan_device.js`) and parses the JSON line it prints.
+pub fn lora_packet(args: &[&str]) -> serde_json::Value {
+    let output = Command::new("node")
+        .arg(format!("{PEERS}/lorawan_device.js"))
+        .args(args)
+        .output()
+        .expect("node is installed (scripts/test installs it)");
+    assert!(
+        output.status.success(),
+        "lora-packet: {} (scripts/test runs npm ci in tests/peers)",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
 }

@@ -9,10 +9,12 @@ use async_trait::async_trait;
 use base64::Engine as _;
 use tokio::net::UdpSocket;
 
+use std::collections::HashMap;
+
 use super::gwmp::{self, PushData, RxPk, Stat};
 use super::lorawan::{self, FrameKind};
 use super::radio::{Radio, eui};
-use super::routing::{Heard, Radios, Route};
+use super::routing::{Downlink, Heard, Radios, Route, Timing};
 use super::{ForwarderConfig, UnknownDevices, parse_eui};
 use crate::adapter::{Adapter, AdapterContext, AdapterError, DeviceStatus};
 use crate::codec::hex;
@@ -49,6 +51,8 @@ pub(super) struct Forwarder {
     radio: bool,
     radios: Radios,
     allowed: Vec<u64>,
+    /// Where each gateway's PULL_DATA came from: its downlinks go there.
+    pulls: HashMap<u64, SocketAddr>,
 }
 
 impl Forwarder {
@@ -63,12 +67,13 @@ impl Forwarder {
             radio,
             radios,
             allowed,
+            pulls: HashMap::new(),
         }
     }
 
     /// Handles one datagram from `peer`.
     async fn datagram(
-        &self,
+        &mut self,
         ctx: &AdapterContext,
         socket: &UdpSocket,
         datagram: &[u8],
@@ -97,8 +102,19 @@ impl Forwarder {
         {
             tracing::debug!(device = %ctx.device(), peer = %peer, error = %e, "Acknowledgement not sent");
         }
-        if packet.kind != gwmp::PUSH_DATA {
-            return Ok(());
+        match packet.kind {
+            gwmp::PULL_DATA => {
+                self.pulls.insert(packet.gateway, peer);
+                return Ok(());
+            }
+            gwmp::TX_ACK => {
+                if let Some(error) = gwmp::tx_ack_error(packet.body) {
+                    tracing::warn!(device = %ctx.device(), gateway = %eui(packet.gateway), error = %error, "The gateway did not send a downlink");
+                    counters.count_error(tx_error(&error));
+                }
+                return Ok(());
+            }
+            _ => {}
         }
         let push: PushData = match serde_json::from_slice(packet.body) {
             Ok(push) => push,
@@ -140,7 +156,7 @@ impl Forwarder {
         gateway: u64,
     ) -> Result<(), AdapterError> {
         let counters = ctx.counters();
-        let (phy, dev_addr) = match data_frame(rxpk) {
+        let (phy, kind, dev_addr) = match received(rxpk) {
             Ok(frame) => frame,
             Err(reason) => {
                 counters.count_error(reason);
@@ -154,12 +170,43 @@ impl Forwarder {
             data_rate: Some(rxpk.datr.to_string()),
             gateway: Some(gateway),
         };
+        let timing = rxpk.tmst.map(|tmst| Timing {
+            gateway,
+            tmst,
+            freq: rxpk.freq,
+            datr: rxpk.datr.to_string(),
+            codr: rxpk.codr.clone().unwrap_or_else(|| "4/5".into()),
+        });
+        let dev_addr = match (kind, dev_addr) {
+            (FrameKind::DataUp, Some(dev_addr)) => dev_addr,
+            (FrameKind::JoinRequest, _) => {
+                let Some(dev_eui) = super::join::dev_eui(&phy) else {
+                    counters.count_error("not_lorawan");
+                    return Ok(());
+                };
+                let heard = Heard { phy, radio, timing };
+                match self.radios.route_join(ctx.device(), dev_eui, heard) {
+                    Route::Delivered => {}
+                    Route::Busy => counters.count_error("device_busy"),
+                    Route::Unknown => {
+                        tracing::debug!(device = %ctx.device(), dev_eui = %format!("{dev_eui:016X}"), "Join request from a DevEUI no device claims");
+                        counters.count_error("unknown_join");
+                    }
+                }
+                return Ok(());
+            }
+            _ => {
+                counters.count_error("not_uplink");
+                return Ok(());
+            }
+        };
         let unknown = match self.radios.route(
             ctx.device(),
             dev_addr,
             Heard {
                 phy: phy.clone(),
                 radio: radio.clone(),
+                timing,
             },
         ) {
             Route::Delivered => return Ok(()),
@@ -179,6 +226,21 @@ impl Forwarder {
             ctx.emit(Reading::now(ctx.device().clone(), values)).await?;
         }
         Ok(())
+    }
+
+    /// Sends `downlink` to its gateway, at the address of the gateway's last PULL_DATA.
+    async fn downlink(&self, ctx: &AdapterContext, socket: &UdpSocket, downlink: Downlink) {
+        let Some(peer) = self.pulls.get(&downlink.gateway) else {
+            tracing::warn!(device = %ctx.device(), gateway = %eui(downlink.gateway), "Downlink dropped: the gateway has sent no PULL_DATA yet");
+            ctx.counters().count_error("no_downlink_path");
+            return;
+        };
+        let token = fastrand::u16(..).to_le_bytes();
+        let datagram = gwmp::pull_resp(token, &downlink.txpk);
+        if let Err(e) = socket.send_to(&datagram, peer).await {
+            tracing::warn!(device = %ctx.device(), peer = %peer, error = %e, "Downlink not sent");
+            ctx.counters().count_error("downlink_not_sent");
+        }
     }
 
     fn stat_reading(&self, ctx: &AdapterContext, stat: &Stat, gateway: u64) -> Reading {
@@ -213,8 +275,19 @@ impl Forwarder {
 }
 
 /// The PHYPayload of a LoRaWAN data uplink and its DevAddr, or the counter of why the packet
-/// is dropped.
+/// is dropped (the fuzz target's way into [`received`]).
+#[cfg(fuzzing)]
 pub fn data_frame(rxpk: &RxPk) -> Result<(Vec<u8>, u32), &'static str> {
+    match received(rxpk)? {
+        (phy, FrameKind::DataUp, Some(dev_addr)) => Ok((phy, dev_addr)),
+        (_, FrameKind::JoinRequest, _) => Err("join_request"),
+        _ => Err("not_uplink"),
+    }
+}
+
+/// The PHYPayload of a received LoRaWAN frame, its kind and (for data) its DevAddr, or the
+/// counter of why the packet is dropped.
+fn received(rxpk: &RxPk) -> Result<(Vec<u8>, FrameKind, Option<u32>), &'static str> {
     match rxpk.stat {
         1 => {}
         0 => return Err("no_crc"),
@@ -224,11 +297,21 @@ pub fn data_frame(rxpk: &RxPk) -> Result<(Vec<u8>, u32), &'static str> {
     if rxpk.size.is_some_and(|size| size != phy.len()) {
         return Err("bad_size");
     }
-    match lorawan::peek(&phy) {
-        Some((FrameKind::DataUp, Some(dev_addr))) => Ok((phy, dev_addr)),
-        Some((FrameKind::JoinRequest, _)) => Err("join_request"),
-        Some(_) => Err("not_uplink"),
-        None => Err("not_lorawan"),
+    let (kind, dev_addr) = lorawan::peek(&phy).ok_or("not_lorawan")?;
+    Ok((phy, kind, dev_addr))
+}
+
+/// The counter of a TX_ACK error (Semtech's names, lower case).
+fn tx_error(error: &str) -> &'static str {
+    match error {
+        "too_late" => "tx_too_late",
+        "too_early" => "tx_too_early",
+        "collision_packet" => "tx_collision",
+        "collision_beacon" => "tx_collision_beacon",
+        "tx_freq" => "tx_freq",
+        "tx_power" => "tx_power",
+        "gps_unlocked" => "tx_gps_unlocked",
+        _ => "tx_error",
     }
 }
 
@@ -276,9 +359,11 @@ impl Adapter for Forwarder {
         // here: its own count of them is read from /proc and counted as `kernel_drops`.
         let mut drops_tick = tokio::time::interval(std::time::Duration::from_secs(5));
         let mut dropped = kernel_drops(local.port());
+        let mut downlinks = self.radios.take_downlinks(ctx.device());
         loop {
             tokio::select! {
                 () = ctx.cancelled().cancelled() => return Ok(()),
+                Some(downlink) = downlinks.recv() => self.downlink(ctx, &socket, downlink).await,
                 received = socket.recv_from(&mut buf) => {
                     let (n, peer) = received.map_err(|e| AdapterError::Transport(format!("receive failed: {e}")))?;
                     self.datagram(ctx, &socket, &buf[..n], peer).await?;

@@ -13,6 +13,8 @@ pub const PUSH_DATA: u8 = 0;
 pub const PUSH_ACK: u8 = 1;
 /// PULL_DATA: the gateway's keepalive, opening the downlink path.
 pub const PULL_DATA: u8 = 2;
+/// PULL_RESP: a downlink for the gateway to send, to the address its PULL_DATA came from.
+pub const PULL_RESP: u8 = 3;
 /// PULL_ACK: the server's answer to PULL_DATA.
 pub const PULL_ACK: u8 = 4;
 /// TX_ACK: the gateway's report on a downlink.
@@ -134,6 +136,53 @@ pub struct RxPk {
     pub size: Option<usize>,
     /// Payload, base64.
     pub data: String,
+    /// The concentrator's microsecond counter at the end of reception: downlinks are timed
+    /// from it (it wraps every 71 minutes).
+    pub tmst: Option<u32>,
+    /// LoRa coding rate, "4/5".
+    pub codr: Option<String>,
+}
+
+/// A downlink as PULL_RESP carries it (`txpk`), sent at a concentrator time.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct TxPk {
+    /// false: send at `tmst`.
+    pub imme: bool,
+    /// The concentrator time to send at, in microseconds.
+    pub tmst: u32,
+    /// Frequency in MHz.
+    pub freq: f64,
+    /// The radio chain to send on.
+    pub rfch: u8,
+    /// Output power in dBm.
+    pub powe: u8,
+    /// "LORA".
+    pub modu: &'static str,
+    /// "SF7BW125".
+    pub datr: String,
+    /// "4/5".
+    pub codr: String,
+    /// Inverted polarity: true for every LoRaWAN downlink.
+    pub ipol: bool,
+    /// Payload size in bytes.
+    pub size: usize,
+    /// Payload, base64.
+    pub data: String,
+}
+
+/// A PULL_RESP datagram carrying `txpk`, with `token` (protocol version 2).
+pub fn pull_resp(token: [u8; 2], txpk: &TxPk) -> Vec<u8> {
+    let mut datagram = vec![2, token[0], token[1], PULL_RESP];
+    let body = serde_json::json!({ "txpk": txpk });
+    datagram.extend_from_slice(body.to_string().as_bytes());
+    datagram
+}
+
+/// The error a TX_ACK reports, if any (`NONE`, or no body, means the downlink was taken).
+pub fn tx_ack_error(body: &[u8]) -> Option<String> {
+    let json: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let error = json.get("txpk_ack")?.get("error")?.as_str()?;
+    (error != "NONE").then(|| error.to_ascii_lowercase())
 }
 
 /// A data rate as the forwarder writes it.

@@ -11,6 +11,7 @@
 
 mod forwarder;
 pub mod gwmp;
+pub mod join;
 pub mod lorawan;
 mod module;
 mod node;
@@ -88,16 +89,19 @@ pub enum UnknownDevices {
     Publish,
 }
 
-/// `lorawan:` — an end device activated by personalisation (ABP).
+/// `lorawan:` — an end device, activated by personalisation (ABP: `dev_addr` and session
+/// keys) or over the air (`otaa:`, where Cairn is the network server it joins).
 #[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LorawanConfig {
     /// The device (with `forwarder:`) whose gateways hear this one.
     pub via: String,
-    /// DevAddr, 8 hex digits as the network console shows it (`26011BDA`).
-    #[serde(deserialize_with = "hex_text")]
-    #[schemars(with = "String")]
-    pub dev_addr: String,
+    /// Over-the-air activation: the device joins with its DevEUI, JoinEUI and AppKey.
+    pub otaa: Option<OtaaConfig>,
+    /// ABP: DevAddr, 8 hex digits as the network console shows it (`26011BDA`).
+    #[serde(default, deserialize_with = "optional_hex_text")]
+    #[schemars(with = "Option<String>")]
+    pub dev_addr: Option<String>,
     /// Network session key, 32 hex digits (or `nwk_s_key_file`).
     pub nwk_s_key: Option<String>,
     /// A file holding the network session key.
@@ -120,6 +124,24 @@ pub struct LorawanConfig {
     #[serde(default, with = "humantime_serde")]
     #[schemars(with = "Option<String>")]
     pub silence: Option<Duration>,
+}
+
+/// `otaa:` — what an OTAA device is provisioned with (its label or the vendor's sheet).
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OtaaConfig {
+    /// DevEUI, 16 hex digits, MSB first (`70B3D57ED005A1B2`).
+    #[serde(deserialize_with = "hex_text")]
+    #[schemars(with = "String")]
+    pub dev_eui: String,
+    /// JoinEUI (AppEUI in LoRaWAN 1.0), 16 hex digits; many devices ship with zeros.
+    #[serde(deserialize_with = "hex_text")]
+    #[schemars(with = "String")]
+    pub join_eui: String,
+    /// AppKey, 32 hex digits (or `app_key_file`); best given as `${VAR}`.
+    pub app_key: Option<String>,
+    /// A file holding the AppKey.
+    pub app_key_file: Option<PathBuf>,
 }
 
 /// `module:` — a serial LoRa module listening in point-to-point mode.
@@ -174,6 +196,10 @@ fn hex_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> 
     HexText::deserialize(d).map(String::from)
 }
 
+fn optional_hex_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Option::<HexText>::deserialize(d).map(|h| h.map(String::from))
+}
+
 fn hex_texts<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     Vec::<HexText>::deserialize(d).map(|v| v.into_iter().map(String::from).collect())
 }
@@ -191,36 +217,102 @@ fn default_max_datagram() -> usize {
 /// A DevAddr, its network session key and its application session key.
 type AbpSession = (u32, [u8; 16], [u8; 16]);
 
+/// How a LoRaWAN device is activated, with its keys read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Activation {
+    /// By personalisation: a fixed DevAddr and session.
+    Abp(AbpSession),
+    /// Over the air.
+    Otaa {
+        /// DevEUI, MSB first.
+        dev_eui: u64,
+        /// JoinEUI, MSB first.
+        join_eui: u64,
+        /// The root key.
+        app_key: [u8; 16],
+    },
+}
+
 impl LorawanConfig {
-    /// The DevAddr, and both session keys, read from the config or their files; or the field
-    /// at fault and why.
-    fn session(&self) -> Result<AbpSession, (String, String)> {
-        let dev_addr = lorawan::parse_dev_addr(&self.dev_addr)
-            .map_err(|e| ("lorawan.dev_addr".to_string(), e))?;
-        let key = |name: &str, inline: &Option<String>, file: &Option<PathBuf>| {
-            let text = match (inline, file) {
-                (Some(key), None) => key.clone(),
-                (None, Some(path)) => std::fs::read_to_string(path).map_err(|e| {
-                    (
-                        format!("lorawan.{name}_file"),
-                        format!("cannot read {}: {e}", path.display()),
-                    )
-                })?,
-                _ => {
-                    return Err((
-                        format!("lorawan.{name}"),
-                        format!("give either `{name}` or `{name}_file`"),
-                    ));
-                }
-            };
-            lorawan::parse_key(text.trim()).map_err(|e| (format!("lorawan.{name}"), e))
+    /// The activation and its keys, read from the config or their files; or the field at
+    /// fault and why.
+    fn activation(&self) -> Result<Activation, (String, String)> {
+        let Some(otaa) = &self.otaa else {
+            return self.session().map(Activation::Abp);
         };
+        let abp = self.dev_addr.is_some()
+            || [&self.nwk_s_key, &self.app_s_key]
+                .iter()
+                .any(|k| k.is_some())
+            || [&self.nwk_s_key_file, &self.app_s_key_file]
+                .iter()
+                .any(|k| k.is_some());
+        if abp {
+            return Err((
+                "lorawan.otaa".into(),
+                "an OTAA device gets its DevAddr and session keys when it joins: remove `dev_addr` and the session keys".into(),
+            ));
+        }
+        let eui = |name: &str, text: &str| {
+            parse_eui(text).ok_or_else(|| {
+                (
+                    format!("lorawan.otaa.{name}"),
+                    format!("`{text}` is not an EUI of 16 hex digits"),
+                )
+            })
+        };
+        Ok(Activation::Otaa {
+            dev_eui: eui("dev_eui", &otaa.dev_eui)?,
+            join_eui: eui("join_eui", &otaa.join_eui)?,
+            app_key: read_key("otaa.app_key", &otaa.app_key, &otaa.app_key_file)?,
+        })
+    }
+
+    /// The DevAddr, and both session keys, of an ABP device.
+    fn session(&self) -> Result<AbpSession, (String, String)> {
+        let dev_addr = lorawan::parse_dev_addr(self.dev_addr.as_deref().unwrap_or_default())
+            .map_err(|e| {
+                (
+                    "lorawan.dev_addr".to_string(),
+                    if self.dev_addr.is_none() {
+                        "give `dev_addr` and the session keys (ABP), or `otaa:`".into()
+                    } else {
+                        e
+                    },
+                )
+            })?;
         Ok((
             dev_addr,
-            key("nwk_s_key", &self.nwk_s_key, &self.nwk_s_key_file)?,
-            key("app_s_key", &self.app_s_key, &self.app_s_key_file)?,
+            read_key("nwk_s_key", &self.nwk_s_key, &self.nwk_s_key_file)?,
+            read_key("app_s_key", &self.app_s_key, &self.app_s_key_file)?,
         ))
     }
+}
+
+/// A key given inline or in a file, or the field at fault and why. `name` may be nested
+/// (`otaa.app_key`); the message names its last part.
+fn read_key(
+    name: &str,
+    inline: &Option<String>,
+    file: &Option<PathBuf>,
+) -> Result<[u8; 16], (String, String)> {
+    let short = name.rsplit('.').next().unwrap_or(name);
+    let text = match (inline, file) {
+        (Some(key), None) => key.clone(),
+        (None, Some(path)) => std::fs::read_to_string(path).map_err(|e| {
+            (
+                format!("lorawan.{name}_file"),
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })?,
+        _ => {
+            return Err((
+                format!("lorawan.{name}"),
+                format!("give either `{short}` or `{short}_file`"),
+            ));
+        }
+    };
+    lorawan::parse_key(text.trim()).map_err(|e| (format!("lorawan.{name}"), e))
 }
 
 impl LoraConfig {
@@ -261,7 +353,7 @@ impl LoraConfig {
             }
         }
         if let Some(lorawan) = &self.lorawan
-            && let Err((path, message)) = lorawan.session()
+            && let Err((path, message)) = lorawan.activation()
         {
             push(&path, message);
         }
@@ -429,7 +521,8 @@ impl LoraConfig {
                     },
                 ));
             }
-            let Ok(dev_addr) = lorawan::parse_dev_addr(&lorawan.dev_addr) else {
+            let Some(Ok(dev_addr)) = lorawan.dev_addr.as_deref().map(lorawan::parse_dev_addr)
+            else {
                 continue;
             };
             if let Some((j, _, _)) = addresses

@@ -1,20 +1,51 @@
-//! Frames from packet-forwarder devices to the end devices that own their DevAddrs.
+//! Frames from packet-forwarder devices to the end devices that own their DevAddrs (or, for
+//! join requests, their DevEUIs), and downlinks from end devices back to the forwarder.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 
+use super::gwmp::TxPk;
 use super::radio::Radio;
 
 /// Frames waiting for one end device's adapter; more are dropped and counted.
 const NODE_QUEUE: usize = 64;
+
+/// Downlinks waiting for a forwarder; more are refused and counted by the end device.
+const DOWNLINK_QUEUE: usize = 64;
 
 /// A frame a forwarder heard, on its way to the end device's adapter.
 #[derive(Debug)]
 pub(crate) struct Heard {
     pub(super) phy: Vec<u8>,
     pub(super) radio: Radio,
+    /// When and how it was received, for a downlink in its receive windows.
+    pub(super) timing: Option<Timing>,
+}
+
+/// The reception of an uplink, as a downlink answering it needs it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Timing {
+    /// The gateway that heard it.
+    pub(super) gateway: u64,
+    /// Its concentrator time at the end of reception, in microseconds.
+    pub(super) tmst: u32,
+    /// Its frequency in MHz.
+    pub(super) freq: f64,
+    /// Its data rate, "SF7BW125".
+    pub(super) datr: String,
+    /// Its coding rate.
+    pub(super) codr: String,
+}
+
+/// A downlink for a gateway of a forwarder device.
+#[derive(Debug)]
+pub(crate) struct Downlink {
+    /// The gateway to send it.
+    pub(super) gateway: u64,
+    /// What to send, and when.
+    pub(super) txpk: TxPk,
 }
 
 /// What became of a frame handed to [`Radios::route`].
@@ -28,33 +59,83 @@ pub(super) enum Route {
     Busy,
 }
 
-/// Which end device's adapter listens for which DevAddr behind which forwarder device. Shared
-/// by the adapters of one gateway (see [`crate::Shared`]).
+/// Which end device's adapter listens for which DevAddr (and DevEUI, for joins) behind which
+/// forwarder device, and where each forwarder takes downlinks. Shared by the adapters of one
+/// gateway (see [`crate::Shared`]).
 #[derive(Debug, Clone, Default)]
-pub struct Radios(Arc<Mutex<HashMap<Listener, mpsc::Sender<Heard>>>>);
+pub struct Radios(Arc<Mutex<Tables>>);
+
+#[derive(Debug, Default)]
+struct Tables {
+    frames: HashMap<Listener, mpsc::Sender<Heard>>,
+    joins: HashMap<Listener64, mpsc::Sender<Heard>>,
+    downlinks: HashMap<String, mpsc::Sender<Downlink>>,
+}
 
 /// A forwarder device's name and a DevAddr.
 type Listener = (String, u32);
+/// A forwarder device's name and a DevEUI.
+type Listener64 = (String, u64);
 
 impl Radios {
+    fn tables(&self) -> std::sync::MutexGuard<'_, Tables> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Frames for `dev_addr` heard by `forwarder`, from now on (replacing an earlier listener).
     pub(super) fn listen(&self, forwarder: &str, dev_addr: u32) -> mpsc::Receiver<Heard> {
         let (tx, rx) = mpsc::channel(NODE_QUEUE);
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        map.insert((forwarder.to_string(), dev_addr), tx);
+        self.tables()
+            .frames
+            .insert((forwarder.to_string(), dev_addr), tx);
+        rx
+    }
+
+    /// Join requests from `dev_eui` heard by `forwarder`, from now on.
+    pub(super) fn listen_joins(&self, forwarder: &str, dev_eui: u64) -> mpsc::Receiver<Heard> {
+        let (tx, rx) = mpsc::channel(NODE_QUEUE);
+        self.tables()
+            .joins
+            .insert((forwarder.to_string(), dev_eui), tx);
         rx
     }
 
     /// Hands a frame to the adapter listening for `dev_addr` behind `forwarder`.
     pub(super) fn route(&self, forwarder: &str, dev_addr: u32, heard: Heard) -> Route {
-        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(tx) = map.get(&(forwarder.to_string(), dev_addr)) else {
-            return Route::Unknown;
-        };
-        match tx.try_send(heard) {
-            Ok(()) => Route::Delivered,
-            Err(mpsc::error::TrySendError::Full(_)) => Route::Busy,
-            Err(mpsc::error::TrySendError::Closed(_)) => Route::Unknown,
-        }
+        let tables = self.tables();
+        deliver(tables.frames.get(&(forwarder.to_string(), dev_addr)), heard)
+    }
+
+    /// Hands a join request to the adapter of `dev_eui` behind `forwarder`.
+    pub(super) fn route_join(&self, forwarder: &str, dev_eui: u64, heard: Heard) -> Route {
+        let tables = self.tables();
+        deliver(tables.joins.get(&(forwarder.to_string(), dev_eui)), heard)
+    }
+
+    /// Downlinks for `forwarder`'s gateways, from now on.
+    pub(super) fn take_downlinks(&self, forwarder: &str) -> mpsc::Receiver<Downlink> {
+        let (tx, rx) = mpsc::channel(DOWNLINK_QUEUE);
+        self.tables().downlinks.insert(forwarder.to_string(), tx);
+        rx
+    }
+
+    /// Queues a downlink for `forwarder`; `false` when it is not running or its queue is full.
+    pub(super) fn send(&self, forwarder: &str, downlink: Downlink) -> bool {
+        let tables = self.tables();
+        tables
+            .downlinks
+            .get(forwarder)
+            .is_some_and(|tx| tx.try_send(downlink).is_ok())
+    }
+}
+
+fn deliver(listener: Option<&mpsc::Sender<Heard>>, heard: Heard) -> Route {
+    let Some(tx) = listener else {
+        return Route::Unknown;
+    };
+    match tx.try_send(heard) {
+        Ok(()) => Route::Delivered,
+        Err(mpsc::error::TrySendError::Full(_)) => Route::Busy,
+        Err(mpsc::error::TrySendError::Closed(_)) => Route::Unknown,
     }
 }

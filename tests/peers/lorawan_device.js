@@ -1,0 +1,51 @@
+// A LoRaWAN 1.0 end device played by the npm package lora-packet, an implementation
+// independent of Cairn's: it builds join requests and uplinks, and opens join accepts.
+//
+//   node lorawan_device.js join APPKEY JOINEUI DEVEUI DEVNONCE   -> {"phy": hex}
+//   node lorawan_device.js accept APPKEY DEVNONCE PHY            -> the accept's fields and the
+//                                                                    session keys derived from it
+//   node lorawan_device.js uplink NWKSKEY APPSKEY DEVADDR FCNT FPORT PAYLOAD [confirmed]
+//                                                                -> {"phy": hex}
+// EUIs, DevAddr and DevNonce are written MSB first, as on a device's label; PHY and PAYLOAD
+// are hex. Prints one JSON line.
+const lora = require("lora-packet");
+
+const hex = (s) => Buffer.from(s, "hex");
+const [command, ...args] = process.argv.slice(2);
+let out;
+if (command === "join") {
+  const [appKey, joinEui, devEui, devNonce] = args;
+  const packet = lora.fromFields(
+    { MType: "Join Request", AppEUI: hex(joinEui), DevEUI: hex(devEui), DevNonce: hex(devNonce) },
+    null, null, hex(appKey));
+  out = { phy: packet.getPHYPayload().toString("hex") };
+} else if (command === "accept") {
+  const [appKey, devNonce, phy] = args;
+  const encrypted = lora.fromWire(hex(phy));
+  const accept = lora.fromWire(lora.decryptJoinAccept(encrypted, hex(appKey)));
+  const keys = lora.generateSessionKeys(hex(appKey), accept.NetID, accept.AppNonce, hex(devNonce));
+  out = {
+    mtype: accept.getMType(),
+    mic_ok: lora.verifyMIC(accept, null, hex(appKey)),
+    dev_addr: accept.DevAddr.toString("hex").toUpperCase(),
+    net_id: accept.NetID.toString("hex"),
+    app_nonce: accept.AppNonce.toString("hex"),
+    dl_settings: accept.DLSettings.readUInt8(0),
+    rx_delay: accept.RxDelay.readUInt8(0),
+    nwk_s_key: keys.NwkSKey.toString("hex"),
+    app_s_key: keys.AppSKey.toString("hex"),
+  };
+} else if (command === "uplink") {
+  const [nwkSKey, appSKey, devAddr, fcnt, fport, payload, confirmed] = args;
+  const packet = lora.fromFields(
+    {
+      MType: confirmed === "confirmed" ? "Confirmed Data Up" : "Unconfirmed Data Up",
+      DevAddr: hex(devAddr), FCnt: Number(fcnt), FPort: Number(fport), payload: hex(payload),
+    },
+    hex(appSKey), hex(nwkSKey));
+  out = { phy: packet.getPHYPayload().toString("hex") };
+} else {
+  console.error("usage: lorawan_device.js join|accept|uplink ...");
+  process.exit(2);
+}
+console.log(JSON.stringify(out));
