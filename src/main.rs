@@ -275,6 +275,8 @@ fn scan_modbus(runtime: &tokio::runtime::Runtime, args: ScanModbusArgs) -> ExitC
 
 fn tail(runtime: &tokio::runtime::Runtime, args: TailArgs) -> ExitCode {
     use cairn::tools::tail;
+    // The adapter's own lines (why a port did not open, each restart) go to stderr.
+    logging::init();
     let config = match load(&args.config.config) {
         Ok(c) => c,
         Err(code) => return code,

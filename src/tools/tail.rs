@@ -4,7 +4,8 @@
 //! Nothing reaches the outbox or the broker: readings go to the terminal only, and the
 //! adapter's state (LoRaWAN frame counters) is kept in memory, so the gateway's own files are
 //! never written. The port must be free: the running gateway holds its serial ports and the
-//! LoRa UDP port.
+//! LoRa UDP port. Readings and status go to stdout; the adapter's log lines (why a port did
+//! not open) to stderr.
 
 use std::collections::BTreeMap;
 use std::io::Write;
