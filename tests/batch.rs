@@ -160,9 +160,7 @@ fn json_stays_the_contract_and_costs_more_than_batches_at_the_proxy() {
         cairn.wait_stats("2,000 readings buffered", |s| s["backlog"] == 2000);
         broker.restart();
         let readings = {
-            assert!(sub.wait_until(PATIENCE, |r| {
-                count_seqs(&support::decode_cairn_only(&r.hex_lines())).len() == 2000
-            }));
+            assert!(sub.wait_seqs(PATIENCE, |seen| seen.len() == 2000));
             decode_both(&sub.with(|r| r.hex_lines()))
         };
         assert_eq!(count_seqs(&readings).len(), 2000);

@@ -363,9 +363,7 @@ fn the_dialup_preset_drains_ten_value_readings_at_2400_bits_without_a_disconnect
     }
     let start = Instant::now();
     drain.restart();
-    assert!(sub.wait_until(PATIENCE * 3, |r| {
-        support::count_seqs(&support::decode_cairn_only(&r.hex_lines())).len() == 150
-    }));
+    assert!(sub.wait_seqs(PATIENCE * 3, |seen| seen.len() == 150));
     let took = start.elapsed().as_secs_f64();
     let readings = support::decode_both(&sub.with(|r| r.hex_lines()));
     assert_eq!(support::count_seqs(&readings).len(), 150, "0 lost");

@@ -57,10 +57,7 @@ fn drain(dir: &Path, mqtt: &str) -> f64 {
     std::fs::create_dir_all(&data).unwrap();
     copy_outbox(dir, &data);
     cairn.restart();
-    assert!(sub.wait_until(
-        PATIENCE,
-        |r| count_seqs(&decode_cairn_only(&r.hex_lines())).len() == READINGS
-    ));
+    assert!(sub.wait_seqs(PATIENCE, |seen| seen.len() == READINGS));
     cairn.wait_stats("the outbox to drain", |s| s["backlog"] == 0);
     let (up, down) = proxy.bytes();
     (up + down) as f64 / READINGS as f64

@@ -12,7 +12,7 @@ pub mod proxy;
 pub mod serial;
 pub mod tls;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -161,9 +161,15 @@ impl Received {
     /// `topic hex-payload` lines, as `mosquitto_sub -F '%t %x'` prints them: what both
     /// reference decoders read.
     pub fn hex_lines(&self) -> String {
+        self.hex_lines_from(0)
+    }
+
+    /// [`Received::hex_lines`] of the messages from the `start`th on.
+    pub fn hex_lines_from(&self, start: usize) -> String {
         self.messages
             .iter()
             .zip(&self.raw)
+            .skip(start)
             .filter(|((topic, _), _)| !topic.starts_with("probe/"))
             .map(|((topic, _), bytes)| {
                 let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
@@ -290,15 +296,30 @@ impl Subscriber {
         done(&guard)
     }
 
+    /// Waits until the seqs that arrived satisfy `done`, decoding each message once as it
+    /// comes: decoding everything on every arrival is quadratic, and 2,000 JSON messages
+    /// then took a debug build most of `PATIENCE` on a loaded machine.
+    pub fn wait_seqs(
+        &self,
+        timeout: Duration,
+        mut done: impl FnMut(&BTreeSet<i64>) -> bool,
+    ) -> bool {
+        let (mut seen, mut decoded) = (BTreeSet::new(), 0);
+        self.wait_until(timeout, |r| {
+            for reading in decode_cairn_only(&r.hex_lines_from(decoded)) {
+                seen.extend(reading["seq"].as_i64());
+            }
+            decoded = r.messages.len();
+            done(&seen)
+        })
+    }
+
     /// Waits until every seq in `1..=last` arrived; panics with the missing ones otherwise.
     /// Waits until every `seq` from 1 to `last` arrived, in whatever encoding, then decodes
     /// everything with both decoders; panics naming what never arrived. Returns the readings
     /// and how many of them were duplicates.
     pub fn expect_every_reading(&self, last: i64) -> (Vec<serde_json::Value>, usize) {
-        let complete = self.wait_until(PATIENCE, |r| {
-            let counts = count_seqs(&decode_cairn_only(&r.hex_lines()));
-            (1..=last).all(|seq| counts.contains_key(&seq))
-        });
+        let complete = self.wait_seqs(PATIENCE, |seen| (1..=last).all(|seq| seen.contains(&seq)));
         let readings = decode_both(&self.with(|r| r.hex_lines()));
         let counts = count_seqs(&readings);
         let missing: Vec<i64> = (1..=last).filter(|s| !counts.contains_key(s)).collect();
