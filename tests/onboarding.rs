@@ -99,19 +99,24 @@ fn ports_lists_and_prints_json() {
     }
 }
 
-/// The `devices:` part of a scan's output, under a gateway section: what a user pastes.
-fn pasted(scan: &str, dir: &std::path::Path) -> std::path::PathBuf {
+/// Pastes the `devices:` part of a scan's output under a gateway section, as a user would,
+/// and returns what `cairn check` says of it, which must be ok.
+fn check_pasted(scan: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
     let devices = &scan[scan.find("devices:\n").expect("config in the output")..];
-    let path = dir.join("pasted.yaml");
-    std::fs::write(
-        &path,
-        format!(
-            "gateway: {{id: scanned, data_dir: {}}}\n{devices}",
-            dir.display()
-        ),
-    )
-    .unwrap();
-    path
+    let path = dir.path().join("pasted.yaml");
+    let gateway = format!(
+        "gateway: {{id: scanned, data_dir: {}}}\n",
+        dir.path().display()
+    );
+    std::fs::write(&path, gateway + devices).unwrap();
+    let check = run_cairn(&["check", "--config", path.to_str().unwrap()]);
+    assert!(
+        check.status.success(),
+        "the printed config is valid: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    String::from_utf8(check.stdout).unwrap()
 }
 
 #[test]
@@ -137,15 +142,7 @@ fn scan_finds_the_units_behind_a_tcp_gateway_and_suggests_a_profile() {
     // meters' maps (up to register 342) do not.
     assert!(text.contains("profile xy-md02 fits"), "{text}");
     assert!(!text.contains("profile sdm120 fits"), "{text}");
-    let dir = tempfile::tempdir().unwrap();
-    let config = pasted(&text, dir.path());
-    let check = run_cairn(&["check", "--config", config.to_str().unwrap()]);
-    assert!(
-        check.status.success(),
-        "the printed config is valid: {}",
-        String::from_utf8_lossy(&check.stderr)
-    );
-    assert!(String::from_utf8_lossy(&check.stdout).contains("5 devices"));
+    assert!(check_pasted(&text).contains("5 devices"));
 }
 
 #[test]
@@ -175,13 +172,7 @@ fn scan_finds_rtu_units_on_a_serial_line() {
         )),
         "{text}"
     );
-    let config = pasted(&text, dir.path());
-    let check = run_cairn(&["check", "--config", config.to_str().unwrap()]);
-    assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stderr)
-    );
+    assert!(check_pasted(&text).contains("2 devices"));
 }
 
 #[test]

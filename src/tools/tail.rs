@@ -102,7 +102,9 @@ pub async fn run(
                 None => break,
             },
             Ok(()) = status.changed() => {
-                say(out, status_line(format, &status.borrow_and_update(), &handle.counters.errors()));
+                // The counts shown here are not shown again by the next check.
+                errors = handle.counters.errors();
+                say(out, status_line(format, &status.borrow_and_update(), &errors));
             }
             _ = check.tick() => {
                 let now = handle.counters.errors();

@@ -192,15 +192,5 @@ impl Drop for LoraModule {
 /// Runs the LoRaWAN device played by the npm package lora-packet
 /// (`tests/peers/lorawan_device.js`) and parses the JSON line it prints.
 pub fn lora_packet(args: &[&str]) -> serde_json::Value {
-    let output = Command::new("node")
-        .arg(format!("{PEERS}/lorawan_device.js"))
-        .args(args)
-        .output()
-        .expect("node is installed (scripts/test installs it)");
-    assert!(
-        output.status.success(),
-        "lora-packet: {} (scripts/test runs npm ci in tests/peers)",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap()
+    super::peer_json_in("node", "lorawan_device.js", args)
 }

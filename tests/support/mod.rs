@@ -56,12 +56,18 @@ pub fn wait_for_port_within(port: u16, up: bool, patience: Duration) {
 /// Runs the Python peer `tests/peers/<script>` with `args` and parses the one JSON line it
 /// prints; its stderr is the failure message.
 pub fn peer_json(script: &str, args: &[&str]) -> serde_json::Value {
+    peer_json_in(PYTHON, script, args)
+}
+
+/// [`peer_json`] for a peer run by `interpreter` (`node` for the JavaScript peers, whose
+/// packages `scripts/test` installs with `npm ci` in `tests/peers`).
+pub fn peer_json_in(interpreter: &str, script: &str, args: &[&str]) -> serde_json::Value {
     let path = format!("{}/tests/peers/{script}", env!("CARGO_MANIFEST_DIR"));
-    let output = std::process::Command::new(PYTHON)
+    let output = std::process::Command::new(interpreter)
         .arg(path)
         .args(args)
         .output()
-        .expect("the test venv exists (scripts/test creates it)");
+        .unwrap_or_else(|e| panic!("{interpreter}: {e} (scripts/test installs the peers)"));
     assert!(
         output.status.success(),
         "{}",
