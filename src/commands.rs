@@ -2,15 +2,16 @@
 //! message, or `POST /api/set`, is checked against the config, handed to the device's adapter,
 //! and answered, on `.../result` or to the page.
 //!
-//! The payload is a JSON scalar (`21.5`, `true`, `"auto"`) or `{"value": 21.5, "id": "..."}`;
-//! the answer echoes the `id`, so a caller can match it to its request:
+//! The payload is a JSON scalar (`21.5`, `true`, `"auto"`) or `{"value": 21.5, "id": "..."}`,
+//! or for a write of several fields (a LoRaWAN downlink) an object of them, with an `id` among
+//! them if wanted. The answer echoes the `id`, so a caller can match it to its request:
 //! `{"ok":true,"value":21.5,"id":"...","ts":"..."}` (the value read back from the device, or
 //! `null`) or `{"ok":false,"error":"...","id":"...","ts":"..."}`.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
-use cairn_adapters::{Command, CommandResult, DeviceStatus, Value};
+use cairn_adapters::{Command, CommandResult, CommandValue, DeviceStatus, Value};
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
@@ -23,8 +24,8 @@ use crate::supervisor::DeviceHandle;
 /// refused: a setpoint applied long after it was sent can do harm.
 const PATIENCE: Duration = Duration::from_secs(10);
 
-/// How long to wait for the adapter's answer: the patience, then a write and a read-back.
-const ANSWER_WITHIN: Duration = Duration::from_secs(30);
+/// How long to wait for the adapter's answer after the patience: a write and a read-back.
+const ANSWER_AFTER: Duration = Duration::from_secs(20);
 
 /// Requests, and results, that may wait between the uplink and the router.
 const QUEUE: usize = 64;
@@ -70,9 +71,12 @@ pub struct Router {
     results: mpsc::Sender<SetResult>,
 }
 
-/// A device that has writable values.
+/// A device that takes commands.
 struct Target {
     writable: Vec<String>,
+    /// Set for a device that listens now and then: commands wait this long for it, online
+    /// or not.
+    queued_for: Option<Duration>,
     commands: mpsc::Sender<Command>,
     status: watch::Receiver<DeviceStatus>,
 }
@@ -86,12 +90,13 @@ enum SetPayload {
         #[serde(default)]
         id: serde_json::Value,
     },
+    Fields(serde_json::Map<String, serde_json::Value>),
     Bare(serde_json::Value),
 }
 
 impl Router {
-    /// A router for the devices that have writable values, and the uplink's end of it; `None`
-    /// when no device takes writes (the uplink then subscribes to nothing).
+    /// A router for the devices that take commands, and the uplink's end of it; `None` when
+    /// no device takes any (the uplink then subscribes to nothing).
     pub fn new(devices: &[DeviceHandle]) -> Option<(Router, UplinkEnd)> {
         let targets: HashMap<String, Target> = devices
             .iter()
@@ -99,6 +104,7 @@ impl Router {
             .map(|d| {
                 let target = Target {
                     writable: d.writable.clone(),
+                    queued_for: d.queued_for,
                     commands: d.commands.clone(),
                     status: d.status.clone(),
                 };
@@ -155,7 +161,7 @@ impl Router {
         let results = self.results.clone();
         waiting.spawn(async move {
             let result = match dispatched {
-                Ok(answer) => match tokio::time::timeout(ANSWER_WITHIN, answer).await {
+                Ok((answer, within)) => match tokio::time::timeout(within, answer).await {
                     Ok(Ok(result)) => result,
                     Ok(Err(_)) => Err("the device's adapter stopped before answering".into()),
                     Err(_) => Err("no answer from the device in time".into()),
@@ -184,12 +190,13 @@ impl Router {
         });
     }
 
-    /// Hands the command to its device's adapter, or says why not.
+    /// Hands the command to its device's adapter, or says why not; gives how long to wait
+    /// for its answer.
     fn dispatch(
         &self,
         request: &SetRequest,
-        value: Value,
-    ) -> Result<oneshot::Receiver<CommandResult>, String> {
+        value: CommandValue,
+    ) -> Result<(oneshot::Receiver<CommandResult>, Duration), String> {
         let target = self.targets.get(&request.device).ok_or_else(|| {
             format!(
                 "no device named `{}` takes writes on this gateway",
@@ -202,25 +209,33 @@ impl Router {
                 request.point
             ));
         }
-        if *target.status.borrow() != DeviceStatus::Online {
+        if target.queued_for.is_none() && *target.status.borrow() != DeviceStatus::Online {
             return Err("the device is offline".into());
         }
-        let (command, answer) = Command::new(request.point.clone(), value, PATIENCE);
+        let patience = target.queued_for.unwrap_or(PATIENCE);
+        let (command, answer) = Command::new(request.point.clone(), value, patience);
         target.commands.try_send(command).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => "the device is busy with other commands".into(),
             mpsc::error::TrySendError::Closed(_) => "the device has stopped".to_string(),
         })?;
-        Ok(answer)
+        Ok((answer, patience + ANSWER_AFTER))
     }
 }
 
-/// The value a `.../set` payload asks for (`None`: not a value a device takes), and the id to
+/// What a `.../set` payload asks to write (`None`: nothing a device takes), and the id to
 /// echo (JSON `null` when none was given).
-pub fn parse_payload(payload: &[u8]) -> (Option<Value>, serde_json::Value) {
+pub fn parse_payload(payload: &[u8]) -> (Option<CommandValue>, serde_json::Value) {
+    let null = serde_json::Value::Null;
     match serde_json::from_slice::<SetPayload>(payload) {
-        Ok(SetPayload::Tagged { value, id }) => (Value::from_json(value), id),
-        Ok(SetPayload::Bare(value)) => (Value::from_json(value), serde_json::Value::Null),
-        Err(_) => (None, serde_json::Value::Null),
+        Ok(SetPayload::Tagged { value, id }) => {
+            (Value::from_json(value).map(CommandValue::Value), id)
+        }
+        Ok(SetPayload::Fields(mut fields)) => {
+            let id = fields.remove("id").unwrap_or(null);
+            (Some(CommandValue::Fields(fields)), id)
+        }
+        Ok(SetPayload::Bare(value)) => (Value::from_json(value).map(CommandValue::Value), null),
+        Err(_) => (None, null),
     }
 }
 
@@ -257,6 +272,7 @@ mod tests {
             status: watch::channel(status).1,
             counters: Arc::new(DeviceCounters::default()),
             writable: vec!["setpoint".into()],
+            queued_for: None,
             commands,
         };
         (handle, received)
@@ -290,7 +306,7 @@ mod tests {
         let command = adapter.recv().await.unwrap();
         assert_eq!(
             (command.point.as_str(), &command.value),
-            ("setpoint", &Value::Float(21.5))
+            ("setpoint", &CommandValue::Value(Value::Float(21.5)))
         );
         command.reply(Ok(Some(Value::Float(21.5))));
         let got = answer(&mut end).await;

@@ -67,8 +67,11 @@ pub struct DeviceHandle {
     pub status: watch::Receiver<DeviceStatus>,
     /// Its counters.
     pub counters: Arc<DeviceCounters>,
-    /// The values that commands may write.
+    /// The points that commands may name.
     pub writable: Vec<String>,
+    /// How long a command waits for a device that listens only now and then (see
+    /// [`cairn_adapters::Commands::queued_for`]).
+    pub queued_for: Option<std::time::Duration>,
     /// Where commands for it go.
     pub commands: mpsc::Sender<Command>,
 }
@@ -99,19 +102,15 @@ pub fn spawn(
         live,
         reload,
     ));
+    let takes = device.adapter.commands();
     let handle = DeviceHandle {
         name,
         adapter: device.adapter.kind().as_str(),
         description: device.description.as_deref().map(Arc::from),
         status,
         counters,
-        writable: device
-            .adapter
-            .values()
-            .into_iter()
-            .filter(|v| v.writable)
-            .map(|v| v.name)
-            .collect(),
+        writable: takes.points,
+        queued_for: takes.queued_for,
         commands,
     };
     (handle, settings)

@@ -12,13 +12,23 @@ use crate::reading::Value;
 /// why the write did not happen.
 pub type CommandResult = Result<Option<Value>, String>;
 
+/// What a command asks to write.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CommandValue {
+    /// One value for a point, in the units the point reads in (`21.5`, `true`, `"auto"`).
+    Value(Value),
+    /// Named fields, for a write that takes several: a LoRaWAN downlink's `fport`, `hex` or
+    /// `values`, and `confirmed`.
+    Fields(serde_json::Map<String, serde_json::Value>),
+}
+
 /// A request to write `value` to the point `point` of one device.
 #[derive(Debug)]
 pub struct Command {
-    /// The point (value name) to write.
+    /// The point (value name) to write, or `downlink` for a LoRaWAN device.
     pub point: String,
-    /// The value, in the same units the point reads in (scale and offset are undone).
-    pub value: Value,
+    /// What to write.
+    pub value: CommandValue,
     deadline: Instant,
     reply: oneshot::Sender<CommandResult>,
 }
@@ -28,7 +38,7 @@ impl Command {
     /// the link came back, can do more harm than one never written.
     pub fn new(
         point: String,
-        value: Value,
+        value: CommandValue,
         patience: Duration,
     ) -> (Self, oneshot::Receiver<CommandResult>) {
         let (reply, result) = oneshot::channel();
@@ -39,6 +49,11 @@ impl Command {
             reply,
         };
         (command, result)
+    }
+
+    /// When it becomes too late to carry the command out.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
     }
 
     /// Whether it is too late to carry the command out.

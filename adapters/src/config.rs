@@ -2,6 +2,7 @@
 //! settings build the adapter.
 
 use std::fmt;
+use std::time::Duration;
 
 use serde::de::{self, DeserializeSeed, IntoDeserializer, MapAccess};
 use serde::{Deserialize, Deserializer};
@@ -75,6 +76,18 @@ pub enum AdapterConfig {
     Modbus(Box<ModbusConfig>),
     /// `type: lora`
     Lora(Box<LoraConfig>),
+}
+
+/// What commands a device takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Commands {
+    /// The points a command may name.
+    pub points: Vec<String>,
+    /// `None`: the device is reached at once, so a command needs it online and waits
+    /// seconds at most. `Some`: the device listens only now and then (a LoRaWAN class A
+    /// device, after each uplink), so a command waits for it this long, even while it is
+    /// offline.
+    pub queued_for: Option<Duration>,
 }
 
 /// A value a device produces, as announced in its metadata, with how it is reported.
@@ -217,6 +230,28 @@ impl AdapterConfig {
             AdapterConfig::Modbus(c) => c.values(),
             AdapterConfig::Lora(c) => c.values(),
         }
+    }
+
+    /// The commands the device takes: its writable values, and for a LoRaWAN end device its
+    /// downlinks.
+    pub fn commands(&self) -> Commands {
+        let points = self
+            .values()
+            .into_iter()
+            .filter(|v| v.writable)
+            .map(|v| v.name)
+            .collect();
+        let mut commands = Commands {
+            points,
+            queued_for: None,
+        };
+        if let AdapterConfig::Lora(c) = self
+            && let Some(lorawan) = &c.lorawan
+        {
+            commands.points.push(crate::lora::DOWNLINK_POINT.into());
+            commands.queued_for = Some(lorawan.downlink_expiry);
+        }
+        commands
     }
 
     /// Builds a fresh adapter; the supervisor calls this again after each failure.

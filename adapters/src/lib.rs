@@ -21,8 +21,8 @@ pub mod state;
 pub mod uart;
 
 pub use adapter::{Adapter, AdapterContext, AdapterError, DeviceCounters, DeviceStatus, Shared};
-pub use command::{Command, CommandResult};
-pub use config::{AdapterConfig, AdapterKind, ValueInfo, ValueKind};
+pub use command::{Command, CommandResult, CommandValue};
+pub use config::{AdapterConfig, AdapterKind, Commands, ValueInfo, ValueKind};
 pub use reading::{Reading, Value};
 pub use report::{Priority, ReportConfig};
 pub use state::{MemoryState, StateStore};

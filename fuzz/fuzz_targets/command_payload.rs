@@ -5,6 +5,7 @@
 use std::sync::LazyLock;
 
 use cairn::commands::parse_payload;
+use cairn_adapters::CommandValue;
 use cairn_adapters::modbus::Point;
 use libfuzzer_sys::fuzz_target;
 use serde_json::json;
@@ -27,7 +28,7 @@ static POINTS: LazyLock<Vec<Point>> = LazyLock::new(|| {
 
 fuzz_target!(|data: &[u8]| {
     let (value, _id) = parse_payload(data);
-    let Some(value) = value else {
+    let Some(CommandValue::Value(value)) = value else {
         return;
     };
     for point in POINTS.iter() {

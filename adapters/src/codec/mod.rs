@@ -146,6 +146,40 @@ impl PayloadDecoder {
     }
 }
 
+impl PayloadDecoder {
+    /// The payload that decodes to `values` (by published name), for a downlink: only a
+    /// `layout` can be written this way, each value with its scale and offset undone.
+    pub fn encode(
+        &self,
+        values: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Vec<u8>, String> {
+        if self.config.codec != Codec::Layout {
+            return Err("`values` needs a port whose codec is `layout`; give `hex`".into());
+        }
+        let specs = &self.config.values;
+        if let Some(unknown) = values.keys().find(|k| !specs.iter().any(|s| &s.name == *k)) {
+            return Err(format!("the layout has no value `{unknown}`"));
+        }
+        let mut bytes = vec![0u8; fields::layout_len(specs)];
+        for spec in specs {
+            let (Some(at), Some(kind)) = (spec.at, spec.kind) else {
+                continue;
+            };
+            let number = values
+                .get(&spec.name)
+                .ok_or_else(|| format!("`{}` is missing: a layout is written whole", spec.name))?
+                .as_f64()
+                .ok_or_else(|| format!("`{}` must be a number", spec.name))?;
+            let raw = (number - spec.offset.unwrap_or(0.0)) / spec.scale.unwrap_or(1.0);
+            let field = kind
+                .encode(raw, spec.endian)
+                .map_err(|e| format!("`{}`: {e}", spec.name))?;
+            bytes[at..at + field.len()].copy_from_slice(&field);
+        }
+        Ok(bytes)
+    }
+}
+
 /// `bytes` as lowercase hex.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().fold(String::new(), |mut s, b| {
@@ -209,6 +243,50 @@ mod tests {
         );
         let short = layout.decode(&[9, 1]).unwrap_err();
         assert_eq!(short.counter(), "payload_short");
+    }
+
+    #[test]
+    fn a_layout_encodes_what_it_decodes() {
+        let mut interval = ValueSpec::named("interval");
+        (interval.at, interval.kind) = (Some(0), Some(FieldType::U16));
+        let mut setpoint = ValueSpec::named("setpoint");
+        (setpoint.at, setpoint.kind, setpoint.endian) =
+            (Some(2), Some(FieldType::I16), crate::uart::Endian::Little);
+        (setpoint.scale, setpoint.offset) = (Some(0.1), Some(-40.0));
+        let layout = PayloadConfig {
+            codec: Codec::Layout,
+            values: vec![interval, setpoint],
+        }
+        .decoder();
+        let fields = |json: serde_json::Value| json.as_object().unwrap().clone();
+        let bytes = layout
+            .encode(&fields(
+                serde_json::json!({"interval": 600, "setpoint": 21.5}),
+            ))
+            .unwrap();
+        assert_eq!(bytes, [0x02, 0x58, 0x67, 0x02]);
+        assert_eq!(
+            layout.decode(&bytes).unwrap(),
+            [
+                (Arc::from("interval"), Value::Int(600)),
+                (Arc::from("setpoint"), Value::Float(21.5))
+            ]
+        );
+        let refused = |json| layout.encode(&fields(json)).unwrap_err();
+        assert!(
+            refused(serde_json::json!({"interval": 70000, "setpoint": 0})).contains("out of range")
+        );
+        assert!(refused(serde_json::json!({"interval": 1})).contains("`setpoint` is missing"));
+        assert!(
+            refused(serde_json::json!({"interval": 1, "setpoint": 0, "x": 1}))
+                .contains("no value `x`")
+        );
+        assert!(
+            PayloadConfig::default()
+                .decoder()
+                .encode(&fields(serde_json::json!({})))
+                .is_err()
+        );
     }
 
     #[test]

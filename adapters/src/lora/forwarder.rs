@@ -10,11 +10,17 @@ use base64::Engine as _;
 use tokio::net::UdpSocket;
 
 use std::collections::HashMap;
+use std::time::Duration;
 
-use super::gwmp::{self, PushData, RxPk, Stat};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::airtime::{DutyCycle, time_on_air};
+use super::gwmp::{self, PushData, RxPk, Stat, TxPk};
 use super::lorawan::{self, FrameKind};
 use super::radio::{Radio, eui};
-use super::routing::{Downlink, Heard, Radios, Route, Timing};
+use super::region::Region;
+use super::routing::{Downlink, Heard, NotSent, Radios, Route, RxWindow, Timing};
 use super::{ForwarderConfig, UnknownDevices, parse_eui};
 use crate::adapter::{Adapter, AdapterContext, AdapterError, DeviceStatus};
 use crate::codec::hex;
@@ -45,6 +51,10 @@ const BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::n
         .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
 );
 
+/// How long a gateway has to answer a PULL_RESP with TX_ACK. Forwarders of protocol 1
+/// never do: their downlinks count as sent when this has passed.
+const TX_ACK_WAIT: Duration = Duration::from_secs(2);
+
 /// A running packet-forwarder endpoint.
 pub(super) struct Forwarder {
     config: ForwarderConfig,
@@ -53,6 +63,22 @@ pub(super) struct Forwarder {
     allowed: Vec<u64>,
     /// Where each gateway's PULL_DATA came from: its downlinks go there.
     pulls: HashMap<u64, SocketAddr>,
+    /// Downlinks sent and waiting for their TX_ACK, by token.
+    pending: HashMap<[u8; 2], Pending>,
+    duty: DutyCycle,
+}
+
+/// A downlink the gateway has not yet acknowledged, with the windows left to try.
+struct Pending {
+    gateway: u64,
+    region: Region,
+    window: RxWindow,
+    /// The duty-cycle booking it holds: sub-band and airtime.
+    booked: Option<(usize, Duration)>,
+    /// RX2, when RX1 was tried first.
+    fallback: Option<TxPk>,
+    sent: oneshot::Sender<Result<RxWindow, NotSent>>,
+    since: Instant,
 }
 
 impl Forwarder {
@@ -68,6 +94,8 @@ impl Forwarder {
             radios,
             allowed,
             pulls: HashMap::new(),
+            pending: HashMap::new(),
+            duty: DutyCycle::default(),
         }
     }
 
@@ -108,10 +136,12 @@ impl Forwarder {
                 return Ok(());
             }
             gwmp::TX_ACK => {
-                if let Some(error) = gwmp::tx_ack_error(packet.body) {
+                let error = gwmp::tx_ack_error(packet.body);
+                if let Some(error) = &error {
                     tracing::warn!(device = %ctx.device(), gateway = %eui(packet.gateway), error = %error, "The gateway did not send a downlink");
-                    counters.count_error(tx_error(&error));
+                    counters.count_error(tx_error(error));
                 }
+                self.tx_ack(ctx, socket, packet.token, error).await;
                 return Ok(());
             }
             _ => {}
@@ -176,6 +206,7 @@ impl Forwarder {
             freq: rxpk.freq,
             datr: rxpk.datr.to_string(),
             codr: rxpk.codr.clone().unwrap_or_else(|| "4/5".into()),
+            region: self.config.region,
         });
         let dev_addr = match (kind, dev_addr) {
             (FrameKind::DataUp, Some(dev_addr)) => dev_addr,
@@ -228,18 +259,145 @@ impl Forwarder {
         Ok(())
     }
 
-    /// Sends `downlink` to its gateway, at the address of the gateway's last PULL_DATA.
-    async fn downlink(&self, ctx: &AdapterContext, socket: &UdpSocket, downlink: Downlink) {
-        let Some(peer) = self.pulls.get(&downlink.gateway) else {
-            tracing::warn!(device = %ctx.device(), gateway = %eui(downlink.gateway), "Downlink dropped: the gateway has sent no PULL_DATA yet");
-            ctx.counters().count_error("no_downlink_path");
+    /// Sends `downlink` to its gateway, at the address of the gateway's last PULL_DATA, in
+    /// the first receive window whose sub-band has duty cycle left.
+    async fn downlink(&mut self, ctx: &AdapterContext, socket: &UdpSocket, downlink: Downlink) {
+        let timing = &downlink.timing;
+        let region = timing.region;
+        let window = |delay_us: u32, rx: super::region::Window| TxPk {
+            imme: false,
+            tmst: timing.tmst.wrapping_add(delay_us),
+            freq: rx.freq,
+            rfch: 0,
+            powe: rx.powe,
+            modu: "LORA",
+            datr: rx.datr,
+            codr: timing.codr.clone(),
+            ipol: true,
+            size: downlink.phy.len(),
+            data: base64::engine::general_purpose::STANDARD.encode(&downlink.phy),
+        };
+        let rx2 = (
+            RxWindow::Rx2,
+            window(
+                downlink.rx1_delay_us.saturating_add(1_000_000),
+                region.rx2(),
+            ),
+        );
+        // An uplink off the region's channels has no RX1; RX2 is fixed.
+        let windows = match region.rx1(timing.freq, &timing.datr) {
+            Some(rx1) => vec![(RxWindow::Rx1, window(downlink.rx1_delay_us, rx1)), rx2],
+            None => vec![rx2],
+        };
+        let gateway = (timing.gateway, region);
+        self.try_windows(ctx, socket, gateway, windows, downlink.sent)
+            .await;
+    }
+
+    /// Sends the first of `windows` the duty cycle allows, keeping the rest for a refusal.
+    async fn try_windows(
+        &mut self,
+        ctx: &AdapterContext,
+        socket: &UdpSocket,
+        (gateway, region): (u64, Region),
+        windows: Vec<(RxWindow, TxPk)>,
+        sent: oneshot::Sender<Result<RxWindow, NotSent>>,
+    ) {
+        let counters = ctx.counters();
+        let Some(peer) = self.pulls.get(&gateway).copied() else {
+            tracing::warn!(device = %ctx.device(), gateway = %eui(gateway), "Downlink dropped: the gateway has sent no PULL_DATA yet");
+            counters.count_error("no_downlink_path");
+            let _ = sent.send(Err(NotSent::NoPath));
             return;
         };
-        let token = fastrand::u16(..).to_le_bytes();
-        let datagram = gwmp::pull_resp(token, &downlink.txpk);
-        if let Err(e) = socket.send_to(&datagram, peer).await {
-            tracing::warn!(device = %ctx.device(), peer = %peer, error = %e, "Downlink not sent");
-            ctx.counters().count_error("downlink_not_sent");
+        let mut windows = windows.into_iter();
+        while let Some((window, txpk)) = windows.next() {
+            let band = region.duty_cycle(txpk.freq);
+            let booked = match (band, time_on_air(&txpk.datr, &txpk.codr, txpk.size, false)) {
+                (Some((band, share)), Some(airtime)) => {
+                    if !self.duty.book(gateway, band, share, airtime) {
+                        tracing::debug!(device = %ctx.device(), gateway = %eui(gateway), window = window.name(), "Receive window refused: its sub-band's duty cycle is used up");
+                        counters.count_error("duty_cycle");
+                        continue;
+                    }
+                    Some((band, airtime))
+                }
+                _ => None,
+            };
+            let token = fastrand::u16(..).to_le_bytes();
+            let datagram = gwmp::pull_resp(token, &txpk);
+            if let Err(e) = socket.send_to(&datagram, peer).await {
+                tracing::warn!(device = %ctx.device(), peer = %peer, error = %e, "Downlink not sent");
+                counters.count_error("downlink_not_sent");
+                if let Some((band, airtime)) = booked {
+                    self.duty.release(gateway, band, airtime);
+                }
+                continue;
+            }
+            self.pending.insert(
+                token,
+                Pending {
+                    gateway,
+                    region,
+                    window,
+                    booked,
+                    fallback: windows.next().map(|(_, txpk)| txpk),
+                    sent,
+                    since: Instant::now(),
+                },
+            );
+            return;
+        }
+        let _ = sent.send(Err(NotSent::DutyCycle));
+    }
+
+    /// The gateway's answer to the PULL_RESP with `token`: taken, or refused with `error`,
+    /// in which case RX2 is tried when RX1 was.
+    async fn tx_ack(
+        &mut self,
+        ctx: &AdapterContext,
+        socket: &UdpSocket,
+        token: [u8; 2],
+        error: Option<String>,
+    ) {
+        let Some(pending) = self.pending.remove(&token) else {
+            return;
+        };
+        let Some(error) = error else {
+            let _ = pending.sent.send(Ok(pending.window));
+            return;
+        };
+        if let Some((band, airtime)) = pending.booked {
+            self.duty.release(pending.gateway, band, airtime);
+        }
+        match pending.fallback {
+            Some(rx2) => {
+                tracing::info!(device = %ctx.device(), gateway = %eui(pending.gateway), error = %error, "RX1 refused by the gateway; trying RX2");
+                let windows = vec![(RxWindow::Rx2, rx2)];
+                let gateway = (pending.gateway, pending.region);
+                self.try_windows(ctx, socket, gateway, windows, pending.sent)
+                    .await;
+            }
+            None => {
+                let _ = pending.sent.send(Err(NotSent::Refused(error)));
+            }
+        }
+    }
+
+    /// Downlinks whose gateway sent no TX_ACK in time count as sent: forwarders of protocol
+    /// 1 send none.
+    fn tx_ack_overdue(&mut self) {
+        let now = Instant::now();
+        let overdue: Vec<[u8; 2]> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| now.duration_since(p.since) >= TX_ACK_WAIT)
+            .map(|(token, _)| *token)
+            .collect();
+        for token in overdue {
+            if let Some(pending) = self.pending.remove(&token) {
+                let _ = pending.sent.send(Ok(pending.window));
+            }
         }
     }
 
@@ -361,9 +519,17 @@ impl Adapter for Forwarder {
         let mut dropped = kernel_drops(local.port());
         let mut downlinks = self.radios.take_downlinks(ctx.device());
         loop {
+            let overdue = self.pending.values().map(|p| p.since + TX_ACK_WAIT).min();
+            let tx_ack_due = async {
+                match overdue {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 () = ctx.cancelled().cancelled() => return Ok(()),
                 Some(downlink) = downlinks.recv() => self.downlink(ctx, &socket, downlink).await,
+                () = tx_ack_due => self.tx_ack_overdue(),
                 received = socket.recv_from(&mut buf) => {
                     let (n, peer) = received.map_err(|e| AdapterError::Transport(format!("receive failed: {e}")))?;
                     self.datagram(ctx, &socket, &buf[..n], peer).await?;

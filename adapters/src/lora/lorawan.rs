@@ -2,8 +2,9 @@
 //! frame counter rebuilt from its 16 transmitted bits, replay rejection, and decryption. The
 //! `lorawan` crate does the parsing and the cryptography; the counter policy is ours.
 
-use lorawan::keys::AES128;
-use lorawan::parser::{self, DataHeader, DataPayload, FRMPayload, MICAble, PhyPayload};
+use lorawan::creator::DataPayloadCreator;
+use lorawan::keys::{AES128, AppSKey, NewSKey};
+use lorawan::parser::{self, DataHeader, DataPayload, FCtrl, FRMPayload, MICAble, PhyPayload};
 
 use crate::codec::unhex;
 
@@ -42,8 +43,10 @@ pub struct Uplink {
     pub fport: Option<u8>,
     /// The decrypted application payload (empty for MAC-only frames).
     pub payload: Vec<u8>,
-    /// Whether the device asked for an acknowledgement (Cairn sends no downlinks).
+    /// Whether the device asked for an acknowledgement (a confirmed uplink).
     pub confirmed: bool,
+    /// Whether the frame acknowledges the last confirmed downlink (FCtrl ACK).
+    pub ack: bool,
     /// The last counter before this frame, when this frame restarted the count (allowed by
     /// `allow_fcnt_reset`).
     pub reset_from: Option<u32>,
@@ -164,6 +167,7 @@ impl Session {
             }
         };
         let confirmed = phy[0] >> 5 == 0b100;
+        let ack = phy[5] & 0x20 != 0;
         let fport = frame.f_port();
         let decrypted = frame
             .decrypt(Some(&self.nwk_s_key), Some(&self.app_s_key), fcnt)
@@ -178,9 +182,65 @@ impl Session {
             fport,
             payload,
             confirmed,
+            ack,
             reset_from,
         })
     }
+}
+
+/// A data downlink to build: what it carries, and the counter it goes under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataDown<'a> {
+    /// The device's address.
+    pub dev_addr: u32,
+    /// The downlink frame counter (FCntDown).
+    pub fcnt: u32,
+    /// Acknowledges the confirmed uplink it answers.
+    pub ack: bool,
+    /// More downlinks wait: the device should send an uplink soon (FPending).
+    pub pending: bool,
+    /// The device must acknowledge it.
+    pub confirmed: bool,
+    /// The application port and payload; `None` for an empty frame (an ACK alone).
+    pub data: Option<(u8, &'a [u8])>,
+}
+
+/// The PHYPayload of `down`, its FRMPayload encrypted with `app_s_key` and signed with
+/// `nwk_s_key`, by the `lorawan` crate.
+pub fn data_down(down: &DataDown<'_>, nwk_s_key: &[u8; 16], app_s_key: &[u8; 16]) -> Vec<u8> {
+    let mut creator = DataPayloadCreator::new();
+    let mut fctrl = FCtrl::new(0, false);
+    if down.ack {
+        fctrl.set_ack();
+    }
+    // FPending, bit 4 of a downlink's FCtrl.
+    if down.pending {
+        fctrl.0 |= 1 << 4;
+    }
+    creator
+        .set_uplink(false)
+        .set_confirmed(down.confirmed)
+        .set_dev_addr(&down.dev_addr.to_le_bytes())
+        .set_fctrl(&fctrl)
+        .set_fcnt(down.fcnt);
+    let payload = match down.data {
+        Some((port, payload)) => {
+            creator.set_f_port(port);
+            payload
+        }
+        None => &[],
+    };
+    // Building fails only for MAC commands, an FRMPayload without a port, or one past
+    // the 255-byte buffer: the callers send none, give a port, and bound the payload.
+    creator
+        .build(
+            payload,
+            &[],
+            &NewSKey::from(*nwk_s_key),
+            &AppSKey::from(*app_s_key),
+        )
+        .map(<[u8]>::to_vec)
+        .unwrap_or_default()
 }
 
 /// 65536-blocks searched for the counter of a device first heard (up to 16,777,216). Each is

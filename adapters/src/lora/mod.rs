@@ -9,6 +9,7 @@
 //! Either way a payload is decoded by a codec (`payload:`, or per FPort `ports:`), and radio
 //! metadata (RSSI, SNR, frequency, data rate, gateway) is added to each reading.
 
+mod airtime;
 mod forwarder;
 pub mod gwmp;
 pub mod join;
@@ -16,6 +17,7 @@ pub mod lorawan;
 mod module;
 mod node;
 mod radio;
+pub mod region;
 mod routing;
 
 use std::collections::BTreeMap;
@@ -30,7 +32,11 @@ use crate::codec::PayloadConfig;
 use crate::config::ValueInfo;
 use crate::state::StateStore;
 use radio::RADIO_VALUES;
+pub use region::Region;
 pub use routing::Radios;
+
+/// The command point of a LoRaWAN end device's downlinks: `<device>/downlink/set`.
+pub const DOWNLINK_POINT: &str = "downlink";
 
 /// The forwarder's per-packet parsing, for the fuzz targets (`fuzz/`) only.
 #[cfg(fuzzing)]
@@ -76,6 +82,10 @@ pub struct ForwarderConfig {
     /// Larger datagrams are dropped and counted (default 16384 bytes).
     #[serde(default = "default_max_datagram")]
     pub max_datagram: usize,
+    /// The gateways' region: `eu868` (default) or `us915`. It gives the receive windows'
+    /// channels and data rates, and the duty cycle downlinks must keep.
+    #[serde(default)]
+    pub region: Region,
 }
 
 /// What to do with frames from DevAddrs that no device claims.
@@ -124,6 +134,11 @@ pub struct LorawanConfig {
     #[serde(default, with = "humantime_serde")]
     #[schemars(with = "Option<String>")]
     pub silence: Option<Duration>,
+    /// How long a downlink (`<device>/downlink/set`) waits for the device's next uplink
+    /// before it is given up and answered as expired (default `2h`).
+    #[serde(default = "default_downlink_expiry", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub downlink_expiry: Duration,
 }
 
 /// `otaa:` — what an OTAA device is provisioned with (its label or the vendor's sheet).
@@ -212,6 +227,9 @@ fn default_listen() -> SocketAddr {
 }
 fn default_max_datagram() -> usize {
     16 * 1024
+}
+fn default_downlink_expiry() -> Duration {
+    Duration::from_secs(2 * 3600)
 }
 
 /// A DevAddr, its network session key and its application session key.

@@ -1,28 +1,49 @@
 //! A LoRaWAN end device heard through a packet-forwarder device: checks and decrypts its frames,
-//! keeps its frame counter in the state store so that a replay is refused after a restart too,
-//! and decodes the payload by FPort.
+//! keeps its frame counters in the state store so that a replay is refused after a restart too,
+//! decodes the payload by FPort, and answers in its receive windows: join accepts, ACKs of
+//! confirmed uplinks, and the downlinks queued for it over MQTT.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
-use base64::Engine as _;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
-use super::gwmp::TxPk;
 use super::join::{self, JoinRefused};
-use super::lorawan::{self, Session};
-use super::routing::{Downlink, Heard, Radios};
+use super::lorawan::{self, DataDown, Session, Uplink};
+use super::routing::{Downlink, Heard, NotSent, Radios, RxWindow, Timing};
 use super::{AbpSession, Activation, LoraConfig, LorawanConfig};
 use crate::adapter::{Adapter, AdapterContext, AdapterError, DeviceStatus};
-use crate::codec::PayloadDecoder;
-use crate::codec::hex;
+use crate::codec::{PayloadDecoder, hex, unhex};
+use crate::command::{Command, CommandValue};
 use crate::reading::{Reading, Value};
 use crate::state::StateStore;
 
 /// The frame's own values, added to every reading.
 pub(super) const FRAME_VALUES: [&str; 2] = ["fcnt", "fport"];
+
+/// How long copies of a frame from other gateways are awaited before one is chosen to answer
+/// through: RX1 opens a second after the frame, and a LAN carries the copies in milliseconds.
+const GATHER: Duration = Duration::from_millis(200);
+
+/// RECEIVE_DELAY1 of data (the join accept grants 1 s, and ABP devices default to it).
+const RECEIVE_DELAY1_US: u32 = 1_000_000;
+
+/// How long the forwarder may take to say what became of a downlink (it waits 2 s for a
+/// TX_ACK).
+const SENT_WITHIN: Duration = Duration::from_secs(5);
+
+/// Downlinks that may wait for one device; more are refused.
+const QUEUE_MAX: usize = 16;
+
+/// The largest application payload every receive window carries in both regions, RX2
+/// included: EU868 DR0 carries 51 bytes, US915 DR8 53 (RP002, without repeater).
+const PAYLOAD_MAX: usize = 51;
+
+/// How often a confirmed downlink is sent before it is given up unacknowledged.
+const CONFIRMED_TRIES: u8 = 2;
 
 /// A running LoRaWAN end device.
 pub(super) struct Node {
@@ -32,6 +53,35 @@ pub(super) struct Node {
     ports: BTreeMap<u8, PayloadDecoder>,
     radios: Radios,
     state: Arc<dyn StateStore>,
+}
+
+/// A device's session: its address, keys, counters, and where the counters are kept.
+struct Link {
+    session: Session,
+    dev_addr: u32,
+    nwk_s_key: [u8; 16],
+    app_s_key: [u8; 16],
+    /// State key of the uplink counter; the downlink counter's is this with `_down`.
+    key: String,
+    /// The next FCntDown.
+    fcnt_down: u32,
+}
+
+/// A downlink waiting for the device's next uplink.
+struct Queued {
+    fport: u8,
+    payload: Vec<u8>,
+    confirmed: bool,
+    command: Command,
+    tries: u8,
+    /// Why the last try did not go out.
+    last_error: Option<String>,
+}
+
+/// An uplink that passed and what an answer to it needs.
+struct Answerable {
+    up: Uplink,
+    heard: Heard,
 }
 
 impl Node {
@@ -55,21 +105,20 @@ impl Node {
         }
     }
 
-    /// Checks, records and publishes one frame.
+    /// Checks, records and publishes one frame; returns it when it passed, for an answer.
     async fn frame(
         &self,
         ctx: &AdapterContext,
-        session: &mut Session,
-        key: &str,
+        link: &mut Link,
         heard: Heard,
-    ) -> Result<(), AdapterError> {
+    ) -> Result<Option<Answerable>, AdapterError> {
         let counters = ctx.counters();
-        let up = match session.accept(&heard.phy) {
+        let up = match link.session.accept(&heard.phy) {
             Ok(up) => up,
             Err(e) => {
                 tracing::debug!(device = %ctx.device(), error = %e, "Frame refused");
                 counters.count_error(e.counter());
-                return Ok(());
+                return Ok(None);
             }
         };
         if let Some(last) = up.reset_from {
@@ -79,7 +128,7 @@ impl Node {
         // can never be accepted twice.
         if let Err(e) = self
             .state
-            .save(ctx.device(), key, &up.fcnt.to_string())
+            .save(ctx.device(), &link.key, &up.fcnt.to_string())
             .await
         {
             tracing::warn!(device = %ctx.device(), error = %e, "Frame counter not saved; a replay of this frame would be accepted after a restart");
@@ -88,11 +137,7 @@ impl Node {
         ctx.set_status(DeviceStatus::Online);
         let mut values = Vec::new();
         if !up.payload.is_empty() {
-            let decoder = up
-                .fport
-                .and_then(|port| self.ports.get(&port))
-                .unwrap_or(&self.payload);
-            match decoder.decode(&up.payload) {
+            match self.decoder(up.fport).decode(&up.payload) {
                 Ok(decoded) => values = decoded,
                 Err(e) => {
                     tracing::debug!(device = %ctx.device(), fport = ?up.fport, error = %e, "Payload not decoded");
@@ -108,7 +153,235 @@ impl Node {
         if self.allow_radio {
             heard.radio.push_values(&mut values);
         }
-        ctx.emit(Reading::now(ctx.device().clone(), values)).await
+        ctx.emit(Reading::now(ctx.device().clone(), values)).await?;
+        Ok(Some(Answerable { up, heard }))
+    }
+
+    /// The codec of `fport`.
+    fn decoder(&self, fport: Option<u8>) -> &PayloadDecoder {
+        fport
+            .and_then(|port| self.ports.get(&port))
+            .unwrap_or(&self.payload)
+    }
+
+    /// A downlink command's port and payload, or why it cannot be sent. The fields are
+    /// `fport` (1-223), and `hex` or `values` (encoded with the port's `layout`), and
+    /// optionally `confirmed`.
+    fn downlink_request(&self, value: &CommandValue) -> Result<(u8, Vec<u8>, bool), String> {
+        const FORM: &str = r#"a downlink is {"fport": 1-223, "hex": "0102"} or {"fport": N, "values": {...}} for a port with a `layout` codec, with "confirmed": true for an acknowledged one"#;
+        let CommandValue::Fields(fields) = value else {
+            return Err(FORM.into());
+        };
+        let fport = fields
+            .get("fport")
+            .and_then(serde_json::Value::as_u64)
+            .and_then(|p| u8::try_from(p).ok())
+            .filter(|p| (1..=223).contains(p))
+            .ok_or(FORM)?;
+        let payload = match (fields.get("hex"), fields.get("values")) {
+            (Some(serde_json::Value::String(text)), None) => {
+                unhex(text).map_err(|e| format!("`hex`: {e}"))?
+            }
+            (None, Some(serde_json::Value::Object(values))) => {
+                self.decoder(Some(fport)).encode(values)?
+            }
+            _ => return Err(FORM.into()),
+        };
+        if payload.len() > PAYLOAD_MAX {
+            return Err(format!(
+                "{} bytes is more than the {PAYLOAD_MAX} every data rate carries",
+                payload.len()
+            ));
+        }
+        let confirmed = match fields.get("confirmed") {
+            None => false,
+            Some(serde_json::Value::Bool(b)) => *b,
+            Some(_) => return Err("`confirmed` is true or false".into()),
+        };
+        if let Some(unknown) = fields
+            .keys()
+            .find(|k| !["fport", "hex", "values", "confirmed"].contains(&k.as_str()))
+        {
+            return Err(format!("unknown field `{unknown}`; {FORM}"));
+        }
+        Ok((fport, payload, confirmed))
+    }
+
+    /// Queues a downlink command, or answers it with why not.
+    fn queue(&self, ctx: &AdapterContext, queue: &mut VecDeque<Queued>, command: Command) {
+        if command.point != super::DOWNLINK_POINT {
+            let refusal = format!(
+                "`{}` is not writable; a LoRaWAN device takes `{}`",
+                command.point,
+                super::DOWNLINK_POINT
+            );
+            command.reply(Err(refusal));
+            return;
+        }
+        if queue.len() >= QUEUE_MAX {
+            command.reply(Err(format!(
+                "{QUEUE_MAX} downlinks already wait for the device"
+            )));
+            return;
+        }
+        match self.downlink_request(&command.value) {
+            Ok((fport, payload, confirmed)) => {
+                tracing::info!(device = %ctx.device(), fport, bytes = payload.len(), confirmed, waiting = queue.len() + 1, "Downlink queued for the next uplink");
+                queue.push_back(Queued {
+                    fport,
+                    payload,
+                    confirmed,
+                    command,
+                    tries: 0,
+                    last_error: None,
+                });
+            }
+            Err(refusal) => command.reply(Err(refusal)),
+        }
+    }
+
+    /// Answers an uplink in its receive windows when it asked for an ACK or a downlink
+    /// waits: through the gateway that heard it best, once copies from other gateways have
+    /// had [`GATHER`] to come in. Returns a different frame that came in meanwhile.
+    async fn answer(
+        &self,
+        ctx: &AdapterContext,
+        link: &mut Link,
+        frames: &mut mpsc::Receiver<Heard>,
+        queue: &mut VecDeque<Queued>,
+        awaiting: &mut Option<Queued>,
+        uplink: Answerable,
+    ) -> Option<Heard> {
+        let Answerable { up, heard } = uplink;
+        if let Some(sent) = awaiting.take() {
+            if up.ack {
+                tracing::info!(device = %ctx.device(), fport = sent.fport, "Confirmed downlink acknowledged");
+                sent.command
+                    .reply(Ok(Some(Value::Text("acknowledged by the device".into()))));
+            } else if sent.tries < CONFIRMED_TRIES {
+                queue.push_front(sent);
+            } else {
+                ctx.counters().count_error("downlink_unacknowledged");
+                sent.command.reply(Err(format!(
+                    "the device did not acknowledge it ({} tries)",
+                    sent.tries
+                )));
+            }
+        }
+        if !up.confirmed && queue.is_empty() {
+            return None;
+        }
+        let (best, interrupted) = gather(ctx, frames, heard).await;
+        let Some(timing) = best.timing else {
+            ctx.counters().count_error("no_tmst");
+            return interrupted;
+        };
+        let data = queue
+            .front()
+            .map(|q| (q.fport, q.payload.clone(), q.confirmed));
+        let fcnt_down = link.fcnt_down;
+        let down = DataDown {
+            dev_addr: link.dev_addr,
+            fcnt: fcnt_down,
+            ack: up.confirmed,
+            pending: queue.len() > 1,
+            confirmed: data.as_ref().is_some_and(|(_, _, c)| *c),
+            data: data
+                .as_ref()
+                .map(|(port, payload, _)| (*port, payload.as_slice())),
+        };
+        let phy = lorawan::data_down(&down, &link.nwk_s_key, &link.app_s_key);
+        // Saved before it goes: a counter is never used twice, even across a crash.
+        link.fcnt_down = fcnt_down.wrapping_add(1);
+        let down_key = format!("{}_down", link.key);
+        if let Err(e) = self
+            .state
+            .save(ctx.device(), &down_key, &link.fcnt_down.to_string())
+            .await
+        {
+            tracing::warn!(device = %ctx.device(), error = %e, "Downlink counter not saved; no downlink is sent");
+            ctx.counters().count_error("state_not_saved");
+            return interrupted;
+        }
+        let result = self.send(timing, RECEIVE_DELAY1_US, phy).await;
+        match (result, data.is_some()) {
+            (Ok(window), true) => {
+                let Some(mut q) = queue.pop_front() else {
+                    return interrupted;
+                };
+                q.tries += 1;
+                tracing::info!(device = %ctx.device(), fport = q.fport, fcnt_down, window = window.name(), ack = up.confirmed, "Downlink sent");
+                if q.confirmed {
+                    *awaiting = Some(q);
+                } else {
+                    q.command.reply(Ok(Some(Value::Text(format!(
+                        "sent in {}, FCntDown {fcnt_down}",
+                        window.name()
+                    )))));
+                }
+            }
+            (Ok(window), false) => {
+                tracing::debug!(device = %ctx.device(), fcnt = up.fcnt, fcnt_down, window = window.name(), "Confirmed uplink acknowledged");
+            }
+            (Err(e), _) => {
+                tracing::warn!(device = %ctx.device(), fcnt = up.fcnt, error = %e, "No answer sent in the receive windows; a queued downlink waits for the next uplink");
+                ctx.counters().count_error("downlink_not_sent");
+                if let Some(q) = queue.front_mut() {
+                    q.last_error = Some(e.to_string());
+                }
+            }
+        }
+        interrupted
+    }
+
+    /// Hands `phy` to the forwarder for the windows after `timing`, and waits to hear which
+    /// one the gateway took.
+    async fn send(
+        &self,
+        timing: Timing,
+        rx1_delay_us: u32,
+        phy: Vec<u8>,
+    ) -> Result<RxWindow, NotSent> {
+        let (sent, result) = oneshot::channel();
+        let downlink = Downlink {
+            timing,
+            rx1_delay_us,
+            phy,
+            sent,
+        };
+        self.radios.send(&self.lorawan.via, downlink);
+        match tokio::time::timeout(SENT_WITHIN, result).await {
+            Ok(Ok(result)) => result,
+            _ => Err(NotSent::Busy),
+        }
+    }
+}
+
+/// Waits [`GATHER`] for copies of `first` from other gateways, and returns the copy heard
+/// best (highest SNR, then RSSI), and a different frame if one came in meanwhile (the
+/// gathering then stops). Copies are counted as `duplicate`.
+async fn gather(
+    ctx: &AdapterContext,
+    rx: &mut mpsc::Receiver<Heard>,
+    first: Heard,
+) -> (Heard, Option<Heard>) {
+    let deadline = tokio::time::Instant::now() + GATHER;
+    let mut best = first;
+    loop {
+        let heard = tokio::select! {
+            () = tokio::time::sleep_until(deadline) => return (best, None),
+            heard = rx.recv() => match heard {
+                Some(heard) => heard,
+                None => return (best, None),
+            },
+        };
+        if heard.phy != best.phy {
+            return (best, Some(heard));
+        }
+        ctx.counters().count_error("duplicate");
+        if heard.timing.is_some() && heard.radio.better_than(&best.radio) {
+            best = heard;
+        }
     }
 }
 
@@ -116,14 +389,11 @@ impl Node {
 /// pick them at random, so a replay is any of the recent ones.
 const DEVNONCES: &str = "lorawan/otaa/devnonces";
 const DEVNONCES_KEPT: usize = 2048;
-/// An OTAA device's session (`DEVADDR:NWKSKEY:APPSKEY`) and its frame counter.
+/// An OTAA device's session (`DEVADDR:NWKSKEY:APPSKEY`) and its frame counters.
 const OTAA_SESSION: &str = "lorawan/otaa/session";
 const OTAA_FCNT: &str = "lorawan/otaa/fcnt";
 /// JOIN_ACCEPT_DELAY1: RX1 of a join accept opens 5 s after the end of the request.
 const JOIN_ACCEPT_DELAY1_US: u32 = 5_000_000;
-
-/// The session an end device is in (its counter state and where it is kept), and its frames.
-type Active = (mpsc::Receiver<Heard>, (Session, String));
 
 /// What an OTAA device joins with.
 #[derive(Clone, Copy)]
@@ -134,28 +404,37 @@ struct Otaa {
 }
 
 impl Node {
-    /// Starts listening for `dev_addr` with its keys, the counter read from `key`.
+    /// Starts listening for `dev_addr` with its keys, the counters read from `key` and
+    /// `key` + `_down`.
     async fn activate(
         &self,
         ctx: &AdapterContext,
         (dev_addr, nwk_s_key, app_s_key): AbpSession,
         key: String,
         fcnt_start: Option<u32>,
-    ) -> Result<Active, AdapterError> {
-        let last = self
-            .state
-            .load(ctx.device(), &key)
-            .await
-            .map_err(|e| AdapterError::Transport(format!("cannot read the frame counter: {e}")))?
-            .and_then(|text| text.parse::<u32>().ok())
+    ) -> Result<(mpsc::Receiver<Heard>, Link), AdapterError> {
+        let load = |key: String| async move {
+            self.state
+                .load(ctx.device(), &key)
+                .await
+                .map_err(|e| AdapterError::Transport(format!("cannot read the frame counter: {e}")))
+                .map(|text| text.and_then(|text| text.parse::<u32>().ok()))
+        };
+        let last = load(key.clone())
+            .await?
             .or_else(|| fcnt_start.and_then(|s| s.checked_sub(1)));
-        tracing::debug!(device = %ctx.device(), dev_addr = %format!("{dev_addr:08X}"), last_fcnt = ?last, "Waiting for frames");
+        let fcnt_down = load(format!("{key}_down")).await?.unwrap_or(0);
+        tracing::debug!(device = %ctx.device(), dev_addr = %format!("{dev_addr:08X}"), last_fcnt = ?last, fcnt_down, "Waiting for frames");
         Ok((
             self.radios.listen(&self.lorawan.via, dev_addr),
-            (
-                Session::new(nwk_s_key, app_s_key, last, self.lorawan.allow_fcnt_reset),
+            Link {
+                session: Session::new(nwk_s_key, app_s_key, last, self.lorawan.allow_fcnt_reset),
+                dev_addr,
+                nwk_s_key,
+                app_s_key,
                 key,
-            ),
+                fcnt_down,
+            },
         ))
     }
 
@@ -170,27 +449,35 @@ impl Node {
     }
 
     /// Answers a join request: checks it, refuses a replayed DevNonce, and sends the join
-    /// accept in RX1 through the forwarder whose gateway heard it. The new session is saved
-    /// before the accept goes, so a restart keeps it.
+    /// accept through the forwarder whose gateway heard it best. The new session is saved
+    /// before the accept goes, so a restart keeps it. Returns a different join request that
+    /// came in while copies were gathered.
     async fn join(
         &self,
         ctx: &AdapterContext,
         otaa: Otaa,
+        joins: &mut mpsc::Receiver<Heard>,
         heard: Heard,
-    ) -> Result<Option<AbpSession>, AdapterError> {
+    ) -> Result<(Option<AbpSession>, Option<Heard>), AdapterError> {
         let counters = ctx.counters();
         let refuse = |e: JoinRefused| {
             tracing::warn!(device = %ctx.device(), error = %e, "Join request refused");
             counters.count_error(e.counter());
-            Ok(None)
         };
         let request = match join::request(&heard.phy, &otaa.app_key) {
             Ok(request) => request,
-            Err(e) => return refuse(e),
+            Err(e) => {
+                refuse(e);
+                return Ok((None, None));
+            }
         };
         if request.join_eui != otaa.join_eui {
-            return refuse(JoinRefused::JoinEui(request.join_eui));
+            refuse(JoinRefused::JoinEui(request.join_eui));
+            return Ok((None, None));
         }
+        // Copies from other gateways carry the same DevNonce: gathered here, they are
+        // duplicates, not replays.
+        let (heard, interrupted) = gather(ctx, joins, heard).await;
         let nonce = u16::from_le_bytes(request.dev_nonce);
         let saved = self
             .state
@@ -204,7 +491,8 @@ impl Node {
             .filter_map(|n| u16::from_str_radix(n, 16).ok())
             .collect();
         if used.contains(&nonce) {
-            return refuse(JoinRefused::Replay(nonce));
+            refuse(JoinRefused::Replay(nonce));
+            return Ok((None, interrupted));
         }
         used.push(nonce);
         let from = used.len().saturating_sub(DEVNONCES_KEPT);
@@ -217,11 +505,11 @@ impl Node {
         let Some(timing) = heard.timing else {
             tracing::warn!(device = %ctx.device(), "Join request without a concentrator time: no receive window to answer in");
             counters.count_error("no_tmst");
-            return Ok(None);
+            return Ok((None, interrupted));
         };
-        // EU868: RX1 on the request's channel at its data rate (RX1DROffset 0); RX2 stays at
-        // the region's default (DR0, 869.525 MHz); RX1 of data a second after an uplink.
-        let grant = join::grant(0, 1);
+        // RX1DROffset 0 and the region's RX2 rate, so the device keeps its defaults; RX1 of
+        // data a second after an uplink.
+        let grant = join::grant(timing.region.dl_settings(), 1);
         let accepted = join::accept(&request, &otaa.app_key, &grant);
         let session = format!(
             "{:08X}:{}:{}",
@@ -229,7 +517,12 @@ impl Node {
             hex(&accepted.nwk_s_key),
             hex(&accepted.app_s_key)
         );
-        for (key, value) in [(OTAA_SESSION, session.as_str()), (OTAA_FCNT, "")] {
+        let down = format!("{OTAA_FCNT}_down");
+        for (key, value) in [
+            (OTAA_SESSION, session.as_str()),
+            (OTAA_FCNT, ""),
+            (&down, ""),
+        ] {
             self.state
                 .save(ctx.device(), key, value)
                 .await
@@ -237,32 +530,19 @@ impl Node {
                     AdapterError::Transport(format!("cannot save the joined session: {e}"))
                 })?;
         }
-        let txpk = TxPk {
-            imme: false,
-            tmst: timing.tmst.wrapping_add(JOIN_ACCEPT_DELAY1_US),
-            freq: timing.freq,
-            rfch: 0,
-            powe: 14,
-            modu: "LORA",
-            datr: timing.datr,
-            codr: timing.codr,
-            ipol: true,
-            size: accepted.phy.len(),
-            data: base64::engine::general_purpose::STANDARD.encode(&accepted.phy),
-        };
-        let downlink = Downlink {
-            gateway: timing.gateway,
-            txpk,
-        };
-        if !self.radios.send(&self.lorawan.via, downlink) {
-            counters.count_error("downlink_refused");
+        match self.send(timing, JOIN_ACCEPT_DELAY1_US, accepted.phy).await {
+            Ok(window) => {
+                tracing::info!(device = %ctx.device(), dev_eui = %format!("{:016X}", otaa.dev_eui), dev_addr = %format!("{:08X}", accepted.dev_addr), window = window.name(), "Device joined");
+            }
+            Err(e) => {
+                tracing::warn!(device = %ctx.device(), error = %e, "Join accept not sent; the device will try again");
+                counters.count_error("join_accept_not_sent");
+            }
         }
-        tracing::info!(device = %ctx.device(), dev_eui = %format!("{:016X}", otaa.dev_eui), dev_addr = %format!("{:08X}", accepted.dev_addr), "Device joined");
-        Ok(Some((
-            accepted.dev_addr,
-            accepted.nwk_s_key,
-            accepted.app_s_key,
-        )))
+        Ok((
+            Some((accepted.dev_addr, accepted.nwk_s_key, accepted.app_s_key)),
+            interrupted,
+        ))
     }
 }
 
@@ -271,6 +551,20 @@ async fn next<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
     match rx {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
+    }
+}
+
+/// Answers the downlinks whose time ran out before the device was heard.
+fn expire(ctx: &AdapterContext, queue: &mut VecDeque<Queued>) {
+    while let Some(i) = queue.iter().position(|q| q.command.expired()) {
+        let Some(q) = queue.remove(i) else { break };
+        ctx.counters().count_error("downlink_expired");
+        let why = q
+            .last_error
+            .map(|e| format!(": {e}"))
+            .unwrap_or_else(|| ": the device sent no uplink".into());
+        q.command
+            .reply(Err(format!("expired before it could be sent{why}")));
     }
 }
 
@@ -283,7 +577,7 @@ impl Adapter for Node {
             .map_err(|(path, message)| AdapterError::Config(format!("{path}: {message}")))?;
         let (otaa, active) = match activation {
             Activation::Abp(session) => {
-                // Keyed by DevAddr: a new session (new address) starts a new counter.
+                // Keyed by DevAddr: a new session (new address) starts new counters.
                 let key = format!("lorawan/{:08X}/fcnt", session.0);
                 let active = self
                     .activate(ctx, session, key, self.lorawan.fcnt_start)
@@ -310,31 +604,60 @@ impl Adapter for Node {
             }
         };
         let mut joins = otaa.map(|o| self.radios.listen_joins(&self.lorawan.via, o.dev_eui));
-        let (mut frames, mut active) = match active {
-            Some((rx, now)) => (Some(rx), Some(now)),
+        let (mut frames, mut link) = match active {
+            Some((rx, link)) => (Some(rx), Some(link)),
             None => (None, None),
         };
+        let mut queue: VecDeque<Queued> = VecDeque::new();
+        let mut awaiting: Option<Queued> = None;
+        // A frame that came in while an answer was being prepared, handled next.
+        let mut held: Option<Heard> = None;
+        let mut held_join: Option<Heard> = None;
         loop {
+            if let (Some(heard), Some(l), Some(rx)) = (held.take(), link.as_mut(), frames.as_mut())
+                && let Some(uplink) = self.frame(ctx, l, heard).await?
+            {
+                held = self
+                    .answer(ctx, l, rx, &mut queue, &mut awaiting, uplink)
+                    .await;
+                continue;
+            }
+            if let (Some(heard), Some(otaa), Some(rx)) = (held_join.take(), otaa, joins.as_mut()) {
+                let (session, interrupted) = self.join(ctx, otaa, rx, heard).await?;
+                held_join = interrupted;
+                if let Some(session) = session {
+                    let (rx, now) = self.activate(ctx, session, OTAA_FCNT.into(), None).await?;
+                    frames = Some(rx);
+                    link = Some(now);
+                    // A confirmed downlink of the old session cannot be acknowledged in the new one.
+                    if let Some(sent) = awaiting.take() {
+                        queue.push_front(sent);
+                    }
+                }
+                continue;
+            }
             let silence = async {
                 match self.lorawan.silence {
                     Some(silence) => tokio::time::sleep(silence).await,
                     None => std::future::pending().await,
                 }
             };
+            let first_expiry = queue.iter().map(|q| q.command.deadline()).min();
+            let expiry = async {
+                match first_expiry {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 () = ctx.cancelled().cancelled() => return Ok(()),
-                heard = next(&mut frames) => match (heard, active.as_mut()) {
-                    (Some(heard), Some((session, key))) => self.frame(ctx, session, key, heard).await?,
-                    _ => return Err(AdapterError::Transport("another adapter took over this DevAddr".into())),
+                heard = next(&mut frames) => match heard {
+                    Some(heard) => held = Some(heard),
+                    None => return Err(AdapterError::Transport("another adapter took over this DevAddr".into())),
                 },
-                Some(heard) = next(&mut joins) => {
-                    let Some(otaa) = otaa else { continue };
-                    if let Some(session) = self.join(ctx, otaa, heard).await? {
-                        let (rx, now) = self.activate(ctx, session, OTAA_FCNT.into(), None).await?;
-                        frames = Some(rx);
-                        active = Some(now);
-                    }
-                }
+                Some(heard) = next(&mut joins) => held_join = Some(heard),
+                Some(command) = ctx.next_command() => self.queue(ctx, &mut queue, command),
+                () = expiry => expire(ctx, &mut queue),
                 () = silence => ctx.set_status(DeviceStatus::Offline),
             }
         }

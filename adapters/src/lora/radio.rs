@@ -25,6 +25,19 @@ pub(super) const RADIO_VALUES: [(&str, Option<&str>); 5] = [
 ];
 
 impl Radio {
+    /// Whether a downlink through this reception's gateway is likelier to reach the device
+    /// than through `other`'s: a higher SNR, then a higher RSSI. What is not known ranks
+    /// lowest.
+    pub(super) fn better_than(&self, other: &Radio) -> bool {
+        let rank = |r: &Radio| {
+            (
+                r.snr.unwrap_or(f64::NEG_INFINITY),
+                r.rssi.unwrap_or(f64::NEG_INFINITY),
+            )
+        };
+        rank(self).partial_cmp(&rank(other)) == Some(std::cmp::Ordering::Greater)
+    }
+
     /// The radio values, appended to a reading's values.
     pub(super) fn push_values(&self, values: &mut Vec<(Arc<str>, Value)>) {
         let [rssi, snr, frequency, data_rate, gateway] = RADIO_VALUES.map(|(name, _)| name);

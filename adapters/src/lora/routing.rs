@@ -4,10 +4,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
-use super::gwmp::TxPk;
 use super::radio::Radio;
+use super::region::Region;
 
 /// Frames waiting for one end device's adapter; more are dropped and counted.
 const NODE_QUEUE: usize = 64;
@@ -37,15 +37,59 @@ pub(crate) struct Timing {
     pub(super) datr: String,
     /// Its coding rate.
     pub(super) codr: String,
+    /// The region of the forwarder's gateways.
+    pub(super) region: Region,
 }
 
-/// A downlink for a gateway of a forwarder device.
+/// A downlink answering an uplink, for the forwarder whose gateway heard it. The forwarder
+/// picks the window: RX1, or RX2 when RX1's sub-band has no duty cycle left or the gateway
+/// refused RX1.
 #[derive(Debug)]
 pub(crate) struct Downlink {
-    /// The gateway to send it.
-    pub(super) gateway: u64,
-    /// What to send, and when.
-    pub(super) txpk: TxPk,
+    /// The uplink it answers, as the gateway chosen to answer heard it.
+    pub(super) timing: Timing,
+    /// Microseconds from the end of the uplink to RX1; RX2 opens a second later.
+    pub(super) rx1_delay_us: u32,
+    /// The PHYPayload.
+    pub(super) phy: Vec<u8>,
+    /// Told which window the gateway took it for, or why it was not sent.
+    pub(super) sent: oneshot::Sender<Result<RxWindow, NotSent>>,
+}
+
+/// The receive window a downlink went out in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RxWindow {
+    /// The first, on the uplink's channel (EU868) or its region's mapping.
+    Rx1,
+    /// The second, on the region's fixed channel.
+    Rx2,
+}
+
+impl RxWindow {
+    /// Its name in results and logs.
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            RxWindow::Rx1 => "rx1",
+            RxWindow::Rx2 => "rx2",
+        }
+    }
+}
+
+/// Why a downlink was not sent; each is counted by the forwarder under its name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum NotSent {
+    /// The gateway has not sent PULL_DATA, so there is no address to send to.
+    #[error("the gateway has sent no PULL_DATA yet")]
+    NoPath,
+    /// Neither window's sub-band has duty cycle left this hour.
+    #[error("the gateway's duty cycle is used up in both receive windows")]
+    DutyCycle,
+    /// The gateway refused both windows (TX_ACK), with its last error.
+    #[error("the gateway refused it: {0}")]
+    Refused(String),
+    /// The forwarder is not running, or its queue is full.
+    #[error("the forwarder cannot take it now")]
+    Busy,
 }
 
 /// What became of a frame handed to [`Radios::route`].
@@ -119,13 +163,17 @@ impl Radios {
         rx
     }
 
-    /// Queues a downlink for `forwarder`; `false` when it is not running or its queue is full.
-    pub(super) fn send(&self, forwarder: &str, downlink: Downlink) -> bool {
+    /// Queues a downlink for `forwarder`; when it is not running or its queue is full, the
+    /// downlink's `sent` is told so at once.
+    pub(super) fn send(&self, forwarder: &str, downlink: Downlink) {
         let tables = self.tables();
-        tables
-            .downlinks
-            .get(forwarder)
-            .is_some_and(|tx| tx.try_send(downlink).is_ok())
+        let refused = match tables.downlinks.get(forwarder) {
+            Some(tx) => tx.try_send(downlink).err().map(|e| e.into_inner()),
+            None => Some(downlink),
+        };
+        if let Some(downlink) = refused {
+            let _ = downlink.sent.send(Err(NotSent::Busy));
+        }
     }
 }
 

@@ -27,7 +27,7 @@ use tokio_modbus::client::{Client, Context};
 use tokio_modbus::{ExceptionCode, ProtocolError, Request as ModbusRequest, Response};
 
 use crate::adapter::{Adapter, AdapterContext, AdapterError, DeviceStatus};
-use crate::command::Command;
+use crate::command::{Command, CommandValue};
 use crate::config::{ValueInfo, ValueKind};
 use crate::reading::Reading;
 pub use bus::{Bus, Link, RtuConfig, SharedBuses};
@@ -416,7 +416,12 @@ impl ModbusAdapter {
             command.reply(Err("expired before the device could be reached".into()));
             return Ok(());
         }
-        let data = match point.encode(&command.value) {
+        let CommandValue::Value(value) = &command.value else {
+            let refusal = format!("`{}` takes one value, not fields", command.point);
+            command.reply(Err(refusal));
+            return Ok(());
+        };
+        let data = match point.encode(value) {
             Ok(data) => data,
             Err(e) => {
                 command.reply(Err(e));

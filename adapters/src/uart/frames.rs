@@ -142,6 +142,39 @@ impl FieldType {
     }
 }
 
+impl FieldType {
+    /// The bytes of `raw` as this type, in `endian` order: integers rounded to the nearest
+    /// and refused out of range.
+    pub fn encode(self, raw: f64, endian: Endian) -> Result<Vec<u8>, String> {
+        let (min, max): (f64, f64) = match self {
+            FieldType::U8 => (0.0, u8::MAX.into()),
+            FieldType::I8 => (i8::MIN.into(), i8::MAX.into()),
+            FieldType::U16 => (0.0, u16::MAX.into()),
+            FieldType::I16 => (i16::MIN.into(), i16::MAX.into()),
+            FieldType::U32 => (0.0, u32::MAX.into()),
+            FieldType::I32 => (i32::MIN.into(), i32::MAX.into()),
+            FieldType::F32 => (f32::MIN.into(), f32::MAX.into()),
+        };
+        let value = if self == FieldType::F32 {
+            raw
+        } else {
+            raw.round()
+        };
+        if !value.is_finite() || !(min..=max).contains(&value) {
+            return Err(format!("{raw} is out of range for {self:?}").to_lowercase());
+        }
+        // In range, the low bytes of the two's complement are the value's bytes.
+        let mut bytes = match self {
+            FieldType::F32 => (value as f32).to_be_bytes().to_vec(),
+            _ => (value as i64).to_be_bytes()[8 - self.size()..].to_vec(),
+        };
+        if endian == Endian::Little {
+            bytes.reverse();
+        }
+        Ok(bytes)
+    }
+}
+
 /// `frames:` — how frames are found and checked.
 #[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
