@@ -523,3 +523,195 @@ fn an_otaa_device_joins_offline_and_its_uplinks_decode() {
         .collect();
     assert_eq!(temperatures, [&json!(25.5), &json!(26.0)], "{values:?}");
 }
+
+/// A second gateway of the site, for frames heard twice.
+const GATEWAY_2: [u8; 8] = [0xAA, 0x55, 0x5A, 0x00, 0x00, 0x00, 0x00, 0x02];
+
+/// A frame of the vectors' device built by lora-packet: `flags` as its `uplink` takes them.
+fn vector_uplink(fcnt: u32, payload: &str, flags: &str) -> Vec<u8> {
+    let v = vectors();
+    let args = [
+        "uplink",
+        v["nwk_s_key"].as_str().unwrap(),
+        v["app_s_key"].as_str().unwrap(),
+        v["dev_addr"].as_str().unwrap(),
+        &fcnt.to_string(),
+        "1",
+        payload,
+        flags,
+    ];
+    unhex(support::lora::lora_packet(&args)["phy"].as_str().unwrap())
+}
+
+/// A downlink as lora-packet opens it with the vectors' keys, expecting FCntDown `fcnt`.
+fn open_downlink(txpk: &Value, fcnt: u32) -> Value {
+    let v = vectors();
+    let phy = base64::engine::general_purpose::STANDARD
+        .decode(txpk["data"].as_str().unwrap())
+        .unwrap();
+    let phy: String = phy.iter().map(|b| format!("{b:02x}")).collect();
+    let args = [
+        "downlink",
+        v["nwk_s_key"].as_str().unwrap(),
+        v["app_s_key"].as_str().unwrap(),
+        &phy,
+        &fcnt.to_string(),
+    ];
+    support::lora::lora_packet(&args)
+}
+
+#[test]
+fn confirmed_uplinks_are_acknowledged_and_queued_downlinks_go_out_in_the_next_window() {
+    let broker = Broker::start();
+    let sub = Subscriber::start(&broker, "cairn/test/#");
+    let dev_addr = vectors()["dev_addr"].as_str().unwrap().to_string();
+    let devices = forwarder("")
+        + &node(
+            "valve",
+            &dev_addr,
+            "{codec: raw}\n    ports: {10: {codec: layout, values: [{name: interval, at: 0, type: u16}]}}",
+        );
+    let (cairn, mut fw) = start(&broker, &devices);
+    fw.pull();
+
+    // A confirmed uplink is acknowledged in RX1: a second after it, on its channel and rate.
+    let heard = rxpk(&vector_uplink(1, "00", "confirmed"), -60, 7.0);
+    fw.push(&push_data(std::slice::from_ref(&heard)));
+    let (token, txpk) = fw.pull_resp(PATIENCE).expect("an ACK");
+    fw.tx_ack(support::lora::GATEWAY, token, None);
+    let tmst = heard["tmst"].as_u64().unwrap();
+    assert_eq!(txpk["tmst"].as_u64(), Some(tmst + 1_000_000), "{txpk}");
+    assert_eq!(
+        (&txpk["freq"], &txpk["datr"]),
+        (&heard["freq"], &heard["datr"])
+    );
+    assert_eq!(
+        (&txpk["ipol"], &txpk["imme"]),
+        (&json!(true), &json!(false))
+    );
+    let ack = open_downlink(&txpk, 0);
+    assert_eq!(ack["mtype"], "Unconfirmed Data Down", "{ack}");
+    assert_eq!(
+        (&ack["dir"], &ack["dev_addr"]),
+        (&json!("down"), &json!(dev_addr))
+    );
+    assert_eq!(
+        (&ack["ack"], &ack["mic_ok"]),
+        (&json!(true), &json!(true)),
+        "{ack}"
+    );
+    assert_eq!((&ack["fcnt"], &ack["fport"]), (&json!(0), &Value::Null));
+
+    // Two downlinks are queued over MQTT: one encoded with port 10's layout, one in hex.
+    let results = "cairn/test/valve/downlink/result";
+    broker.publish(
+        "cairn/test/valve/downlink/set",
+        r#"{"fport": 10, "values": {"interval": 600}, "id": "d1"}"#,
+        false,
+    );
+    broker.publish(
+        "cairn/test/valve/downlink/set",
+        r#"{"fport": 3, "hex": "CAFE", "id": "d2"}"#,
+        false,
+    );
+    cairn.wait_log_count("Downlink queued for the next uplink", 2);
+    // A payload the layout cannot hold is refused at once.
+    broker.publish(
+        "cairn/test/valve/downlink/set",
+        r#"{"fport": 10, "values": {"interval": 70000}, "id": "d3"}"#,
+        false,
+    );
+    assert!(sub.wait_until(PATIENCE, |r| r.messages.iter().any(|(t, _)| t == results)));
+    let answer: Value = sub.with(|r| serde_json::from_str(&r.last_on(results).unwrap()).unwrap());
+    assert_eq!(
+        (&answer["ok"], &answer["id"]),
+        (&json!(false), &json!("d3")),
+        "{answer}"
+    );
+
+    // The next uplink, heard by two gateways, is answered through the one that heard it
+    // best, with the first downlink and FPending for the second.
+    let mut fw2 = PacketForwarder::new(cairn.logged_addr(LISTENING));
+    fw2.pull_as(GATEWAY_2);
+    let phy = vector_uplink(2, "01", "");
+    let weak = rxpk(&phy, -110, -3.0);
+    let mut strong = rxpk(&phy, -70, 8.5);
+    strong["tmst"] = json!(1_000_000u32);
+    fw.push(&push_data(&[weak]));
+    let ack = fw2.push_from(GATEWAY_2, &push_data(std::slice::from_ref(&strong)));
+    assert_eq!(ack.map(|a| a[3]), Some(1), "PUSH_ACK");
+    let (token, txpk) = fw2
+        .pull_resp(PATIENCE)
+        .expect("the downlink, via gateway 2");
+    assert_eq!(
+        txpk["tmst"].as_u64(),
+        Some(2_000_000),
+        "gateway 2's clock: {txpk}"
+    );
+    let down = open_downlink(&txpk, 1);
+    assert_eq!(
+        (&down["fport"], &down["payload"]),
+        (&json!(10), &json!("0258")),
+        "{down}"
+    );
+    assert_eq!(
+        (&down["fcnt"], &down["mic_ok"]),
+        (&json!(1), &json!(true)),
+        "{down}"
+    );
+    assert_eq!(
+        (&down["ack"], &down["fpending"]),
+        (&json!(false), &json!(true))
+    );
+    assert!(
+        fw.pull_resp(Duration::from_millis(300)).is_none(),
+        "not via gateway 1"
+    );
+
+    // Gateway 2 refuses RX1 (it is too late for it): the downlink goes in RX2 instead.
+    fw2.tx_ack(GATEWAY_2, token, Some("TOO_LATE"));
+    let (token, txpk) = fw2.pull_resp(PATIENCE).expect("RX2");
+    fw2.tx_ack(GATEWAY_2, token, None);
+    assert_eq!(
+        txpk["tmst"].as_u64(),
+        Some(3_000_000),
+        "RX2, a second after RX1"
+    );
+    assert_eq!(
+        (&txpk["freq"], &txpk["datr"]),
+        (&json!(869.525), &json!("SF12BW125"))
+    );
+    assert_eq!(open_downlink(&txpk, 1)["payload"], "0258", "the same frame");
+    let answered = |id: &'static str| {
+        move |r: &support::Received| {
+            r.messages.iter().any(|(t, m)| {
+                t == results && serde_json::from_str::<Value>(m).is_ok_and(|a| a["id"] == id)
+            })
+        }
+    };
+    assert!(sub.wait_until(PATIENCE, answered("d1")), "{}", cairn.log());
+    let answer: Value = sub.with(|r| serde_json::from_str(&r.last_on(results).unwrap()).unwrap());
+    assert_eq!(answer["ok"], true, "{answer}");
+    assert_eq!(answer["value"], "sent in rx2, FCntDown 1");
+
+    // The uplink after it takes the second downlink, now without FPending.
+    fw.push(&push_data(&[rxpk(&vector_uplink(3, "02", ""), -60, 7.0)]));
+    let (token, txpk) = fw.pull_resp(PATIENCE).expect("the second downlink");
+    fw.tx_ack(support::lora::GATEWAY, token, None);
+    let down = open_downlink(&txpk, 2);
+    assert_eq!(
+        (&down["fport"], &down["payload"]),
+        (&json!(3), &json!("cafe")),
+        "{down}"
+    );
+    assert_eq!(
+        (&down["fpending"], &down["mic_ok"]),
+        (&json!(false), &json!(true))
+    );
+    assert!(sub.wait_until(PATIENCE, answered("d2")));
+
+    let errors = wait_errors(&cairn, "valve", |e| e["duplicate"] == 1);
+    assert_eq!(errors.get("downlink_not_sent"), None, "{errors}");
+    let errors = wait_errors(&cairn, "gw", |e| e["tx_too_late"] == 1);
+    assert_eq!(errors.get("duty_cycle"), None, "{errors}");
+}

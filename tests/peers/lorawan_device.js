@@ -4,8 +4,13 @@
 //   node lorawan_device.js join APPKEY JOINEUI DEVEUI DEVNONCE   -> {"phy": hex}
 //   node lorawan_device.js accept APPKEY DEVNONCE PHY            -> the accept's fields and the
 //                                                                    session keys derived from it
-//   node lorawan_device.js uplink NWKSKEY APPSKEY DEVADDR FCNT FPORT PAYLOAD [confirmed]
+//   node lorawan_device.js uplink NWKSKEY APPSKEY DEVADDR FCNT FPORT PAYLOAD [FLAGS]
 //                                                                -> {"phy": hex}
+//       FLAGS: "confirmed", "ack" (acknowledging a confirmed downlink), or "confirmed,ack"
+//   node lorawan_device.js downlink NWKSKEY APPSKEY PHY FCNT       -> the downlink's fields, its
+//                                                                    MIC checked, its payload
+//                                                                    decrypted (FCNT: the full
+//                                                                    32-bit FCntDown expected)
 // EUIs, DevAddr and DevNonce are written MSB first, as on a device's label; PHY and PAYLOAD
 // are hex. Prints one JSON line.
 const lora = require("lora-packet");
@@ -36,16 +41,35 @@ if (command === "join") {
     app_s_key: keys.AppSKey.toString("hex"),
   };
 } else if (command === "uplink") {
-  const [nwkSKey, appSKey, devAddr, fcnt, fport, payload, confirmed] = args;
+  const [nwkSKey, appSKey, devAddr, fcnt, fport, payload, flags = ""] = args;
+  const flag = flags.split(",");
   const packet = lora.fromFields(
     {
-      MType: confirmed === "confirmed" ? "Confirmed Data Up" : "Unconfirmed Data Up",
+      MType: flag.includes("confirmed") ? "Confirmed Data Up" : "Unconfirmed Data Up",
       DevAddr: hex(devAddr), FCnt: Number(fcnt), FPort: Number(fport), payload: hex(payload),
+      FCtrl: { ACK: flag.includes("ack") },
     },
     hex(appSKey), hex(nwkSKey));
   out = { phy: packet.getPHYPayload().toString("hex") };
+} else if (command === "downlink") {
+  const [nwkSKey, appSKey, phy, fcnt] = args;
+  const packet = lora.fromWire(hex(phy));
+  const msb = Buffer.alloc(2);
+  msb.writeUInt16LE(Number(fcnt) >>> 16);
+  const port = packet.getFPort();
+  out = {
+    mtype: packet.getMType(),
+    dir: packet.getDir(),
+    dev_addr: packet.DevAddr.toString("hex").toUpperCase(),
+    fcnt: packet.getFCnt(),
+    fport: port,
+    ack: packet.getFCtrlACK(),
+    fpending: packet.getFCtrlFPending(),
+    mic_ok: lora.verifyMIC(packet, hex(nwkSKey), null, msb),
+    payload: port === null ? "" : lora.decrypt(packet, hex(appSKey), hex(nwkSKey), msb).toString("hex"),
+  };
 } else {
-  console.error("usage: lorawan_device.js join|accept|uplink ...");
+  console.error("usage: lorawan_device.js join|accept|uplink|downlink ...");
   process.exit(2);
 }
 console.log(JSON.stringify(out));

@@ -81,10 +81,33 @@ impl PacketForwarder {
 
     /// PULL_DATA (version 1, as older forwarders send), which must be acknowledged.
     pub fn pull(&mut self) {
-        let datagram = self.header(1, 2, GATEWAY);
+        self.pull_as(GATEWAY);
+    }
+
+    /// PULL_DATA from `gateway`: its downlinks come to this socket from now on.
+    pub fn pull_as(&mut self, gateway: [u8; 8]) {
+        let datagram = self.header(1, 2, gateway);
         self.send_raw(&datagram);
         let ack = self.receive(Duration::from_secs(5)).expect("PULL_ACK");
         assert_eq!(ack, [1, datagram[1], datagram[2], 4]);
+    }
+
+    /// The next PULL_RESP, if one comes within `wait`: its token and its `txpk`.
+    pub fn pull_resp(&self, wait: Duration) -> Option<([u8; 2], serde_json::Value)> {
+        let datagram = self.receive(wait)?;
+        assert_eq!(datagram[3], 3, "PULL_RESP: {datagram:?}");
+        let body: serde_json::Value = serde_json::from_slice(&datagram[4..]).unwrap();
+        Some(([datagram[1], datagram[2]], body["txpk"].clone()))
+    }
+
+    /// TX_ACK for the PULL_RESP with `token`, from `gateway`: taken, or refused with `error`
+    /// (`TOO_LATE`, `COLLISION_PACKET`, ...), as PROTOCOL.TXT's version 2 writes it.
+    pub fn tx_ack(&mut self, gateway: [u8; 8], token: [u8; 2], error: Option<&str>) {
+        let mut datagram = vec![2, token[0], token[1], 5];
+        datagram.extend_from_slice(&gateway);
+        let body = serde_json::json!({"txpk_ack": {"error": error.unwrap_or("NONE")}});
+        datagram.extend_from_slice(body.to_string().as_bytes());
+        self.send_raw(&datagram);
     }
 }
 

@@ -458,7 +458,7 @@ impl Node {
         otaa: Otaa,
         joins: &mut mpsc::Receiver<Heard>,
         heard: Heard,
-    ) -> Result<(Option<AbpSession>, Option<Heard>), AdapterError> {
+    ) -> Result<(Option<Joined>, Option<Heard>), AdapterError> {
         let counters = ctx.counters();
         let refuse = |e: JoinRefused| {
             tracing::warn!(device = %ctx.device(), error = %e, "Join request refused");
@@ -530,20 +530,34 @@ impl Node {
                     AdapterError::Transport(format!("cannot save the joined session: {e}"))
                 })?;
         }
-        match self.send(timing, JOIN_ACCEPT_DELAY1_US, accepted.phy).await {
+        tracing::info!(device = %ctx.device(), dev_eui = %format!("{:016X}", otaa.dev_eui), dev_addr = %format!("{:08X}", accepted.dev_addr), "Device joined");
+        let joined = Joined {
+            session: (accepted.dev_addr, accepted.nwk_s_key, accepted.app_s_key),
+            timing,
+            accept: accepted.phy,
+        };
+        Ok((Some(joined), interrupted))
+    }
+
+    /// Sends a join accept, once the session it opens is listened for.
+    async fn send_accept(&self, ctx: &AdapterContext, timing: Timing, accept: Vec<u8>) {
+        match self.send(timing, JOIN_ACCEPT_DELAY1_US, accept).await {
             Ok(window) => {
-                tracing::info!(device = %ctx.device(), dev_eui = %format!("{:016X}", otaa.dev_eui), dev_addr = %format!("{:08X}", accepted.dev_addr), window = window.name(), "Device joined");
+                tracing::debug!(device = %ctx.device(), window = window.name(), "Join accept sent");
             }
             Err(e) => {
                 tracing::warn!(device = %ctx.device(), error = %e, "Join accept not sent; the device will try again");
-                counters.count_error("join_accept_not_sent");
+                ctx.counters().count_error("join_accept_not_sent");
             }
         }
-        Ok((
-            Some((accepted.dev_addr, accepted.nwk_s_key, accepted.app_s_key)),
-            interrupted,
-        ))
     }
+}
+
+/// A join accepted: the session it opens, and the accept to send after the uplink's timing.
+struct Joined {
+    session: AbpSession,
+    timing: Timing,
+    accept: Vec<u8>,
 }
 
 /// The next item of a channel that may not exist yet (an OTAA device before its first join).
@@ -623,12 +637,15 @@ impl Adapter for Node {
                 continue;
             }
             if let (Some(heard), Some(otaa), Some(rx)) = (held_join.take(), otaa, joins.as_mut()) {
-                let (session, interrupted) = self.join(ctx, otaa, rx, heard).await?;
+                let (joined, interrupted) = self.join(ctx, otaa, rx, heard).await?;
                 held_join = interrupted;
-                if let Some(session) = session {
-                    let (rx, now) = self.activate(ctx, session, OTAA_FCNT.into(), None).await?;
+                if let Some(joined) = joined {
+                    let (rx, now) = self
+                        .activate(ctx, joined.session, OTAA_FCNT.into(), None)
+                        .await?;
                     frames = Some(rx);
                     link = Some(now);
+                    self.send_accept(ctx, joined.timing, joined.accept).await;
                     // A confirmed downlink of the old session cannot be acknowledged in the new one.
                     if let Some(sent) = awaiting.take() {
                         queue.push_front(sent);
