@@ -622,7 +622,7 @@ fn confirmed_uplinks_are_acknowledged_and_queued_downlinks_go_out_in_the_next_wi
         false,
     );
     assert!(sub.wait_until(PATIENCE, |r| r.messages.iter().any(|(t, _)| t == results)));
-    let answer: Value = sub.with(|r| serde_json::from_str(&r.last_on(results).unwrap()).unwrap());
+    let answer: Value = sub.with(|r| serde_json::from_str(r.last_on(results).unwrap()).unwrap());
     assert_eq!(
         (&answer["ok"], &answer["id"]),
         (&json!(false), &json!("d3")),
@@ -690,7 +690,7 @@ fn confirmed_uplinks_are_acknowledged_and_queued_downlinks_go_out_in_the_next_wi
         }
     };
     assert!(sub.wait_until(PATIENCE, answered("d1")), "{}", cairn.log());
-    let answer: Value = sub.with(|r| serde_json::from_str(&r.last_on(results).unwrap()).unwrap());
+    let answer: Value = sub.with(|r| serde_json::from_str(r.last_on(results).unwrap()).unwrap());
     assert_eq!(answer["ok"], true, "{answer}");
     assert_eq!(answer["value"], "sent in rx2, FCntDown 1");
 
@@ -714,4 +714,89 @@ fn confirmed_uplinks_are_acknowledged_and_queued_downlinks_go_out_in_the_next_wi
     assert_eq!(errors.get("downlink_not_sent"), None, "{errors}");
     let errors = wait_errors(&cairn, "gw", |e| e["tx_too_late"] == 1);
     assert_eq!(errors.get("duty_cycle"), None, "{errors}");
+}
+
+#[test]
+fn when_rx1s_sub_band_has_no_duty_cycle_left_acks_go_in_rx2() {
+    let broker = Broker::start();
+    let dev_addr = vectors()["dev_addr"].as_str().unwrap().to_string();
+    let devices = forwarder("") + &node("valve", &dev_addr, "{codec: raw}");
+    let (cairn, mut fw) = start(&broker, &devices);
+    fw.pull();
+    let mut freqs = Vec::new();
+    for fcnt in 1..=40u32 {
+        let mut heard = rxpk(&vector_uplink(fcnt, "00", "confirmed"), -118, -12.0);
+        heard["datr"] = json!("SF12BW125");
+        heard["tmst"] = json!(fcnt * 10_000_000);
+        fw.push(&push_data(&[heard]));
+        let (token, txpk) = fw.pull_resp(PATIENCE).expect("an ACK");
+        fw.tx_ack(support::lora::GATEWAY, token, None);
+        freqs.push(txpk["freq"].as_f64().unwrap());
+    }
+    // 868.1 MHz is in a 1 % sub-band: 36 s an hour. An ACK (12 bytes) at SF12 is 991 ms on
+    // air, so 36 fit; the rest go in RX2, whose sub-band allows 10 %.
+    let rx1 = freqs.iter().take_while(|f| **f == 868.1).count();
+    assert_eq!(rx1, 36, "{freqs:?}");
+    assert!(freqs[36..].iter().all(|f| *f == 869.525), "{freqs:?}");
+    let errors = wait_errors(&cairn, "gw", |e| e["duty_cycle"] == 4);
+    assert_eq!(errors.get("no_downlink_path"), None, "{errors}");
+}
+
+#[test]
+fn us915_answers_on_its_downlink_channels_at_500_khz() {
+    let broker = Broker::start();
+    let dev_addr = vectors()["dev_addr"].as_str().unwrap().to_string();
+    let sub = Subscriber::start(&broker, "cairn/test/valve/downlink/result");
+    let devices = forwarder(", region: us915")
+        + &node("valve", &dev_addr, "{codec: raw}")
+            .replace("lorawan: {", "lorawan: {downlink_expiry: 1s, ");
+    let (cairn, mut fw) = start(&broker, &devices);
+    fw.pull();
+
+    // A downlink for a device that sends nothing in time is answered as expired.
+    broker.publish(
+        "cairn/test/valve/downlink/set",
+        r#"{"fport": 1, "hex": "01", "id": "late"}"#,
+        false,
+    );
+    let results = "cairn/test/valve/downlink/result";
+    assert!(
+        sub.wait_until(PATIENCE, |r| r.last_on(results).is_some()),
+        "{}",
+        cairn.log()
+    );
+    let answer: Value = sub.with(|r| serde_json::from_str(r.last_on(results).unwrap()).unwrap());
+    assert_eq!(
+        (&answer["ok"], &answer["id"]),
+        (&json!(false), &json!("late"))
+    );
+    let error = answer["error"].as_str().unwrap();
+    assert!(
+        error.contains("expired") && error.contains("no uplink"),
+        "{error}"
+    );
+    // Uplink channel 9 of sub-band 2 (904.1 MHz) at DR0 answers on downlink channel 1 at
+    // DR10 (RP002 2.5.7).
+    let mut heard = rxpk(&vector_uplink(1, "00", "confirmed"), -90, 2.0);
+    (heard["freq"], heard["datr"]) = (json!(904.1), json!("SF10BW125"));
+    fw.push(&push_data(std::slice::from_ref(&heard)));
+    let (token, txpk) = fw.pull_resp(PATIENCE).expect("an ACK");
+    assert_eq!(
+        (&txpk["freq"], &txpk["datr"]),
+        (&json!(923.9), &json!("SF10BW500")),
+        "{txpk}"
+    );
+    assert_eq!(txpk["powe"], 20);
+    // Refused in RX1, it goes in RX2: 923.3 MHz at DR8.
+    fw.tx_ack(support::lora::GATEWAY, token, Some("COLLISION_PACKET"));
+    let (token, txpk) = fw.pull_resp(PATIENCE).expect("RX2");
+    fw.tx_ack(support::lora::GATEWAY, token, None);
+    let tmst = heard["tmst"].as_u64().unwrap();
+    assert_eq!(txpk["tmst"].as_u64(), Some(tmst + 2_000_000));
+    assert_eq!(
+        (&txpk["freq"], &txpk["datr"]),
+        (&json!(923.3), &json!("SF12BW500")),
+        "{txpk}"
+    );
+    assert_eq!(open_downlink(&txpk, 0)["ack"], true);
 }
