@@ -10,7 +10,9 @@ Reads a JSON request on stdin:
     {"nwk": "<hex>", "app": "<hex>", "frames": [
         {"dev_addr": "49BE7DF1", "fcnt": 2, "fport": 1, "payload": "<hex>"},
         {"dev_addr": "...", "fcnt": 3, "fport": 2, "lpp": [[type_id, channel, [values...]], ...]},
+        {"join_eui": "70B3D57ED0000001", "dev_eui": "...", "dev_nonce": "1234", "app_key": "<hex>"},
         ...]}
+(EUIs and DevNonce MSB first, as on a label; a frame with `join_eui` is an OTAA join request.)
 Writes {"frames": [{"phy": "<hex>", "fields": {"temperature_3": 27.2, ...}}, ...]}: `fields` are
 what pycayennelpp decodes from the payload it encoded, under Cairn's field names.
 """
@@ -77,6 +79,14 @@ def uplink(dev_addr, fcnt, fport, payload, nwk, app, confirmed=False):
     return msg + mac.finalize()[:4]
 
 
+def join_request(join_eui, dev_eui, dev_nonce, app_key):
+    """The PHYPayload of a LoRaWAN 1.0 join request; EUIs and nonce as big-endian bytes."""
+    msg = bytes([0]) + join_eui[::-1] + dev_eui[::-1] + dev_nonce[::-1]
+    mac = cmac.CMAC(algorithms.AES(app_key))
+    mac.update(msg)
+    return msg + mac.finalize()[:4]
+
+
 def self_check():
     nwk = bytes.fromhex("44024241ed4ce9a68c6a8bc055233fd3")
     app = bytes.fromhex("ec925802ae430ca77fd3dd73cb2cc588")
@@ -84,6 +94,10 @@ def self_check():
         "40F17DBE4900020001954378762B11FF0D"
     assert uplink(0x49BE7DF1, 4, 1, b"The quick brown fox jumps over the lazy dog.", nwk, app).hex() == \
         "40f17dbe490004000155332de41a11adc072553544429ce7787707d1c316e027e7e5e334263376affb8aa17ad30075293f28dea8a20af3c5e7"
+    # As npm lora-packet builds it (tests/peers/lorawan_device.js join).
+    assert join_request(bytes.fromhex("70B3D57ED0000001"), bytes.fromhex("0102030405060708"),
+                        bytes.fromhex("1234"), bytes.fromhex("2B7E151628AED2A6ABF7158809CF4F3C")).hex() == \
+        "00010000d07ed5b3700807060504030201341284408b45"
 
 
 def lpp_fields(payload):
@@ -102,6 +116,10 @@ def main():
     nwk, app = bytes.fromhex(request["nwk"]), bytes.fromhex(request["app"])
     out = []
     for frame in request["frames"]:
+        if "join_eui" in frame:
+            phy = join_request(*(bytes.fromhex(frame[k]) for k in ["join_eui", "dev_eui", "dev_nonce", "app_key"]))
+            out.append({"phy": phy.hex()})
+            continue
         fields = None
         if "lpp" in frame:
             lpp = LppFrame()
