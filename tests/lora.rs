@@ -799,4 +799,18 @@ fn us915_answers_on_its_downlink_channels_at_500_khz() {
         "{txpk}"
     );
     assert_eq!(open_downlink(&txpk, 0)["ack"], true);
+
+    // The device missed it and sends the frame again once both windows closed (2 s, as a
+    // device's own timer waits): it is ACKed again, under the next FCntDown.
+    std::thread::sleep(Duration::from_secs(2));
+    heard["tmst"] = json!(tmst + 4_000_000);
+    fw.push(&push_data(std::slice::from_ref(&heard)));
+    let (token, txpk) = fw.pull_resp(PATIENCE).expect("the ACK again");
+    fw.tx_ack(support::lora::GATEWAY, token, None);
+    let again = open_downlink(&txpk, 1);
+    assert_eq!(
+        (&again["ack"], &again["fcnt"]),
+        (&json!(true), &json!(1)),
+        "{again}"
+    );
 }

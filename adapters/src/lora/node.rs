@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot};
 
 use super::join::{self, JoinRefused};
-use super::lorawan::{self, DataDown, Session, Uplink};
+use super::lorawan::{self, DataDown, Rejected, Session, Uplink};
 use super::routing::{Downlink, Heard, NotSent, Radios, RxWindow, Timing};
 use super::{AbpSession, Activation, LoraConfig, LorawanConfig};
 use crate::adapter::{Adapter, AdapterContext, AdapterError, DeviceStatus};
@@ -45,6 +45,11 @@ const PAYLOAD_MAX: usize = 51;
 /// How often a confirmed downlink is sent before it is given up unacknowledged.
 const CONFIRMED_TRIES: u8 = 2;
 
+/// A copy of the last frame this long after it is the device sending it again (a confirmed
+/// uplink whose ACK it missed), not another gateway's copy: a device repeats only after both
+/// receive windows closed, 2 s after the frame.
+const REPEATED_AFTER: Duration = Duration::from_secs(2);
+
 /// A running LoRaWAN end device.
 pub(super) struct Node {
     lorawan: LorawanConfig,
@@ -65,6 +70,8 @@ struct Link {
     key: String,
     /// The next FCntDown.
     fcnt_down: u32,
+    /// When the last frame was accepted.
+    accepted_at: Option<tokio::time::Instant>,
 }
 
 /// A downlink waiting for the device's next uplink.
@@ -118,9 +125,31 @@ impl Node {
             Err(e) => {
                 tracing::debug!(device = %ctx.device(), error = %e, "Frame refused");
                 counters.count_error(e.counter());
+                // A confirmed uplink sent again because its ACK was missed is ACKed again
+                // (its reading went on the first time).
+                let repeated = link
+                    .accepted_at
+                    .is_some_and(|at| at.elapsed() >= REPEATED_AFTER);
+                if let Rejected::Duplicate(fcnt) = e
+                    && repeated
+                    && heard.phy.first().is_some_and(|mhdr| mhdr >> 5 == 0b100)
+                {
+                    tracing::debug!(device = %ctx.device(), fcnt, "Confirmed uplink repeated; acknowledged again");
+                    link.accepted_at = Some(tokio::time::Instant::now());
+                    let up = Uplink {
+                        fcnt,
+                        fport: None,
+                        payload: Vec::new(),
+                        confirmed: true,
+                        ack: heard.phy.get(5).is_some_and(|fctrl| fctrl & 0x20 != 0),
+                        reset_from: None,
+                    };
+                    return Ok(Some(Answerable { up, heard }));
+                }
                 return Ok(None);
             }
         };
+        link.accepted_at = Some(tokio::time::Instant::now());
         if let Some(last) = up.reset_from {
             tracing::warn!(device = %ctx.device(), fcnt = up.fcnt, last, "Frame counter restarted; accepted as a device reset");
         }
@@ -434,6 +463,7 @@ impl Node {
                 app_s_key,
                 key,
                 fcnt_down,
+                accepted_at: None,
             },
         ))
     }
