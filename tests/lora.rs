@@ -743,7 +743,7 @@ fn when_rx1s_sub_band_has_no_duty_cycle_left_acks_go_in_rx2() {
 }
 
 #[test]
-fn us915_answers_on_its_downlink_channels_at_500_khz() {
+fn us915_windows_a_repeated_confirmed_uplink_and_the_device_time() {
     let broker = Broker::start();
     let dev_addr = vectors()["dev_addr"].as_str().unwrap().to_string();
     let sub = Subscriber::start(&broker, "cairn/test/valve/downlink/result");
@@ -812,5 +812,26 @@ fn us915_answers_on_its_downlink_channels_at_500_khz() {
         (&again["ack"], &again["fcnt"]),
         (&json!(true), &json!(1)),
         "{again}"
+    );
+
+    // A device without a clock asks for the time (DeviceTimeReq in FOpts): it gets the GPS
+    // time of its uplink's reception, from the gateway's `time` (2026-11-25T10:00:00Z is GPS
+    // second 1,479,636,018), in DeviceTimeAns.
+    let heard = rxpk(&vector_uplink(2, "00", "time"), -90, 2.0);
+    fw.push(&push_data(std::slice::from_ref(&heard)));
+    let (token, txpk) = fw.pull_resp(PATIENCE).expect("DeviceTimeAns");
+    fw.tx_ack(support::lora::GATEWAY, token, None);
+    let answer = open_downlink(&txpk, 2);
+    let seconds = 1_479_636_018u32.to_le_bytes();
+    let expected: String = [0x0D]
+        .iter()
+        .chain(&seconds)
+        .chain(&[0])
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(answer["fopts"], expected, "{answer}");
+    assert_eq!(
+        (&answer["ack"], &answer["mic_ok"]),
+        (&json!(false), &json!(true))
     );
 }

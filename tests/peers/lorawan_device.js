@@ -6,7 +6,8 @@
 //                                                                    session keys derived from it
 //   node lorawan_device.js uplink NWKSKEY APPSKEY DEVADDR FCNT FPORT PAYLOAD [FLAGS]
 //                                                                -> {"phy": hex}
-//       FLAGS: "confirmed", "ack" (acknowledging a confirmed downlink), or "confirmed,ack"
+//       FLAGS, comma-separated: "confirmed", "ack" (acknowledging a confirmed downlink),
+//       "time" (a DeviceTimeReq MAC command in FOpts)
 //   node lorawan_device.js downlink NWKSKEY APPSKEY PHY FCNT       -> the downlink's fields, its
 //                                                                    MIC checked, its payload
 //                                                                    decrypted (FCNT: the full
@@ -48,6 +49,7 @@ if (command === "join") {
       MType: flag.includes("confirmed") ? "Confirmed Data Up" : "Unconfirmed Data Up",
       DevAddr: hex(devAddr), FCnt: Number(fcnt), FPort: Number(fport), payload: hex(payload),
       FCtrl: { ACK: flag.includes("ack") },
+      FOpts: flag.includes("time") ? Buffer.from([0x0d]) : Buffer.alloc(0),
     },
     hex(appSKey), hex(nwkSKey));
   out = { phy: packet.getPHYPayload().toString("hex") };
@@ -65,6 +67,7 @@ if (command === "join") {
     fport: port,
     ack: packet.getFCtrlACK(),
     fpending: packet.getFCtrlFPending(),
+    fopts: packet.FOpts.toString("hex"),
     mic_ok: lora.verifyMIC(packet, hex(nwkSKey), null, msb),
     payload: port === null ? "" : lora.decrypt(packet, hex(appSKey), hex(nwkSKey), msb).toString("hex"),
   };

@@ -207,6 +207,7 @@ impl Forwarder {
             datr: rxpk.datr.to_string(),
             codr: rxpk.codr.clone().unwrap_or_else(|| "4/5".into()),
             region: self.config.region,
+            gps_time: rxpk.gps_time().or_else(host_gps_time),
         });
         let dev_addr = match (kind, dev_addr) {
             (FrameKind::DataUp, Some(dev_addr)) => dev_addr,
@@ -457,6 +458,19 @@ fn received(rxpk: &RxPk) -> Result<(Vec<u8>, FrameKind, Option<u32>), &'static s
     }
     let (kind, dev_addr) = lorawan::peek(&phy).ok_or("not_lorawan")?;
     Ok((phy, kind, dev_addr))
+}
+
+/// This host's clock as GPS time, if it is plausible: a Pi without a real-time clock starts in
+/// 1970 until NTP syncs, so its clock is not believed before 2026.
+fn host_gps_time() -> Option<Duration> {
+    /// 2026-01-01T00:00:00Z, in Unix seconds.
+    const PLAUSIBLE_FROM: u64 = 1_767_225_600;
+    let now = std::time::SystemTime::now();
+    let unix = now.duration_since(std::time::UNIX_EPOCH).ok()?;
+    if unix.as_secs() < PLAUSIBLE_FROM {
+        return None;
+    }
+    gwmp::gps_from_utc(now)
 }
 
 /// The counter of a TX_ACK error (Semtech's names, lower case).

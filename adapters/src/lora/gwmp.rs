@@ -141,6 +141,32 @@ pub struct RxPk {
     pub tmst: Option<u32>,
     /// LoRa coding rate, "4/5".
     pub codr: Option<String>,
+    /// UTC time of reception, ISO 8601 (gateways with GPS, or a host clock, give it).
+    pub time: Option<String>,
+    /// GPS time of reception in milliseconds since 1980-01-06 (gateways with GPS).
+    pub tmms: Option<u64>,
+}
+
+impl RxPk {
+    /// GPS time at reception, from `tmms`, else from `time` (UTC, plus the 18 leap seconds
+    /// GPS has gained since 1980).
+    pub fn gps_time(&self) -> Option<std::time::Duration> {
+        if let Some(ms) = self.tmms {
+            return Some(std::time::Duration::from_millis(ms));
+        }
+        let utc = humantime_serde::re::humantime::parse_rfc3339(self.time.as_deref()?).ok()?;
+        gps_from_utc(utc)
+    }
+}
+
+/// GPS time (since 1980-01-06, without leap seconds) of a UTC time: the 18 leap seconds GPS
+/// has gained since 1980 added; none has been announced since 2017.
+pub fn gps_from_utc(utc: std::time::SystemTime) -> Option<std::time::Duration> {
+    /// 1980-01-06T00:00:00Z in Unix seconds.
+    const GPS_EPOCH: u64 = 315_964_800;
+    const LEAP_SECONDS: u64 = 18;
+    let unix = utc.duration_since(std::time::UNIX_EPOCH).ok()?;
+    unix.checked_sub(std::time::Duration::from_secs(GPS_EPOCH - LEAP_SECONDS))
 }
 
 /// A downlink as PULL_RESP carries it (`txpk`), sent at a concentrator time.
@@ -255,6 +281,31 @@ pub struct Stat {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gps_time_comes_from_tmms_or_utc_with_the_leap_seconds() {
+        let rxpk = |extra: serde_json::Value| -> RxPk {
+            let mut json =
+                serde_json::json!({"freq": 868.1, "stat": 1, "datr": "SF7BW125", "data": ""});
+            json.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            serde_json::from_value(json).unwrap()
+        };
+        // 2017-01-01T00:00:00Z is GPS second 1,167,264,018.
+        let utc = rxpk(serde_json::json!({"time": "2017-01-01T00:00:00.250000Z"}));
+        assert_eq!(
+            utc.gps_time(),
+            Some(std::time::Duration::from_millis(1_167_264_018_250))
+        );
+        let gps = rxpk(serde_json::json!({"time": "2017-01-01T00:00:00Z", "tmms": 5}));
+        assert_eq!(gps.gps_time(), Some(std::time::Duration::from_millis(5)));
+        assert_eq!(
+            rxpk(serde_json::json!({"time": "yesterday"})).gps_time(),
+            None
+        );
+        assert_eq!(rxpk(serde_json::json!({})).gps_time(), None);
+    }
 
     #[test]
     fn headers_and_acknowledgements() {

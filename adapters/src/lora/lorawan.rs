@@ -4,6 +4,8 @@
 
 use lorawan::creator::DataPayloadCreator;
 use lorawan::keys::{AES128, AppSKey, NewSKey};
+use lorawan::maccommandcreator::DeviceTimeAnsCreator;
+use lorawan::maccommands::{SerializableMacCommand, UplinkMacCommand, parse_uplink_mac_commands};
 use lorawan::parser::{self, DataHeader, DataPayload, FCtrl, FRMPayload, MICAble, PhyPayload};
 
 use crate::codec::unhex;
@@ -47,6 +49,9 @@ pub struct Uplink {
     pub confirmed: bool,
     /// Whether the frame acknowledges the last confirmed downlink (FCtrl ACK).
     pub ack: bool,
+    /// Whether the device asks for the time (a DeviceTimeReq MAC command, in FOpts or on
+    /// FPort 0).
+    pub device_time: bool,
     /// The last counter before this frame, when this frame restarted the count (allowed by
     /// `allow_fcnt_reset`).
     pub reset_from: Option<u32>,
@@ -168,12 +173,21 @@ impl Session {
         };
         let confirmed = phy[0] >> 5 == 0b100;
         let ack = phy[5] & 0x20 != 0;
+        let asks_time = |commands: &[u8]| {
+            parse_uplink_mac_commands(commands)
+                .any(|c| matches!(c, UplinkMacCommand::DeviceTimeReq(_)))
+        };
+        let mut device_time = asks_time(frame.fhdr().data());
         let fport = frame.f_port();
         let decrypted = frame
             .decrypt(Some(&self.nwk_s_key), Some(&self.app_s_key), fcnt)
             .map_err(|_| Rejected::Malformed)?;
         let payload = match decrypted.frm_payload() {
             FRMPayload::Data(data) if fport != Some(0) => data.to_vec(),
+            FRMPayload::MACCommands(commands) => {
+                device_time |= asks_time(commands.data());
+                Vec::new()
+            }
             _ => Vec::new(),
         };
         self.last = Some((fcnt, mic));
@@ -183,6 +197,7 @@ impl Session {
             payload,
             confirmed,
             ack,
+            device_time,
             reset_from,
         })
     }
@@ -203,6 +218,8 @@ pub struct DataDown<'a> {
     pub confirmed: bool,
     /// The application port and payload; `None` for an empty frame (an ACK alone).
     pub data: Option<(u8, &'a [u8])>,
+    /// A DeviceTimeAns in FOpts: the GPS time at the end of the uplink that asked.
+    pub device_time: Option<std::time::Duration>,
 }
 
 /// The PHYPayload of `down`, its FRMPayload encrypted with `app_s_key` and signed with
@@ -230,12 +247,22 @@ pub fn data_down(down: &DataDown<'_>, nwk_s_key: &[u8; 16], app_s_key: &[u8; 16]
         }
         None => &[],
     };
-    // Building fails only for MAC commands, an FRMPayload without a port, or one past
-    // the 255-byte buffer: the callers send none, give a port, and bound the payload.
+    let mut time = DeviceTimeAnsCreator::new();
+    let mut commands: Vec<&dyn SerializableMacCommand> = Vec::new();
+    if let Some(gps) = down.device_time {
+        // Seconds wrap in 2116; the fraction is in 1/256 s.
+        let _ = time
+            .set_seconds(gps.as_secs() as u32)
+            .set_nano_seconds(gps.subsec_nanos());
+        commands.push(&time);
+    }
+    // Building fails only for MAC commands past FOpts' 15 bytes, an FRMPayload without a
+    // port, or one past the 255-byte buffer: the callers send one 6-byte command at most,
+    // give a port, and bound the payload.
     creator
         .build(
             payload,
-            &[],
+            &commands,
             &NewSKey::from(*nwk_s_key),
             &AppSKey::from(*app_s_key),
         )

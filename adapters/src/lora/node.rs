@@ -142,6 +142,7 @@ impl Node {
                         payload: Vec::new(),
                         confirmed: true,
                         ack: heard.phy.get(5).is_some_and(|fctrl| fctrl & 0x20 != 0),
+                        device_time: false,
                         reset_from: None,
                     };
                     return Ok(Some(Answerable { up, heard }));
@@ -297,7 +298,7 @@ impl Node {
                 )));
             }
         }
-        if !up.confirmed && queue.is_empty() {
+        if !up.confirmed && queue.is_empty() && !up.device_time {
             return None;
         }
         let (best, interrupted) = gather(ctx, frames, heard).await;
@@ -318,6 +319,11 @@ impl Node {
             data: data
                 .as_ref()
                 .map(|(port, payload, _)| (*port, payload.as_slice())),
+            device_time: if up.device_time {
+                device_time(ctx, &timing)
+            } else {
+                None
+            },
         };
         let phy = lorawan::data_down(&down, &link.nwk_s_key, &link.app_s_key);
         // Saved before it goes: a counter is never used twice, even across a crash.
@@ -384,6 +390,15 @@ impl Node {
             _ => Err(NotSent::Busy),
         }
     }
+}
+
+/// The GPS time a DeviceTimeReq is answered with (see [`Timing::gps_time`]); without one the
+/// request is counted and left unanswered.
+fn device_time(ctx: &AdapterContext, timing: &Timing) -> Option<Duration> {
+    if timing.gps_time.is_none() {
+        ctx.counters().count_error("device_time_unknown");
+    }
+    timing.gps_time
 }
 
 /// Waits [`GATHER`] for copies of `first` from other gateways, and returns the copy heard

@@ -39,6 +39,9 @@ pub(crate) struct Timing {
     pub(super) codr: String,
     /// The region of the forwarder's gateways.
     pub(super) region: Region,
+    /// GPS time at reception: the gateway's (a GPS-disciplined gateway gives `tmms`, others
+    /// `time` from their host's clock), else this host's clock when it is plausible.
+    pub(super) gps_time: Option<std::time::Duration>,
 }
 
 /// A downlink answering an uplink, for the forwarder whose gateway heard it. The forwarder
