@@ -370,10 +370,17 @@ impl LoraConfig {
                 );
             }
         }
-        if let Some(lorawan) = &self.lorawan
-            && let Err((path, message)) = lorawan.activation()
-        {
-            push(&path, message);
+        if let Some(lorawan) = &self.lorawan {
+            if let Err((path, message)) = lorawan.activation() {
+                push(&path, message);
+            }
+            let expiry = lorawan.downlink_expiry;
+            if expiry < Duration::from_secs(1) || expiry > Duration::from_secs(30 * 86_400) {
+                push(
+                    "lorawan.downlink_expiry",
+                    "must be between 1s and 30d: a class A device is reached only after its next uplink".into(),
+                );
+            }
         }
         if let Some(module) = &self.module {
             let radio = [

@@ -306,6 +306,14 @@ impl Node {
             ctx.counters().count_error("no_tmst");
             return interrupted;
         };
+        let time = if up.device_time {
+            device_time(ctx, &timing)
+        } else {
+            None
+        };
+        if !up.confirmed && queue.is_empty() && time.is_none() {
+            return interrupted;
+        }
         let data = queue
             .front()
             .map(|q| (q.fport, q.payload.clone(), q.confirmed));
@@ -319,11 +327,7 @@ impl Node {
             data: data
                 .as_ref()
                 .map(|(port, payload, _)| (*port, payload.as_slice())),
-            device_time: if up.device_time {
-                device_time(ctx, &timing)
-            } else {
-                None
-            },
+            device_time: time,
         };
         let phy = lorawan::data_down(&down, &link.nwk_s_key, &link.app_s_key);
         // Saved before it goes: a counter is never used twice, even across a crash.
