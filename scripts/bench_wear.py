@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """SD-card wear: bytes Cairn writes to the block layer per reading, fsyncs and CPU.
 
-    scripts/bench_wear.py [--seconds 120] [--before BIN] [--variant LABEL=YAML ...]
+    scripts/bench_wear.py [--seconds 120] [--before BIN] [--variant LABEL=YAML ...] [--under DIR]
 
 For 1, 10 and 100 readings per second (1 device at 1 s, 10 devices at 1 s, 10 devices at
 100 ms, three values each), with a broker up (every reading delivered and deleted) and with it
@@ -18,6 +18,12 @@ Every scenario runs each variant back to back, so that rows compare within one r
 (this build, defaults), `before` (`--before`: another build, e.g. of an earlier commit, with
 its defaults), and each `--variant LABEL=YAML`, this build with YAML appended to its
 `buffer:` section (e.g. "commit_interval: 1s"). Needs mosquitto and strace.
+
+`--under DIR` puts the data folders there (default: target/). Raspberry Pi OS mounts its root
+`noatime`; a `relatime` disk (this machine's) also writes an inode for each read after a
+write, so a Pi's numbers come from an ext4 mounted as the Pi mounts it, e.g.
+    truncate -s 1G /tmp/pi.img && mkfs.ext4 -q /tmp/pi.img && mkdir -p /mnt/pi &&
+    mount -o loop,noatime /tmp/pi.img /mnt/pi
 """
 import argparse
 import os
@@ -54,8 +60,8 @@ def proc_io(pid):
         return {k: int(v) for k, v in (line.split(": ") for line in f)}
 
 
-def run(binary, rate, devices, interval, broker_up, seconds, extra):
-    work = tempfile.mkdtemp(prefix="wear-", dir=os.path.join(ROOT, "target"))
+def run(binary, rate, devices, interval, broker_up, seconds, extra, under=os.path.join(ROOT, "target")):
+    work = tempfile.mkdtemp(prefix="wear-", dir=under)
     os.chmod(work, 0o777)
     port = free_port()
     broker = None
@@ -116,6 +122,7 @@ def main():
     parser.add_argument("--variant", action="append", default=[], metavar="LABEL=YAML")
     parser.add_argument("--rates", default="1,10,100", help="which scenarios (readings/s)")
     parser.add_argument("--broker", default="up,down", help="up, down or both")
+    parser.add_argument("--under", default=os.path.join(ROOT, "target"), help="where the data folders go")
     args = parser.parse_args()
     if not os.path.exists(CAIRN):
         sys.exit("build the release binary first: cargo build --release")
@@ -133,7 +140,7 @@ def main():
             continue
         for up in [b == "up" for b in args.broker.split(",")]:
             for label, binary, extra in variants:
-                r = run(binary, rate, devices, interval, up, args.seconds, extra)
+                r = run(binary, rate, devices, interval, up, args.seconds, extra, args.under)
                 print(f"| {label} | {r['rate']} | {r['broker']} | {r['readings']:,} | "
                       f"{r['per_reading']:,.0f} B | {r['per_day'] / 1e6:,.1f} MB | {r['fsyncs']:.1f} | "
                       f"{r['cpu_per_hour']:.1f} | {r['log_per_reading']:,.0f} B |", flush=True)
