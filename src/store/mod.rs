@@ -140,6 +140,35 @@ pub enum StoreError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// Another Cairn process has this outbox open: two writers would give out the same seqs.
+    #[error(
+        "{path} is locked: another Cairn is running with this data folder (the service, or a `cairn run` by hand); stop it first"
+    )]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+    },
+}
+
+/// Locks the outbox at `path` for this process, through `<outbox>.lock`, which the returned
+/// file holds until it is dropped. A second Cairn on the same data folder is refused here,
+/// before it opens the database: its seqs would collide with the first one's.
+fn lock(path: &Path) -> Result<std::fs::File, StoreError> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    let lock_path = PathBuf::from(name);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|source| StoreError::Directory {
+            path: lock_path.clone(),
+            source,
+        })?;
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+        .map_err(|_| StoreError::Locked { path: lock_path })?;
+    Ok(file)
 }
 
 /// Read access to the outbox: what is unsent, and how much.
@@ -322,6 +351,7 @@ pub async fn open(
             source,
         })?;
     }
+    let held = lock(path)?;
     let mut conn = SqliteConnection::connect_with(&connect_options(path, config))
         .await
         .map_err(db_err)?;
@@ -357,6 +387,7 @@ pub async fn open(
         (committed_tx, alarms_tx, timeline.clone()),
         (stats_tx, ack_rx),
         clock,
+        held,
     );
     let pulse = writer.pulse();
     Ok((

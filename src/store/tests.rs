@@ -488,3 +488,22 @@ async fn next_live(
         other => panic!("no reading on the live bus: {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_second_cairn_on_the_same_outbox_is_refused_until_the_first_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("outbox.db");
+    let config = test_config();
+    let first = start(&path, &config).await;
+    let clock = Arc::new(Clock::reading(0));
+    let second = open(&path, &config, clock.clone()).await;
+    let Err(StoreError::Locked { path: lock }) = second else {
+        panic!("a second writer was let in");
+    };
+    assert_eq!(lock, dir.path().join("outbox.db.lock"));
+    first.stop().await;
+    assert!(
+        open(&path, &config, clock).await.is_ok(),
+        "free once the first stopped"
+    );
+}

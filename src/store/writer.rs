@@ -61,6 +61,8 @@ pub struct Writer {
     saved: BTreeMap<String, i64>,
     /// The outbox's page size (4 KiB in files made before it was 1 KiB).
     page_size: u64,
+    /// The lock on the outbox, held while this writer lives (see `store::lock`).
+    _lock: std::fs::File,
 }
 
 /// Dropped rows remembered for acknowledgements that come after the drop: more than any
@@ -149,6 +151,7 @@ impl Writer {
         (committed, alarms, timeline): (watch::Sender<i64>, watch::Sender<i64>, Timeline),
         (stats_tx, acks): (watch::Sender<Stats>, mpsc::UnboundedReceiver<Done>),
         clock: Arc<Clock>,
+        lock: std::fs::File,
     ) -> Self {
         let stats = stats_tx.borrow().clone();
         let wal = wal_limit(&path, config);
@@ -176,6 +179,7 @@ impl Writer {
             recent_drops: BTreeMap::new(),
             saved: BTreeMap::new(),
             page_size,
+            _lock: lock,
             clock,
         }
     }
