@@ -386,8 +386,7 @@ pub async fn open(
         state,
         (committed_tx, alarms_tx, timeline.clone()),
         (stats_tx, ack_rx),
-        clock,
-        held,
+        (clock, held),
     );
     let pulse = writer.pulse();
     Ok((

@@ -150,8 +150,7 @@ impl Writer {
         state: State,
         (committed, alarms, timeline): (watch::Sender<i64>, watch::Sender<i64>, Timeline),
         (stats_tx, acks): (watch::Sender<Stats>, mpsc::UnboundedReceiver<Done>),
-        clock: Arc<Clock>,
-        lock: std::fs::File,
+        (clock, lock): (Arc<Clock>, std::fs::File),
     ) -> Self {
         let stats = stats_tx.borrow().clone();
         let wal = wal_limit(&path, config);
