@@ -390,6 +390,28 @@ mod tests {
         assert!(adapter.try_recv().is_err());
     }
 
+    #[tokio::test]
+    async fn fields_reach_a_device_that_queues_commands_even_while_it_is_offline() {
+        let (mut device, mut adapter) = handle(DeviceStatus::Offline);
+        device.queued_for = Some(Duration::from_secs(3600));
+        let (router, mut end) = Router::new(&[device]).unwrap();
+        tokio::spawn(router.run(CancellationToken::new()));
+        end.requests
+            .send(request("setpoint", r#"{"fport": 10, "hex": "0258", "id": "d1"}"#))
+            .await
+            .unwrap();
+        let command = adapter.recv().await.unwrap();
+        let CommandValue::Fields(fields) = &command.value else {
+            panic!("{:?}", command.value);
+        };
+        assert_eq!(fields.get("fport"), Some(&serde_json::json!(10)));
+        assert!(fields.get("id").is_none(), "the id is the router's, not the device's");
+        assert!(!command.expired());
+        command.reply(Ok(Some(Value::Text("sent in rx1, FCntDown 0".into()))));
+        let got = answer(&mut end).await;
+        assert_eq!((&got["ok"], &got["id"]), (&true.into(), &"d1".into()));
+    }
+
     #[test]
     fn no_writable_device_no_router() {
         let (mut device, _) = handle(DeviceStatus::Online);
