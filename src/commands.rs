@@ -397,7 +397,10 @@ mod tests {
         let (router, mut end) = Router::new(&[device]).unwrap();
         tokio::spawn(router.run(CancellationToken::new()));
         end.requests
-            .send(request("setpoint", r#"{"fport": 10, "hex": "0258", "id": "d1"}"#))
+            .send(request(
+                "setpoint",
+                r#"{"fport": 10, "hex": "0258", "id": "d1"}"#,
+            ))
             .await
             .unwrap();
         let command = adapter.recv().await.unwrap();
@@ -405,7 +408,10 @@ mod tests {
             panic!("{:?}", command.value);
         };
         assert_eq!(fields.get("fport"), Some(&serde_json::json!(10)));
-        assert!(fields.get("id").is_none(), "the id is the router's, not the device's");
+        assert!(
+            fields.get("id").is_none(),
+            "the id is the router's, not the device's"
+        );
         assert!(!command.expired());
         command.reply(Ok(Some(Value::Text("sent in rx1, FCntDown 0".into()))));
         let got = answer(&mut end).await;
