@@ -436,14 +436,6 @@ const APP_KEY: &str = "2B7E151628AED2A6ABF7158809CF4F3C";
 const JOIN_EUI: &str = "70B3D57ED0000001";
 const DEV_EUI: &str = "0102030405060708";
 
-/// The PULL_RESP Cairn sent the test gateway, as its `txpk`.
-fn pull_resp(fw: &PacketForwarder) -> Option<Value> {
-    let datagram = fw.receive(Duration::from_secs(5))?;
-    assert_eq!(datagram[3], 3, "PULL_RESP: {datagram:?}");
-    let body: Value = serde_json::from_slice(&datagram[4..]).unwrap();
-    Some(body["txpk"].clone())
-}
-
 #[test]
 fn an_otaa_device_joins_offline_and_its_uplinks_decode() {
     let broker = Broker::start();
@@ -460,7 +452,7 @@ fn an_otaa_device_joins_offline_and_its_uplinks_decode() {
     let request = unhex(request["phy"].as_str().unwrap());
     let heard = rxpk(&request, -40, 9.0);
     fw.push(&push_data(std::slice::from_ref(&heard)));
-    let txpk = pull_resp(&fw).expect("a join accept");
+    let txpk = fw.take_downlink(support::lora::GATEWAY, "a join accept");
     let tmst = heard["tmst"].as_u64().unwrap();
     assert_eq!(
         txpk["tmst"].as_u64(),
@@ -501,7 +493,10 @@ fn an_otaa_device_joins_offline_and_its_uplinks_decode() {
 
     // A replayed join request gets no answer, and is counted.
     fw.push(&push_data(&[heard]));
-    assert!(pull_resp(&fw).is_none(), "a replay is not answered");
+    assert!(
+        fw.pull_resp(Duration::from_secs(5)).is_none(),
+        "a replay is not answered"
+    );
     wait_errors(&cairn, "sensor", |e| e["join_replay"] == 1);
 
     // A restart keeps the session: the next uplink decodes without a new join.
@@ -577,8 +572,7 @@ fn confirmed_uplinks_are_acknowledged_and_queued_downlinks_go_out_in_the_next_wi
     // A confirmed uplink is acknowledged in RX1: a second after it, on its channel and rate.
     let heard = rxpk(&vector_uplink(1, "00", "confirmed"), -60, 7.0);
     fw.push(&push_data(std::slice::from_ref(&heard)));
-    let (token, txpk) = fw.pull_resp(PATIENCE).expect("an ACK");
-    fw.tx_ack(support::lora::GATEWAY, token, None);
+    let txpk = fw.take_downlink(support::lora::GATEWAY, "an ACK");
     let tmst = heard["tmst"].as_u64().unwrap();
     assert_eq!(txpk["tmst"].as_u64(), Some(tmst + 1_000_000), "{txpk}");
     assert_eq!(
@@ -670,8 +664,7 @@ fn confirmed_uplinks_are_acknowledged_and_queued_downlinks_go_out_in_the_next_wi
 
     // Gateway 2 refuses RX1 (it is too late for it): the downlink goes in RX2 instead.
     fw2.tx_ack(GATEWAY_2, token, Some("TOO_LATE"));
-    let (token, txpk) = fw2.pull_resp(PATIENCE).expect("RX2");
-    fw2.tx_ack(GATEWAY_2, token, None);
+    let txpk = fw2.take_downlink(GATEWAY_2, "RX2");
     assert_eq!(
         txpk["tmst"].as_u64(),
         Some(3_000_000),
@@ -696,8 +689,7 @@ fn confirmed_uplinks_are_acknowledged_and_queued_downlinks_go_out_in_the_next_wi
 
     // The uplink after it takes the second downlink, now without FPending.
     fw.push(&push_data(&[rxpk(&vector_uplink(3, "02", ""), -60, 7.0)]));
-    let (token, txpk) = fw.pull_resp(PATIENCE).expect("the second downlink");
-    fw.tx_ack(support::lora::GATEWAY, token, None);
+    let txpk = fw.take_downlink(support::lora::GATEWAY, "the second downlink");
     let down = open_downlink(&txpk, 2);
     assert_eq!(
         (&down["fport"], &down["payload"]),
@@ -729,8 +721,7 @@ fn when_rx1s_sub_band_has_no_duty_cycle_left_acks_go_in_rx2() {
         heard["datr"] = json!("SF12BW125");
         heard["tmst"] = json!(fcnt * 10_000_000);
         fw.push(&push_data(&[heard]));
-        let (token, txpk) = fw.pull_resp(PATIENCE).expect("an ACK");
-        fw.tx_ack(support::lora::GATEWAY, token, None);
+        let txpk = fw.take_downlink(support::lora::GATEWAY, "an ACK");
         freqs.push(txpk["freq"].as_f64().unwrap());
     }
     // 868.1 MHz is in a 1 % sub-band: 36 s an hour. An ACK (12 bytes) at SF12 is 991 ms on
@@ -789,8 +780,7 @@ fn us915_windows_a_repeated_confirmed_uplink_and_the_device_time() {
     assert_eq!(txpk["powe"], 20);
     // Refused in RX1, it goes in RX2: 923.3 MHz at DR8.
     fw.tx_ack(support::lora::GATEWAY, token, Some("COLLISION_PACKET"));
-    let (token, txpk) = fw.pull_resp(PATIENCE).expect("RX2");
-    fw.tx_ack(support::lora::GATEWAY, token, None);
+    let txpk = fw.take_downlink(support::lora::GATEWAY, "RX2");
     let tmst = heard["tmst"].as_u64().unwrap();
     assert_eq!(txpk["tmst"].as_u64(), Some(tmst + 2_000_000));
     assert_eq!(
@@ -805,8 +795,7 @@ fn us915_windows_a_repeated_confirmed_uplink_and_the_device_time() {
     std::thread::sleep(Duration::from_secs(2));
     heard["tmst"] = json!(tmst + 4_000_000);
     fw.push(&push_data(std::slice::from_ref(&heard)));
-    let (token, txpk) = fw.pull_resp(PATIENCE).expect("the ACK again");
-    fw.tx_ack(support::lora::GATEWAY, token, None);
+    let txpk = fw.take_downlink(support::lora::GATEWAY, "the ACK again");
     let again = open_downlink(&txpk, 1);
     assert_eq!(
         (&again["ack"], &again["fcnt"]),
@@ -819,8 +808,7 @@ fn us915_windows_a_repeated_confirmed_uplink_and_the_device_time() {
     // second 1,479,636,018), in DeviceTimeAns.
     let heard = rxpk(&vector_uplink(2, "00", "time"), -90, 2.0);
     fw.push(&push_data(std::slice::from_ref(&heard)));
-    let (token, txpk) = fw.pull_resp(PATIENCE).expect("DeviceTimeAns");
-    fw.tx_ack(support::lora::GATEWAY, token, None);
+    let txpk = fw.take_downlink(support::lora::GATEWAY, "DeviceTimeAns");
     let answer = open_downlink(&txpk, 2);
     let seconds = 1_479_636_018u32.to_le_bytes();
     let expected: String = [0x0D]

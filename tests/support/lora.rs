@@ -100,6 +100,13 @@ impl PacketForwarder {
         Some(([datagram[1], datagram[2]], body["txpk"].clone()))
     }
 
+    /// The next PULL_RESP (`what` it should be), taken by `gateway` with TX_ACK: its `txpk`.
+    pub fn take_downlink(&mut self, gateway: [u8; 8], what: &str) -> serde_json::Value {
+        let (token, txpk) = self.pull_resp(super::PATIENCE).expect(what);
+        self.tx_ack(gateway, token, None);
+        txpk
+    }
+
     /// TX_ACK for the PULL_RESP with `token`, from `gateway`: taken, or refused with `error`
     /// (`TOO_LATE`, `COLLISION_PACKET`, ...), as PROTOCOL.TXT's version 2 writes it.
     pub fn tx_ack(&mut self, gateway: [u8; 8], token: [u8; 2], error: Option<&str>) {
